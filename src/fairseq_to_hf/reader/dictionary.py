@@ -1,0 +1,93 @@
+"""fairseq's `dict.txt`: the symbol table that gives every token its id.
+
+fairseq's Dictionary starts with four specials, then adds the file's lines in order; tasks such as
+masked_lm and sentence_prediction append `<mask>` after loading. A line is `symbol count`, optionally
+followed by the flag `#fairseq:overwrite`, which lets a symbol appear twice (the later id wins).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConversionError
+
+BOS, PAD, EOS, UNK = "<s>", "<pad>", "</s>", "<unk>"
+MASK = "<mask>"
+SPECIAL_SYMBOLS = (BOS, PAD, EOS, UNK)
+BOS_ID, PAD_ID, EOS_ID, UNK_ID = range(4)
+OVERWRITE_FLAG = "#fairseq:overwrite"
+PADDING_SYMBOL_PREFIX = "madeupword"
+
+
+@dataclass(frozen=True)
+class Dictionary:
+    """Symbols in fairseq id order: `symbols[i]` has id i."""
+
+    path: Path
+    symbols: tuple[str, ...]
+
+    @property
+    def file_symbol_count(self) -> int:
+        return len(self.symbols) - len(SPECIAL_SYMBOLS)
+
+    def __len__(self) -> int:
+        return len(self.symbols)
+
+    def index(self) -> dict[str, int]:
+        """Symbol -> id as fairseq looks it up (for a repeated symbol, the last id)."""
+        return {symbol: i for i, symbol in enumerate(self.symbols)}
+
+    def with_mask(self) -> Dictionary:
+        return Dictionary(self.path, (*self.symbols, MASK))
+
+
+def read_dictionary(path: str | Path) -> Dictionary:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConversionError("dictionary not found", path=path) from None
+    except UnicodeDecodeError:
+        raise ConversionError("is not a UTF-8 text file, so not a fairseq dict.txt", path=path) from None
+    except OSError as error:
+        raise ConversionError(f"cannot be read ({error.strerror})", path=path) from None
+    symbols = list(SPECIAL_SYMBOLS)
+    seen = set(symbols)
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.rstrip()
+        if not line:
+            continue
+        overwrite = False
+        if line.endswith(OVERWRITE_FLAG):
+            overwrite = True
+            line = line[: -len(OVERWRITE_FLAG)].rstrip()
+        symbol, _, count = line.rpartition(" ")
+        if not symbol or not count.lstrip("-").isdigit():
+            raise ConversionError(
+                f"line {number} is not 'symbol count': {line[:60]!r}", path=path,
+                hint="is this fairseq's dict.txt?",
+            )
+        if symbol in seen and not overwrite:
+            raise ConversionError(
+                f"line {number} repeats the symbol {symbol!r} without {OVERWRITE_FLAG}", path=path,
+                hint="fairseq itself refuses this dictionary",
+            )
+        seen.add(symbol)
+        symbols.append(symbol)
+    return Dictionary(path, tuple(symbols))
+
+
+def labels_for_head(labels: Dictionary, num_classes: int) -> list[str]:
+    """Class i of a fairseq classifier is the i-th symbol of its label dict after the specials.
+
+    fairseq-preprocess pads label dicts with `madeupwordNNNN` entries, which are not classes.
+    """
+    symbols = labels.symbols[len(SPECIAL_SYMBOLS):]
+    real = [symbol for symbol in symbols if not symbol.startswith(PADDING_SYMBOL_PREFIX)]
+    if len(real) != num_classes and not (len(real) < num_classes <= len(symbols)):
+        raise ConversionError(
+            f"has {len(real)} labels but the classification head has {num_classes} outputs", path=labels.path,
+            hint="pass the label dict this head was trained with (--label-dict)",
+        )
+    return list(symbols[:num_classes])

@@ -1,0 +1,74 @@
+"""Finding the files of a fairseq model folder: checkpoint, dict.txt, label dict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConversionError
+
+DEFAULT_CHECKPOINT = "model.pt"
+# A released model keeps dict.txt beside model.pt; a GLUE-style data-bin keeps it in input0/.
+DICTIONARY_CANDIDATES = ("dict.txt", "input0/dict.txt")
+LABEL_DICTIONARY_CANDIDATES = ("label/dict.txt",)
+
+
+@dataclass(frozen=True)
+class SourceFiles:
+    folder: Path
+    checkpoint: Path
+    dictionary: Path
+    label_dictionary: Path | None
+
+
+def find_source_files(
+    src: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    dictionary: str | Path | None = None,
+    label_dictionary: str | Path | None = None,
+) -> SourceFiles:
+    src = Path(src)
+    if not src.exists():
+        raise ConversionError("does not exist", path=src, hint="pass a fairseq model folder or checkpoint file")
+    if src.is_file():
+        folder, checkpoint_path = src.parent, src
+    else:
+        folder = src
+        checkpoint_path = _resolve(folder, checkpoint) if checkpoint else folder / DEFAULT_CHECKPOINT
+        if not checkpoint and not checkpoint_path.exists():
+            candidates = sorted(p.name for p in folder.glob("*.pt"))
+            if len(candidates) == 1:
+                checkpoint_path = folder / candidates[0]
+            else:
+                found = f" (found: {', '.join(candidates)})" if candidates else ""
+                raise ConversionError(f"has no {DEFAULT_CHECKPOINT}{found}", path=folder,
+                                      hint="name the checkpoint file with --checkpoint")
+    if not checkpoint_path.is_file():
+        raise ConversionError("checkpoint not found", path=checkpoint_path, hint="check the --checkpoint path")
+
+    if dictionary:
+        dictionary_path = _resolve(folder, dictionary)
+        if not dictionary_path.is_file():
+            raise ConversionError("dictionary not found", path=dictionary_path, hint="check the --dict path")
+    else:
+        found_dicts = [folder / name for name in DICTIONARY_CANDIDATES if (folder / name).is_file()]
+        if not found_dicts:
+            raise ConversionError(
+                "has no dict.txt", path=folder,
+                hint="fairseq's token dictionary is needed to know the vocabulary; pass it with --dict",
+            )
+        dictionary_path = found_dicts[0]
+
+    if label_dictionary:
+        label_path: Path | None = _resolve(folder, label_dictionary)
+        if not label_path.is_file():
+            raise ConversionError("label dictionary not found", path=label_path, hint="check the --label-dict path")
+    else:
+        label_path = next((folder / name for name in LABEL_DICTIONARY_CANDIDATES if (folder / name).is_file()), None)
+    return SourceFiles(folder, checkpoint_path, dictionary_path, label_path)
+
+
+def _resolve(folder: Path, name: str | Path) -> Path:
+    path = Path(name)
+    return path if path.is_absolute() or path.exists() else folder / path

@@ -1,0 +1,140 @@
+"""Tensors known by their metadata, whose bytes are read from the checkpoint only when asked for."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import CheckpointFormatError, UnsafeCheckpointError
+
+# torch pickles name a storage by its typed class; UntypedStorage holds raw bytes.
+_STORAGE_DTYPES: dict[str, torch.dtype] = {
+    "FloatStorage": torch.float32,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "DoubleStorage": torch.float64,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+    "UntypedStorage": torch.uint8,
+}
+
+
+def storage_dtype(storage_class_name: str) -> torch.dtype | None:
+    return _STORAGE_DTYPES.get(storage_class_name)
+
+
+@dataclass(eq=False)
+class StorageRef:
+    """One storage of the checkpoint: `numel` elements of `dtype`, found through `index`."""
+
+    key: str
+    dtype: torch.dtype
+    numel: int
+    index: StorageIndex
+    element_offset: int = 0  # for legacy storage views into another storage
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+
+@dataclass(frozen=True, eq=False)
+class LazyTensor:
+    """A tensor of the checkpoint: shape and dtype now, bytes on `load()`."""
+
+    storage: StorageRef
+    offset: int
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.storage.dtype
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+    @property
+    def extent(self) -> int:
+        """Elements of the storage this view spans, from its offset."""
+        if self.numel == 0:
+            return 0
+        return 1 + sum((size - 1) * stride for size, stride in zip(self.shape, self.stride))
+
+    def fits_storage(self) -> bool:
+        return self.offset + self.extent <= self.storage.numel
+
+    def same_data(self, other: LazyTensor) -> bool:
+        """True when both are the same view of the same storage (tied in the source model)."""
+        return (
+            self.storage.key == other.storage.key
+            and self.storage.index is other.storage.index
+            and (self.offset, self.shape, self.stride) == (other.offset, other.shape, other.stride)
+        )
+
+    def load(self) -> torch.Tensor:
+        """Reads this tensor's own bytes from the file and returns a contiguous CPU tensor."""
+        flat = self.storage.index.read(self.storage, self.offset, self.extent)
+        if self.numel == 0:
+            return flat.new_empty(self.shape)
+        return flat.as_strided(self.shape, self.stride).contiguous()
+
+
+@dataclass
+class StorageIndex:
+    """Where each storage's bytes begin in the checkpoint file, and how many there are."""
+
+    path: str
+    locations: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (file offset, nbytes)
+    refs: dict[str, StorageRef] = field(default_factory=dict)
+
+    def ref(self, key: str, dtype: torch.dtype, numel: int) -> StorageRef:
+        known = self.refs.get(key)
+        if known is None:
+            known = self.refs[key] = StorageRef(key, dtype, numel, self)
+        elif known.dtype != dtype or known.numel != numel:
+            raise UnsafeCheckpointError(f"storage {key!r} is described twice with different types or sizes")
+        return known
+
+    def view(self, key: str, root: StorageRef, element_offset: int, numel: int) -> StorageRef:
+        if element_offset < 0 or numel < 0 or element_offset + numel > root.numel:
+            raise UnsafeCheckpointError(f"storage view {key!r} lies outside storage {root.key!r}")
+        return StorageRef(root.key, root.dtype, numel, self, element_offset)
+
+    def read(self, storage: StorageRef, offset: int, count: int) -> torch.Tensor:
+        """Reads `count` elements starting `offset` elements into `storage`."""
+        file_offset, available = self.locations[storage.key]
+        itemsize = storage.dtype.itemsize
+        start = file_offset + (storage.element_offset + offset) * itemsize
+        nbytes = count * itemsize
+        if (storage.element_offset + offset) * itemsize + nbytes > available:
+            raise CheckpointFormatError(
+                f"storage {storage.key!r} is shorter than its tensors need", path=self.path,
+                hint="the file is truncated or damaged; copy it again",
+            )
+        out = torch.empty(count, dtype=storage.dtype)
+        buffer = memoryview(out.view(torch.uint8).numpy()) if nbytes else memoryview(b"")
+        done = 0
+        with open(self.path, "rb", buffering=0) as file:
+            fd = file.fileno()
+            while done < nbytes:
+                got = os.preadv(fd, [buffer[done:]], start + done)
+                if got <= 0:
+                    raise CheckpointFormatError(
+                        "the file ends in the middle of a tensor", path=self.path,
+                        hint="the file is truncated; copy it again",
+                    )
+                done += got
+        return out

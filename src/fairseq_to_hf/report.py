@@ -1,0 +1,82 @@
+"""What a conversion did and proved, as an object for the API and as conversion_report.json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+REPORT_FILE = "conversion_report.json"
+
+
+@dataclass
+class OutputReport:
+    """One Transformers folder written by a conversion."""
+
+    folder: Path
+    architecture: str
+    model_type: str
+    head: str | None
+    num_labels: int | None
+    labels: list[str] | None
+    dtype: str
+    files: list[str]
+    tensors_written: int
+    bytes_written: int
+    dropped: dict[str, str]
+    notes: list[str]
+    verification: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "folder": str(self.folder),
+            "architecture": self.architecture,
+            "model_type": self.model_type,
+            "head": self.head,
+            "num_labels": self.num_labels,
+            "labels": self.labels,
+            "dtype": self.dtype,
+            "files": self.files,
+            "tensors_written": self.tensors_written,
+            "bytes_written": self.bytes_written,
+            "dropped_tensors": self.dropped,
+            "notes": self.notes,
+            "verification": self.verification,
+        }
+
+
+@dataclass
+class ConversionReport:
+    source_checkpoint: Path
+    source_dictionary: Path
+    checkpoint_format: str
+    key_generation: str
+    hparams_source: str
+    layout: str
+    dims: dict[str, int]
+    heads_in_checkpoint: dict[str, int]
+    outputs: list[OutputReport] = field(default_factory=list)
+
+    @property
+    def verified(self) -> bool:
+        return all(out.verification is not None and out.verification.get("passed") for out in self.outputs)
+
+    def as_dict(self, only: OutputReport | None = None) -> dict[str, Any]:
+        outputs = [only] if only is not None else self.outputs
+        return {
+            "tool": "fairseq-to-hf",
+            "tool_version": __version__,
+            "source": {
+                "checkpoint": str(self.source_checkpoint),
+                "dictionary": str(self.source_dictionary),
+                "checkpoint_format": self.checkpoint_format,
+                "key_generation": self.key_generation,
+                "hyper_parameters_from": self.hparams_source,
+                "layout": self.layout,
+                "dims": self.dims,
+                "classification_heads": self.heads_in_checkpoint,
+            },
+            "outputs": [out.as_dict() for out in outputs],
+        }

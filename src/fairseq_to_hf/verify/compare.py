@@ -1,0 +1,129 @@
+"""Runs the Transformers model loaded from the output folder against the fairseq reference."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..reader.tensors import LazyTensor
+from .reference import PAD, FairseqReference, sample_inputs, scale_of
+
+# Allowed max abs difference, relative to the output's own scale (max |value|, at least 1).
+DEFAULT_TOLERANCE = 1e-5
+
+
+@dataclass
+class OutputCheck:
+    name: str
+    max_abs_diff: float
+    scale: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+    def as_dict(self) -> dict:
+        return {"output": self.name, "max_abs_diff": self.max_abs_diff, "scale": self.scale,
+                "tolerance": self.tolerance, "passed": self.passed}
+
+
+@dataclass
+class WeightsVerification:
+    checks: list[OutputCheck] = field(default_factory=list)
+    inputs: dict[str, list[int]] = field(default_factory=dict)  # input name -> shape
+    compared_in: str = "float32"
+    loading_warnings: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks) and not self.loading_warnings
+
+    def worst(self) -> dict[str, float]:
+        """Max abs diff per output kind over all inputs."""
+        worst: dict[str, float] = {}
+        for check in self.checks:
+            kind = check.name.split(" ", 1)[1]
+            worst[kind] = max(worst.get(kind, 0.0), check.max_abs_diff)
+        return worst
+
+    def as_dict(self) -> dict:
+        return {"passed": self.passed, "compared_in": self.compared_in, "inputs": self.inputs,
+                "max_abs_diff": self.worst(), "loading_warnings": self.loading_warnings,
+                "checks": [check.as_dict() for check in self.checks]}
+
+
+class _CollectWarnings(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def load_transformers_model(folder: Path, architecture: str):
+    """from_pretrained on the output folder, in float32, collecting loading warnings."""
+    import transformers
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    model_class = getattr(transformers, architecture)
+    collector = _CollectWarnings()
+    logger = logging.getLogger("transformers")
+    logger.addHandler(collector)
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # its load report is collected below, not printed
+    try:
+        model, info = model_class.from_pretrained(folder, dtype=torch.float32, output_loading_info=True)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        logger.removeHandler(collector)
+    warnings = [f"{kind}: {', '.join(sorted(keys))}" for kind, keys in info.items()
+                if keys and kind in ("missing_keys", "unexpected_keys", "mismatched_keys")]
+    return model.eval(), warnings
+
+
+def verify_weights(
+    folder: Path,
+    architecture: str,
+    state: dict[str, LazyTensor],
+    hparams: dict,
+    *,
+    head: str | None,
+    vocab_size: int,
+    positions: int,
+    round_to: torch.dtype | None,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> WeightsVerification:
+    model, warnings = load_transformers_model(folder, architecture)
+    reference = FairseqReference(state, hparams, round_to=round_to)
+    result = WeightsVerification(loading_warnings=warnings)
+    inputs = sample_inputs(vocab_size, positions - 2)
+    for name, tokens in inputs.items():
+        result.inputs[name] = list(tokens.shape)
+        expected = reference.forward(tokens, head)
+        with torch.no_grad():
+            got = model(input_ids=tokens, attention_mask=tokens.ne(PAD).long(), output_hidden_states=True)
+        real = tokens.ne(PAD)  # fairseq zeroes pad positions; only real tokens are compared
+        if len(expected.hidden_states) != len(got.hidden_states):
+            raise AssertionError("layer counts differ between the reference and the converted model")
+        # Transformers' last hidden state is the encoder output: for pre-norm models, after the final
+        # LayerNorm, where fairseq's last inner state is before it.
+        pairs = [(f"hidden_states[{i}]", e, g)
+                 for i, (e, g) in enumerate(zip(expected.hidden_states[:-1], got.hidden_states[:-1]))]
+        pairs.append(("last_hidden_state", expected.last_hidden_state, got.hidden_states[-1]))
+        if head is None:
+            pairs.append(("mlm_logits", expected.mlm_logits, got.logits))
+        else:
+            pairs.append(("head_logits", expected.head_logits, got.logits))
+        for output, want, have in pairs:
+            if output != "head_logits":
+                want, have = want[real], have[real]
+            diff = float((want - have).abs().max()) if want.numel() else 0.0
+            scale = scale_of(want)
+            result.checks.append(OutputCheck(f"{name} {output}", diff, scale, tolerance * max(1.0, scale)))
+    return result

@@ -1,0 +1,189 @@
+"""Writes a plan's tensors as safetensors, one tensor in memory at a time, into a staged folder.
+
+A safetensors file is an 8-byte header length, a JSON header giving every tensor's dtype, shape and
+byte range, then the bytes. All of that is known from the plan, so the header is written first and the
+tensors are streamed after it: memory holds one tensor, never the model.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import struct
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from .errors import ConversionError, OutputError
+from .plan import ConversionPlan, TensorPlan
+
+SAFETENSORS_DTYPES = {
+    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # the Hub's "5GB"
+
+Progress = Callable[[TensorPlan], None]
+
+
+def parse_size(text: str) -> int:
+    """'5GB', '500MB', '2GiB' or a byte count -> bytes (decimal units as in huggingface_hub)."""
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    value = text.strip().upper()
+    number = value.rstrip("KMGTIB")
+    unit = value[len(number):]
+    try:
+        size = int(float(number) * units[unit])
+    except (ValueError, KeyError):
+        raise ConversionError(f"cannot read the size {text!r}; write it like 5GB or 500MB") from None
+    if size <= 0:
+        raise ConversionError(f"the shard size {text!r} must be positive")
+    return size
+
+
+def plan_shards(tensors: list[TensorPlan], max_shard_bytes: int) -> list[list[TensorPlan]]:
+    """Greedy split in writing order; a tensor larger than the limit gets a shard of its own."""
+    shards: list[list[TensorPlan]] = [[]]
+    size = 0
+    for tensor in tensors:
+        if shards[-1] and size + tensor.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(tensor)
+        size += tensor.nbytes
+    return shards
+
+
+def shard_file_names(count: int) -> list[str]:
+    if count == 1:
+        return [SINGLE_FILE]
+    return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+
+
+def safetensors_header(tensors: list[TensorPlan], metadata: dict[str, str]) -> bytes:
+    header: dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    for tensor in tensors:
+        header[tensor.target] = {
+            "dtype": SAFETENSORS_DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + tensor.nbytes],
+        }
+        offset += tensor.nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # keeps the data 8-byte aligned, as safetensors does
+    return struct.pack("<Q", len(encoded)) + encoded
+
+
+def materialise(tensor: TensorPlan) -> torch.Tensor:
+    """The output values of one planned tensor, read from the checkpoint and cast."""
+    if tensor.source is None:
+        return torch.zeros(tensor.shape, dtype=tensor.dtype)
+    return tensor.source.load().to(tensor.dtype)
+
+
+def write_safetensors(path: Path, tensors: list[TensorPlan], progress: Progress | None = None) -> None:
+    with open(path, "wb") as file:
+        file.write(safetensors_header(tensors, {"format": "pt"}))
+        for planned in tensors:
+            values = materialise(planned)
+            if tuple(values.shape) != tuple(planned.shape) or values.dtype != planned.dtype:
+                raise AssertionError(f"{planned.target}: planned {planned.shape} {planned.dtype}, "
+                                     f"got {tuple(values.shape)} {values.dtype}")
+            if values.numel():
+                file.write(memoryview(values.contiguous().view(torch.uint8).numpy()))
+            if progress:
+                progress(planned)
+
+
+def check_ties(plan: ConversionPlan) -> None:
+    """A tied fairseq tensor stored twice must hold the same values, or tying would change the model."""
+    for left, right, what in plan.tied_checks:
+        if not torch.equal(left.load(), right.load()):
+            raise ConversionError(
+                f"{what} should be tied (untie_weights_roberta is off) but the values differ",
+                hint="the checkpoint is inconsistent; was it edited after training?",
+            )
+
+
+def write_weights(folder: Path, plan: ConversionPlan, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+                  progress: Progress | None = None) -> list[str]:
+    """Writes model.safetensors, or shards plus model.safetensors.index.json; returns file names."""
+    check_ties(plan)
+    shards = plan_shards(plan.tensors, max_shard_bytes)
+    names = shard_file_names(len(shards))
+    for name, shard in zip(names, shards):
+        write_safetensors(folder / name, shard, progress)
+    if len(shards) > 1:
+        index = {
+            "metadata": {"total_size": plan.total_bytes},
+            "weight_map": {tensor.target: name for name, shard in zip(names, shards) for tensor in shard},
+        }
+        write_json(folder / INDEX_FILE, index)
+        names.append(INDEX_FILE)
+    return names
+
+
+def write_json(path: Path, data: object) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def check_output_target(out: Path, *, force: bool) -> Path:
+    """Refuses an OUT that cannot be created; returns the folder the staging folder goes in."""
+    if out.exists() and not force:
+        raise OutputError("already exists", path=out, hint="choose a new folder or pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise OutputError("exists and is not a folder", path=out, hint="choose a folder path")
+    parent = out.parent
+    if not parent.is_dir():
+        raise OutputError("its parent folder does not exist", path=out, hint=f"create {parent} first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write in {parent}", path=out, hint="choose a folder you can write to")
+    return parent
+
+
+@contextmanager
+def staged_output(out: Path, *, force: bool = False) -> Iterator[Path]:
+    """Yields an empty folder beside `out`; renames it onto `out` when the block completes.
+
+    On any error or interrupt the staging folder is removed and `out` is left as it was. With
+    `force`, an existing `out` is replaced only after the new folder is complete.
+    """
+    out = Path(out)
+    parent = check_output_target(out, force=force)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+    except OSError as error:
+        raise OutputError(f"cannot create a folder beside it ({error.strerror})", path=out,
+                          hint="choose a folder you can write to") from None
+    try:
+        try:
+            yield staging
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise OutputError("the disk filled up while writing", path=out,
+                                  hint="free some space or write elsewhere; nothing was kept") from None
+            raise OutputError(f"writing failed ({error.strerror})", path=out) from None
+        _replace(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _replace(staging: Path, out: Path) -> None:
+    if not out.exists():
+        os.rename(staging, out)
+        return
+    previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.previous-", dir=out.parent))
+    os.rename(out, previous / out.name)
+    os.rename(staging, out)
+    shutil.rmtree(previous, ignore_errors=True)

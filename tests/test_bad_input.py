@@ -1,0 +1,124 @@
+"""A user's mistake gets one clear line, a documented exit code, and nothing written."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FIXTURES
+
+MLM = FIXTURES / "roberta_mlm"
+
+
+def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fairseq_to_hf", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def copy_fixture(name: str, dest: Path) -> Path:
+    shutil.copytree(FIXTURES / name, dest)
+    return dest
+
+
+def assert_refused(result: subprocess.CompletedProcess, out: Path, code: int, *phrases: str) -> None:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    first = result.stderr.strip().splitlines()[0]
+    assert first.startswith("fairseq-to-hf: error: "), result.stderr
+    for phrase in phrases:
+        assert phrase in result.stderr, result.stderr
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")], "staging folder left behind"
+
+
+def test_missing_dict(tmp_path: Path) -> None:
+    src = copy_fixture("roberta_mlm", tmp_path / "src")
+    (src / "dict.txt").unlink()
+    out = tmp_path / "out"
+    assert_refused(run_cli("convert", src, out), out, 2, "has no dict.txt", "--dict")
+
+
+def test_dict_of_another_model(tmp_path: Path) -> None:
+    src = copy_fixture("roberta_mlm", tmp_path / "src")
+    with open(src / "dict.txt", "a") as dictionary:
+        dictionary.writelines(f"{100000 + i} 1\n" for i in range(50))
+    out = tmp_path / "out"
+    assert_refused(run_cli("convert", src, out), out, 2, "dict.txt gives", "embedding has only 345 rows")
+
+
+def test_not_a_checkpoint(tmp_path: Path) -> None:
+    src = copy_fixture("roberta_mlm", tmp_path / "src")
+    (src / "model.pt").write_text("this is a text file\n")
+    out = tmp_path / "out"
+    assert_refused(run_cli("convert", src, out), out, 2, "is not a torch checkpoint")
+
+
+def _encoder_decoder_checkpoint(folder: Path, arch: str) -> None:
+    # The key layout of fairseq's translation transformer and BART: encoder.layers / decoder.layers.
+    folder.mkdir()
+    state = OrderedDict()
+    state["encoder.embed_tokens.weight"] = torch.zeros(16, 8)
+    state["encoder.layers.0.self_attn.q_proj.weight"] = torch.zeros(8, 8)
+    state["decoder.layers.0.encoder_attn.q_proj.weight"] = torch.zeros(8, 8)
+    torch.save({"model": state, "args": argparse.Namespace(arch=arch)}, folder / "model.pt")
+    shutil.copy(MLM / "dict.txt", folder / "dict.txt")
+
+
+@pytest.mark.parametrize("arch", ["transformer_iwslt_de_en", "bart_base"])
+def test_encoder_decoder_checkpoint(tmp_path: Path, arch: str) -> None:
+    _encoder_decoder_checkpoint(tmp_path / "src", arch)
+    out = tmp_path / "out"
+    assert_refused(run_cli("convert", tmp_path / "src", out), out, 2, arch, "encoder-decoder")
+
+
+def test_unknown_tensor_is_listed(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(MLM / "dict.txt", src / "dict.txt")
+    from fairseq_to_hf.reader import read_checkpoint
+
+    checkpoint = read_checkpoint(MLM / "model.pt")
+    state = OrderedDict((name, lazy.load()) for name, lazy in checkpoint.tensors.items())
+    state["encoder.sentence_encoder.layers.0.adapter.down.weight"] = torch.zeros(4, 32)
+    del state["encoder.sentence_encoder.layers.1.fc2.bias"]
+    state["encoder.sentence_encoder.layers.0.fc1.weight"] = torch.zeros(63, 32)
+    torch.save({"model": state, "args": argparse.Namespace(**checkpoint.hparams)}, src / "model.pt")
+    out = tmp_path / "out"
+    assert_refused(run_cli("convert", src, out), out, 2,
+                   "3 problems",
+                   "layers.0.adapter.down.weight [4, 32] is not part of any known layout",
+                   "nothing in the checkpoint fills roberta.encoder.layer.1.output.dense.bias",
+                   "layers.0.fc1.weight has shape [63, 32], expected [64, 32]")
+
+
+def test_ambiguous_heads_are_listed(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_cli("convert", FIXTURES / "roberta_two_heads", out)
+    assert_refused(result, out, 2, "has 2 classification heads", "--head", "sentiment_head: 3 outputs",
+                   "stsb: 1 output (regression)")
+
+
+def test_existing_output_is_kept_without_force(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = run_cli("convert", MLM, out)
+    assert result.returncode == 3 and "already exists" in result.stderr and "--force" in result.stderr
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_force_replaces_output_only_when_complete(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    result = run_cli("convert", MLM, out, "--force", "--no-verify")
+    assert result.returncode == 0, result.stderr
+    assert not (out / "old.txt").exists() and (out / "model.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

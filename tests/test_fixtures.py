@@ -1,0 +1,131 @@
+"""Every real-fairseq fixture converts, loads with Auto* classes and reproduces fairseq's recorded outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+from conftest import FIXTURES, PAD_ID, json_file, max_abs_diff, recording
+from fairseq_to_hf import convert
+
+TOLERANCE = 1e-5  # relative to the output's scale (max |value|, at least 1)
+
+MLM = AutoModelForMaskedLM
+CLASSIFIER = AutoModelForSequenceClassification
+
+# (fixture, convert options, Auto class, classification head or None for the masked-LM head)
+CASES = [
+    ("roberta_mlm", {}, MLM, None),
+    ("roberta_mlm_untied", {}, MLM, None),
+    ("roberta_mlm_fp16", {}, MLM, None),
+    ("roberta_legacy_v09", {}, MLM, None),
+    ("roberta_v010", {}, MLM, None),
+    ("roberta_omegaconf", {}, MLM, None),
+    ("roberta_prenorm", {}, MLM, None),
+    ("roberta_cls", {}, CLASSIFIER, "sentiment_head"),
+    ("roberta_cls", {"head": "lm"}, MLM, None),
+    ("roberta_reg", {}, CLASSIFIER, "sentence_classification_head"),
+    ("roberta_two_heads", {"head": "stsb"}, CLASSIFIER, "stsb"),
+    ("roberta_two_heads", {"head": "sentiment_head"}, CLASSIFIER, "sentiment_head"),
+]
+
+
+def _case_id(case: tuple) -> str:
+    name, options, _, _ = case
+    return name + "".join(f"-{key}={value}" for key, value in options.items())
+
+
+def assert_matches_fairseq(fixture: str, out: Path, auto_class, head: str | None) -> dict[str, float]:
+    """Runs the Transformers model from `out` on fairseq's inputs; returns max abs diff per output."""
+    fairseq = recording(fixture)
+    model, info = auto_class.from_pretrained(out, dtype=torch.float32, output_loading_info=True)
+    assert not any(info[kind] for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    model.eval()
+    layers = fairseq.meta["num_layers"]
+    worst: dict[str, float] = {}
+
+    def check(output: str, expected: torch.Tensor, actual: torch.Tensor, mask: torch.Tensor | None) -> None:
+        diff = max_abs_diff(expected, actual, mask)
+        scale = float(expected.abs().max())
+        assert diff <= TOLERANCE * max(1.0, scale), f"{fixture} {output}: max abs diff {diff:.3g}"
+        worst[output] = max(worst.get(output, 0.0), diff)
+
+    for sample in fairseq.samples:
+        tokens = fairseq[f"{sample}.input_ids"]
+        real = tokens.ne(PAD_ID)
+        with torch.no_grad():
+            got = model(input_ids=tokens, attention_mask=real.long(), output_hidden_states=True)
+        assert len(got.hidden_states) == layers + 1
+        for i in range(layers):
+            check(f"hidden_states[{i}]", fairseq[f"{sample}.hidden.{i}"], got.hidden_states[i], real)
+        check("last_hidden_state", fairseq[f"{sample}.features"], got.hidden_states[layers], real)
+        if head is None:
+            check("mlm_logits", fairseq[f"{sample}.mlm_logits"], got.logits, real)
+        else:
+            check("head_logits", fairseq[f"{sample}.head.{head}"], got.logits, None)
+    return worst
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_fixture_converts_and_matches_fairseq(case: tuple, tmp_path: Path) -> None:
+    fixture, options, auto_class, head = case
+    out = tmp_path / "out"
+
+    report = convert(FIXTURES / fixture, out, **options)
+
+    assert report.verified
+    assert_matches_fairseq(fixture, out, auto_class, head)
+    meta = recording(fixture).meta
+    config = json_file(out / "config.json")
+    assert config["max_position_embeddings"] == meta["position_table_rows"]
+    assert config["vocab_size"] == meta["vocab_size"]
+    assert config["layer_norm_eps"] == 1e-5 and config["type_vocab_size"] == 1
+    assert config["tie_word_embeddings"] is (not meta["untie_weights_roberta"])
+    assert config["model_type"] == ("xlm-roberta-xl" if meta["pre_norm"] else "roberta")
+    if head is not None:
+        head_meta = meta["heads"][head]
+        if head_meta["regression"]:
+            assert config["problem_type"] == "regression" and config["num_labels"] == 1
+        else:
+            assert [config["id2label"][str(i)] for i in range(head_meta["num_classes"])] == head_meta["labels"]
+    saved = json_file(out / "conversion_report.json")
+    assert saved["outputs"][0]["verification"]["passed"] is True
+
+
+def test_half_precision_checkpoint_keeps_its_dtype(tmp_path: Path) -> None:
+    convert(FIXTURES / "roberta_mlm_fp16", tmp_path / "out", verify=False)
+    with safe_open(tmp_path / "out" / "model.safetensors", "pt") as weights:
+        dtypes = {weights.get_slice(name).get_dtype() for name in weights.keys()}
+    assert dtypes == {"F16"}
+    assert AutoConfig.from_pretrained(tmp_path / "out").dtype == torch.float16
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_cast_on_the_way_is_verified_on_the_rounded_weights(tmp_path: Path, dtype: str) -> None:
+    report = convert(FIXTURES / "roberta_mlm", tmp_path / "out", dtype=dtype)
+    assert report.verified
+    assert report.outputs[0].dtype == dtype
+    with safe_open(tmp_path / "out" / "model.safetensors", "pt") as weights:
+        assert {weights.get_slice(n).get_dtype() for n in weights.keys()} == {"F16" if dtype == "float16" else "BF16"}
+
+
+def test_all_heads_writes_one_verified_folder_per_head(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    report = convert(FIXTURES / "roberta_two_heads", out, all_heads=True)
+    assert sorted(o.head for o in report.outputs) == ["sentiment_head", "stsb"]
+    assert report.verified
+    for head in ("sentiment_head", "stsb"):
+        assert_matches_fairseq("roberta_two_heads", out / head, CLASSIFIER, head)
+    assert len(json_file(out / "conversion_report.json")["outputs"]) == 2
+
+
+def test_tied_embeddings_are_stored_once(tmp_path: Path) -> None:
+    convert(FIXTURES / "roberta_mlm", tmp_path / "out", verify=False)
+    with safe_open(tmp_path / "out" / "model.safetensors", "pt") as weights:
+        names = set(weights.keys())
+    assert "roberta.embeddings.word_embeddings.weight" in names
+    assert "lm_head.decoder.weight" not in names and "lm_head.decoder.bias" not in names

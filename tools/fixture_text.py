@@ -1,0 +1,175 @@
+"""Deterministic text for the fixtures, taken from what every Linux dev machine has offline.
+
+* English: sentences from the docstrings of the Python standard library (read with `ast`,
+  nothing is imported).
+* Other languages and scripts: translated messages from gettext catalogs under
+  /usr/share/locale (glib's catalog exists for nearly every language).
+
+Everything is sorted and shuffled with fixed seeds. The exact text depends on the Python version
+and the installed catalogs, which is fine: the generated fixtures are committed.
+"""
+
+from __future__ import annotations
+
+import ast
+import gettext
+import random
+import re
+import sysconfig
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+LOCALE_DIR = Path("/usr/share/locale")
+# (language, catalog): several scripts (Latin with accents, Cyrillic, Greek, CJK, Arabic, Hebrew,
+# Devanagari, Thai, Hangul, Georgian).
+CATALOGS = [
+    (lang, "glib20")
+    for lang in ["de", "fr", "es", "pt_BR", "vi", "tr", "pl", "ru", "uk", "el", "ja", "zh_CN",
+                 "zh_TW", "ko", "ar", "fa", "he", "hi", "th", "ka"]
+]
+# Libraries whose docstrings are not prose or not English-like enough.
+SKIPPED_STDLIB_DIRS = {"test", "tests", "idlelib", "site-packages", "__pycache__", "lib2to3",
+                       "turtledemo", "ensurepip"}
+
+
+@dataclass(frozen=True)
+class Corpora:
+    bpe: list[str]  # corpus A: trains the BPE merges
+    accented: list[str]  # accented Latin-script messages, added to corpus A
+    model_train: list[str]  # corpus B: builds dict.txt and trains the models
+    model_valid: list[str]
+    held_out: list[str]  # English the models and the BPE never saw
+    foreign: list[str]  # translated messages, many scripts
+
+
+def _docstring_sentences() -> list[str]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(
+        path for path in root.rglob("*.py")
+        if not set(path.relative_to(root).parts[:-1]) & SKIPPED_STDLIB_DIRS
+    )
+    sentences: set[str] = set()
+    for path in files:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # invalid escape sequences in old modules
+            try:
+                tree = ast.parse(path.read_text(encoding="utf-8"))
+            except (SyntaxError, UnicodeDecodeError):
+                continue
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                     ast.AsyncFunctionDef)):
+                continue
+            doc = ast.get_docstring(node)
+            for paragraph in re.split(r"\n\s*\n", doc or ""):
+                lines = paragraph.splitlines()
+                # Indented lines and doctests are code, not prose.
+                if any(line.startswith((" ", ">>>", "...")) for line in lines):
+                    continue
+                text = " ".join(line.strip() for line in lines)
+                for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z])", text):
+                    if _is_prose(sentence):
+                        sentences.add(sentence)
+    return sorted(sentences)
+
+
+def _is_prose(sentence: str) -> bool:
+    if not (30 <= len(sentence) <= 200 and sentence.isascii() and len(sentence.split()) >= 5):
+        return False
+    letters = sum(c.isalpha() or c == " " for c in sentence)
+    return letters / len(sentence) > 0.85
+
+
+def _catalog_messages(lang: str, domain: str) -> list[str]:
+    path = LOCALE_DIR / lang / "LC_MESSAGES" / f"{domain}.mo"
+    if not path.exists():
+        return []
+    with path.open("rb") as handle:
+        catalog = gettext.GNUTranslations(handle)._catalog  # msgid -> translation
+    messages = set()
+    for key, text in catalog.items():
+        if not key or not isinstance(text, str):  # "" holds the catalog header
+            continue
+        text = " ".join(text.split())
+        # Skip printf/format placeholders and markup, keep sentence-like messages.
+        if 15 <= len(text) <= 120 and not re.search(r"[%{}<>\\_]", text) and not text.isascii():
+            messages.add(text)
+    return sorted(messages)
+
+
+def load_corpora(seed: int = 0) -> Corpora:
+    english = _docstring_sentences()
+    random.Random(seed).shuffle(english)
+    foreign: list[str] = []
+    for lang, domain in CATALOGS:
+        messages = _catalog_messages(lang, domain)
+        random.Random(f"{seed}-{lang}").shuffle(messages)
+        foreign.extend(messages[:40])
+    # Accented Latin text added to corpus A gives the BPE a few multi-byte merges that the
+    # English-only model corpus never uses, so those tokens are missing from dict.txt.
+    accented = [m for m in foreign if m.isprintable() and all(ord(c) < 0x250 for c in m)]
+    return Corpora(
+        bpe=english[:6000],
+        accented=accented,
+        model_train=english[6000:10500],
+        model_valid=english[10500:11000],
+        held_out=english[11000:],
+        foreign=foreign,
+    )
+
+
+# Hand-written edge cases for the tokenizer ground truth.
+EDGE_CASES = [
+    "",
+    " ",
+    "   ",
+    "Hello world",
+    " Hello world",
+    "Hello world ",
+    "Hello   world",
+    "Hello\tworld",
+    "Hello\nworld",
+    "Hello\n\nworld\n",
+    "\n",
+    "\t\t",
+    "Line one.\r\nLine two.",
+    "I'm sure you'll see it's what they've said, isn't it? I'D SAY YOU'LL",
+    "don't DON'T Don't",
+    "Numbers: 0 1 12 123 1234 3.14159 -42 1e10 0x1F 1,000,000",
+    "Punctuation!!! ??? ... --- *** ((()))[[]]{{}}",
+    "email@example.com https://example.org/path?q=1&x=2#frag",
+    "snake_case camelCase PascalCase kebab-case SCREAMING_CASE",
+    "def f(x):\n    return x ** 2  # square",
+    "Café naïve résumé façade jalapeño São Paulo Zürich",
+    "Ærøskøbing Œuvre ßtraße İstanbul ı Ğ",
+    "Ünïcödé àççéñtš ëvérÿwhérè",
+    "emoji: 😀 😃 👍🏽 ❤️ 🇫🇷 👨‍👩‍👧‍👦",
+    "😀😀😀",
+    "日本語のテキストです。東京は日本の首都です。",
+    "中文文本，北京是中国的首都。",
+    "한국어 텍스트입니다.",
+    "مرحبا بالعالم، هذه جملة عربية.",
+    "שלום עולם, זה משפט בעברית.",
+    "Привет, мир! Это русское предложение.",
+    "Γειά σου κόσμε! Αυτή είναι μια ελληνική πρόταση.",
+    "नमस्ते दुनिया, यह एक हिंदी वाक्य है।",
+    "สวัสดีชาวโลก นี่คือประโยคภาษาไทย",
+    "zero\u200bwidth\u200cjoiner\u200dchars\ufeffbom",
+    "soft\u00adhyphen and non\u00a0breaking\u00a0spaces",
+    "control\x00null\x01start\x07bell\x1bescape\x7fdel",
+    "combining e\u0301 vs \u00e9, A\u030a vs \u00c5",
+    "fullwidth ＡＢＣ１２３ and ligature ﬁ ﬂ",
+    "math ∑∫√∞ ≤≥≠ and arrows ← → ↑ ↓",
+    "<s> </s> <pad> <unk> <mask> are just text here",
+    "a" * 80,
+    "word " * 40,
+    "   leading and trailing spaces   ",
+    "mixed\u3000ideographic\u2003em\u2009thin spaces",
+    "\u2028line separator\u2029paragraph separator",
+]
+
+
+def long_line(held_out: list[str]) -> str:
+    """An English line that encodes to well over 64 tokens."""
+    return " ".join(held_out[:6])

@@ -1,0 +1,764 @@
+"""Regenerate tests/fixtures/ with the real fairseq (dev-only; the package never needs fairseq).
+
+Run from the repository root with the interpreter of the fairseq venv:
+
+    /path/to/venv-fairseq/bin/python tools/make_fixtures.py
+
+What it makes, all from fixed seeds and text found on any Linux machine (see fixture_text.py):
+
+* tests/fixtures/gpt2_bpe/: a byte-level BPE in OpenAI's GPT-2 file formats (`encoder.json`,
+  `vocab.bpe`) trained on corpus A, plus `encode_cases.json`: fairseq's `roberta.encode` ids for
+  single lines and pairs and `roberta.fill_mask` results, all with roberta_mlm's dictionary.
+* One folder per tiny RoBERTa (2 layers, width 32, 4 heads, FFN 64, 64 positions), laid out like a
+  released model: `model.pt`, `dict.txt`, for classifiers `input0/dict.txt` and `label/dict.txt`.
+  The models are trained with `fairseq-train --cpu` on corpus B (different text than A, so some
+  BPE tokens are missing from dict.txt); older checkpoint layouts are derived from roberta_mlm
+  and checked by loading them back with fairseq.
+* In every model folder, `fairseq_outputs.safetensors` + `fairseq_outputs.json`: what fairseq's
+  `RobertaHubInterface` computes for a few inputs (hidden states, features, masked-LM logits,
+  classification-head logits), to compare a converted model against.
+
+The script itself runs in about a minute on two CPU cores. `--keep-work DIR` keeps the
+intermediate files (corpora, data-bins, training logs) for debugging.
+
+Setting up the venv (Python 3.11, CPU only; it takes about ten minutes):
+
+1. Create a venv and install torch first, on its own: `pip install torch==2.13.0` (a CPU build is
+   enough).
+2. Install fairseq's runtime dependencies, repeating the torch pin so pip keeps that build:
+   `pip install "numpy<2" cffi cython hydra-core==1.3.2 omegaconf==2.3.0 regex sacrebleu bitarray
+   scikit-learn tqdm packaging setuptools wheel safetensors torch==2.13.0`.
+3. Install fairseq itself from `fairseq-fixed`, a fork of fairseq 0.12.2 that imports on
+   Python 3.11: `MAX_JOBS=2 pip install --no-deps --no-build-isolation fairseq-fixed==0.12.3.1`.
+   It compiles C++/Cython extensions for several minutes. `--no-deps` keeps its torchaudio
+   requirement from replacing torch; `--no-build-isolation` compiles against the torch already
+   installed instead of downloading another one.
+
+fairseq checkpoints pickle argparse.Namespace objects, which torch >= 2.6 refuses to load by
+default; this script sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 for itself and for the fairseq CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from argparse import Namespace
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# Must be set before fairseq loads any checkpoint (see the module docstring).
+os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.dont_write_bytecode = True  # no __pycache__ in tools/
+import fixture_bpe  # noqa: E402
+import fixture_text  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "fixtures"
+VENV_BIN = Path(sys.executable).parent  # fairseq-train & co. live next to this interpreter
+
+SEED = 1
+# Small on purpose: the recorded logits grow with the vocabulary and tests/fixtures must stay
+# under 5 MB. 512 still leaves ~170 BPE tokens out of dict.txt.
+BPE_VOCAB_SIZE = 512
+ACCENTED_WEIGHT = 16  # repeats of the accented lines in corpus A (gives multi-byte merges)
+MAX_POSITIONS = 64  # not 512, so a converter cannot get away with a constant
+NUM_LAYERS = 2
+MODEL_ARGS = [
+    "--encoder-layers", str(NUM_LAYERS),
+    "--encoder-embed-dim", "32",
+    "--encoder-ffn-embed-dim", "64",
+    "--encoder-attention-heads", "4",
+    "--max-positions", str(MAX_POSITIONS),
+]
+# Updates and learning rates: the masked LMs only need to be non-degenerate; the fine-tunes get
+# a few more updates (about a second per 50 on CPU) so the classifier really learns its labels.
+MLM_UPDATES, MLM_LR = 50, "1e-3"
+FINETUNE_UPDATES, FINETUNE_LR = 150, "3e-3"
+
+StateDict = OrderedDict[str, torch.Tensor]
+OPTIMIZER_STATE_KEPT_IN = "roberta_reg"  # the one checkpoint that keeps last_optimizer_state
+
+# Sentiment cues make the 3-class labels learnable; unequal shares put the labels in a
+# frequency order that is not alphabetical (positive, negative, neutral).
+SENTIMENT_CUES = {
+    "positive": ["This works great.", "Excellent and fast.", "I love this feature."],
+    "negative": ["This is broken.", "Terrible and slow.", "I hate this bug."],
+    "neutral": ["This is a description.", "It is a function.", "Nothing more to say."],
+}
+SENTIMENT_SHARES = [("positive", 0.45), ("negative", 0.35), ("neutral", 0.20)]
+# The regression target (0..5, like STS-B) is set by one adjective.
+SCORE_WORDS = {"terrible": 0.0, "bad": 1.0, "okay": 2.5, "fine": 3.0, "good": 4.0,
+               "excellent": 5.0}
+
+FILL_MASK_TOPK = 3
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def run(cmd: list[str], cwd: Path, log_name: str) -> None:
+    """Run a fairseq CLI command, keeping its (long) log in the work dir."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
+    log = cwd / "logs" / f"{log_name}.log"
+    log.parent.mkdir(exist_ok=True)
+    with log.open("w") as handle:
+        done = subprocess.run(cmd, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed, see its log:\n{log.read_text()[-4000:]}")
+
+
+def cli(name: str) -> str:
+    return str(VENV_BIN / name)
+
+
+def train_args(updates: int, lr: str) -> list[str]:
+    """Options shared by every fairseq-train run (Adam, linear warmup and decay, CPU)."""
+    return [
+        "--cpu", "--seed", str(SEED), "--num-workers", "0",
+        "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--adam-eps", "1e-6",
+        "--lr", lr, "--lr-scheduler", "polynomial_decay", "--warmup-updates", "5",
+        "--total-num-update", str(updates), "--max-update", str(updates),
+        "--batch-size", "16", "--disable-validation", "--no-epoch-checkpoints",
+        "--log-format", "simple", "--log-interval", "10",
+    ]
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    # Trusted files we just wrote ourselves; fairseq's format needs the full unpickler.
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def make_bpe_encoder(bpe_dir: Path) -> Callable[[str], str]:
+    """fairseq's own GPT-2 encoder, returning the id string exactly as GPT2BPE.encode does."""
+    from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
+
+    encoder = get_encoder(str(bpe_dir / "encoder.json"), str(bpe_dir / "vocab.bpe"))
+    return lambda text: " ".join(map(str, encoder.encode(text)))
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_tokenizer(corpora: fixture_text.Corpora, out: Path) -> Path:
+    bpe_dir = out / "gpt2_bpe"
+    vocab, merges = fixture_bpe.train_bpe(
+        corpora.bpe + corpora.accented * ACCENTED_WEIGHT, BPE_VOCAB_SIZE)
+    fixture_bpe.write_gpt2_files(vocab, merges, bpe_dir)
+    return bpe_dir
+
+
+def preprocess_mlm_data(corpora: fixture_text.Corpora, bpe: Callable[[str], str],
+                        work: Path) -> Path:
+    """Binarize corpus B; fairseq builds dict.txt from it, in frequency order."""
+    raw = work / "raw"
+    raw.mkdir()
+    write_lines(raw / "train.bpe", [bpe(line) for line in corpora.model_train])
+    write_lines(raw / "valid.bpe", [bpe(line) for line in corpora.model_valid])
+    run([cli("fairseq-preprocess"), "--only-source", "--trainpref", "raw/train.bpe",
+         "--validpref", "raw/valid.bpe", "--destdir", "bin/mlm", "--workers", "1"],
+        work, "preprocess_mlm")
+    return work / "bin" / "mlm"
+
+
+def train_mlm(work: Path, name: str, extra: list[str], arch: str = "roberta_base") -> Path:
+    # Relative paths: fairseq stores data/save_dir in the checkpoint's cfg.
+    run([cli("fairseq-train"), "bin/mlm", "--task", "masked_lm", "--criterion", "masked_lm",
+         "--arch", arch, *MODEL_ARGS, "--sample-break-mode", "complete",
+         "--tokens-per-sample", str(MAX_POSITIONS), *train_args(MLM_UPDATES, MLM_LR),
+         "--save-dir", f"ckpt/{name}", "--no-save-optimizer-state", *extra],
+        work, f"train_{name}")
+    return work / "ckpt" / name / "checkpoint_last.pt"
+
+
+def classification_examples(sentences: list[str], bpe: Callable[[str], str],
+                            ) -> list[tuple[str, str, float]]:
+    """(text, sentiment label, regression score) built around short sentences."""
+    rng = random.Random(SEED)
+    labels = [label for label, share in SENTIMENT_SHARES for _ in range(round(share * 100))]
+    examples = []
+    for sentence in sentences:
+        if len(bpe(sentence).split()) > 40:  # leave room for the cue, <s> and </s>
+            continue
+        label = rng.choice(labels)
+        word = rng.choice(sorted(SCORE_WORDS))
+        cue = rng.choice(SENTIMENT_CUES[label])
+        examples.append((f"{cue} The result is {word}. {sentence}", label, SCORE_WORDS[word]))
+    return examples
+
+
+def preprocess_sentence_data(corpora: fixture_text.Corpora, bpe: Callable[[str], str],
+                             dict_txt: Path, work: Path) -> tuple[Path, Path]:
+    """Build GLUE-style data-bins (input0/, label/) for the classifier and the regressor."""
+    raw = work / "raw"
+    splits = {
+        "train": classification_examples(corpora.model_train, bpe),
+        "valid": classification_examples(corpora.model_valid, bpe),
+    }
+    for split, examples in splits.items():
+        write_lines(raw / f"{split}.input0.bpe", [bpe(text) for text, _, _ in examples])
+        write_lines(raw / f"{split}.label", [label for _, label, _ in examples])
+        write_lines(raw / f"{split}.score", [f"{score:.1f}" for _, _, score in examples])
+
+    for task in ("cls", "reg"):
+        run([cli("fairseq-preprocess"), "--only-source",
+             "--trainpref", "raw/train.input0.bpe", "--validpref", "raw/valid.input0.bpe",
+             "--destdir", f"bin/{task}/input0", "--srcdict", str(dict_txt), "--workers", "1"],
+            work, f"preprocess_{task}_input0")
+    # Labels of the classifier: fairseq builds this dictionary too (frequency order).
+    run([cli("fairseq-preprocess"), "--only-source", "--trainpref", "raw/train.label",
+         "--validpref", "raw/valid.label", "--destdir", "bin/cls/label", "--workers", "1"],
+        work, "preprocess_cls_label")
+    # Regression targets are read as raw text from label/<split>.label.
+    (work / "bin/reg/label").mkdir(parents=True)
+    for split in splits:
+        shutil.copy(raw / f"{split}.score", work / f"bin/reg/label/{split}.label")
+    return work / "bin" / "cls", work / "bin" / "reg"
+
+
+def finetune(work: Path, name: str, data: str, init: Path, extra: list[str],
+             keep_optimizer: bool) -> Path:
+    run([cli("fairseq-train"), data, "--task", "sentence_prediction",
+         "--criterion", "sentence_prediction", "--arch", "roberta_base", *MODEL_ARGS,
+         "--init-token", "0", "--separator-token", "2",
+         *train_args(FINETUNE_UPDATES, FINETUNE_LR),
+         "--restore-file", str(init.relative_to(work)), "--reset-optimizer",
+         "--reset-dataloader", "--reset-meters", "--save-dir", f"ckpt/{name}",
+         *([] if keep_optimizer else ["--no-save-optimizer-state"]), *extra],
+        work, f"train_{name}")
+    return work / "ckpt" / name / "checkpoint_last.pt"
+
+
+# --------------------------------------------------------------------------- derived layouts
+
+
+def to_legacy_args(cfg: dict[str, Any], drop: tuple[str, ...]) -> Namespace:
+    """The flat argparse.Namespace that fairseq <= 0.10 stored under `args`.
+
+    fairseq 0.12 keeps the whole training Namespace in cfg["model"] for RoBERTa; options that the
+    old releases did not have are dropped, so fairseq (and a converter) must fall back to defaults.
+    """
+    args = Namespace(**vars(cfg["model"]))
+    for name in ("_name", *drop):
+        if hasattr(args, name):
+            delattr(args, name)
+    return args
+
+
+def legacy_state_dict(model: StateDict, prefix: str, fuse_qkv: bool) -> StateDict:
+    """Rename a fairseq 0.12 RoBERTa state dict to an older key layout, keeping the key order
+    (and the storage shared by the tied embedding and LM-head weights)."""
+
+    def old_name(key: str) -> str:
+        key = key.replace(".layernorm_embedding.", ".emb_layer_norm.")
+        return prefix + key[len("encoder."):] if key.startswith("encoder.") else key
+
+    renamed: StateDict = OrderedDict()
+    for key, tensor in model.items():
+        if key.endswith(".version"):  # bookkeeping added by fairseq 0.12's TransformerEncoder
+            continue
+        layer, _, name = key.rpartition(".self_attn.")
+        if fuse_qkv and name[:7] in ("q_proj.", "k_proj.", "v_proj."):
+            # One fused in_proj (q|k|v on dim 0) where the first of the three used to be.
+            fused = old_name(f"{layer}.self_attn.in_proj_")
+            if fused + "weight" not in renamed:
+                for kind in ("weight", "bias"):
+                    parts = [model[f"{layer}.self_attn.{proj}_proj.{kind}"] for proj in "qkv"]
+                    renamed[fused + kind] = torch.cat(parts, dim=0)
+            continue
+        renamed[old_name(key)] = tensor
+    return renamed
+
+
+def half_precision(model: StateDict) -> StateDict:
+    """Cast floating tensors to float16; tensors sharing storage (tied weights) stay shared."""
+    cast: dict[tuple[int, int], torch.Tensor] = {}
+    out: StateDict = OrderedDict()
+    for key, tensor in model.items():
+        if tensor.is_floating_point():
+            identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+            out[key] = cast.setdefault(identity, tensor.half())
+        else:
+            out[key] = tensor
+    return out
+
+
+def make_derived(out: Path) -> None:
+    base = load_checkpoint(out / "roberta_mlm" / "model.pt")
+
+    def new_folder(name: str) -> Path:
+        folder = out / name
+        folder.mkdir()
+        shutil.copy(out / "roberta_mlm" / "dict.txt", folder / "dict.txt")
+        return folder
+
+    # 6. fp16: every floating tensor of `model` in half precision, the rest untouched.
+    fp16 = dict(base)
+    fp16["model"] = half_precision(base["model"])
+    torch.save(fp16, new_folder("roberta_mlm_fp16") / "model.pt")
+
+    # 7. fairseq <= 0.9 (2019 releases): `args`, decoder.*, emb_layer_norm, fused in_proj,
+    #    no version tensors, torch's legacy (non-zip) serialization. The Namespace loses the
+    #    options added later (0.9's RoBERTa hard-wired its embedding layer norm).
+    legacy_drop = ("layernorm_embedding", "untie_weights_roberta", "no_scale_embedding",
+                   "spectral_norm_classification_head", "encoder_normalize_before")
+    v09 = {
+        "args": to_legacy_args(base["cfg"], legacy_drop),
+        "model": legacy_state_dict(base["model"], "decoder.", fuse_qkv=True),
+        "optimizer_history": base["optimizer_history"],
+        "extra_state": {"train_iterator": base["extra_state"].get("train_iterator")},
+        "last_optimizer_state": None,
+    }
+    torch.save(v09, new_folder("roberta_legacy_v09") / "model.pt",
+               _use_new_zipfile_serialization=False)
+
+    # 8. fairseq 0.10: `args`, encoder.*, emb_layer_norm, separate q/k/v, no version tensors.
+    v010 = {
+        "args": to_legacy_args(base["cfg"], ("layernorm_embedding",)),
+        "model": legacy_state_dict(base["model"], "encoder.", fuse_qkv=False),
+        "optimizer_history": base["optimizer_history"],
+        "extra_state": {"train_iterator": base["extra_state"].get("train_iterator")},
+    }
+    torch.save(v010, new_folder("roberta_v010") / "model.pt")
+
+    # 9. cfg pickled as an omegaconf DictConfig (late-2020 files); cfg["model"] stays a Namespace,
+    #    which omegaconf only accepts with the allow_objects flag.
+    from omegaconf import DictConfig, OmegaConf
+
+    with_omegaconf = dict(base)
+    with_omegaconf["cfg"] = OmegaConf.create(base["cfg"], flags={"allow_objects": True})
+    assert isinstance(with_omegaconf["cfg"], DictConfig)
+    assert isinstance(with_omegaconf["cfg"]["model"], Namespace)
+    torch.save(with_omegaconf, new_folder("roberta_omegaconf") / "model.pt")
+
+
+def make_two_heads(out: Path) -> None:
+    """roberta_cls plus roberta_reg's head stored under a second name, `stsb`."""
+    folder = out / "roberta_two_heads"
+    shutil.copytree(out / "roberta_cls", folder)
+    state = load_checkpoint(folder / "model.pt")
+    regressor = load_checkpoint(out / "roberta_reg" / "model.pt")["model"]
+    source = "classification_heads.sentence_classification_head."
+    for key, tensor in regressor.items():
+        if key.startswith(source):
+            state["model"]["classification_heads.stsb." + key[len(source):]] = tensor.clone()
+    torch.save(state, folder / "model.pt")
+
+
+# --------------------------------------------------------------------------- recording
+
+
+def load_hub(folder: Path, bpe_dir: Path) -> Any:
+    from fairseq.models.roberta import RobertaModel
+
+    hub = RobertaModel.from_pretrained(
+        str(folder), checkpoint_file="model.pt", bpe="gpt2",
+        gpt2_encoder_json=str(bpe_dir / "encoder.json"),
+        gpt2_vocab_bpe=str(bpe_dir / "vocab.bpe"),
+    )
+    return hub.eval()
+
+
+def choose_samples(hub: Any, held_out: list[str]) -> dict[str, Any]:
+    """Texts of s0..s3 and of the padded batch (chosen with roberta_mlm's dictionary)."""
+
+    def length(text: str) -> int:
+        return len(hub.encode(text))
+
+    s0 = "Return a new list."
+    s1 = next(s for s in held_out if 14 <= length(s) <= 18)
+    s2 = "Café in Zürich 😀"  # accents, emoji: some BPE tokens are <unk>
+    # Near the limit but under it: drop words until the text fits in MAX_POSITIONS - 2 ids.
+    words = " ".join(held_out[-12:]).split()
+    while length(" ".join(words)) > MAX_POSITIONS - 2:
+        words.pop()
+    s3 = " ".join(words)
+    batch = ["Close it.", "Return the value of the key.", "Return the number of items."]
+    assert len({length(text) for text in batch}) == 3, "batch rows need different lengths"
+    return {"s0": s0, "s1": s1, "s2": s2, "s3": s3, "batch": batch}
+
+
+@torch.no_grad()
+def record_outputs(name: str, folder: Path, bpe_dir: Path, samples: dict[str, Any],
+                   description: str, examples: list[tuple[str, str, float]],
+                   ) -> dict[str, torch.Tensor]:
+    from fairseq.data.data_utils import collate_tokens
+
+    hub = load_hub(folder, bpe_dir)
+    model = hub.model
+    args = model.args  # the training Namespace (also for files that stored a cfg)
+    pre_norm = bool(args.encoder_normalize_before)
+    heads = sorted(model.classification_heads.keys())
+    tensors: dict[str, torch.Tensor] = {}
+    for sample, text in samples.items():
+        if sample == "batch":
+            tokens = collate_tokens([hub.encode(t) for t in text], pad_idx=1)  # right-padded
+        else:
+            tokens = hub.encode(text).unsqueeze(0)
+        tensors[f"{sample}.input_ids"] = tokens.long()
+        inner_states = hub.extract_features(tokens, return_all_hiddens=True)  # B x T x C each
+        assert len(inner_states) == NUM_LAYERS + 1
+        for i, state in enumerate(inner_states):
+            tensors[f"{sample}.hidden.{i}"] = state
+        tensors[f"{sample}.features"] = hub.extract_features(tokens)
+        # Post-norm: the last inner state is the output; pre-norm: the final layer_norm follows.
+        same = torch.equal(inner_states[-1], tensors[f"{sample}.features"])
+        assert same != pre_norm, name
+        tensors[f"{sample}.mlm_logits"] = model(tokens)[0]
+        for head in heads:
+            tensors[f"{sample}.head.{head}"] = hub.predict(head, tokens, return_logits=True)
+    tensors = {k: v.contiguous() if v.dtype == torch.long else v.float().contiguous()
+               for k, v in tensors.items()}
+    save_file(tensors, str(folder / "fairseq_outputs.safetensors"))
+
+    label_dict = folder / "label" / "dict.txt"
+    label_symbols = ([line.split()[0] for line in label_dict.read_text().splitlines()]
+                     if label_dict.exists() else [])
+    head_info = {}
+    for head in heads:
+        num_classes = model.classification_heads[head].out_proj.out_features
+        info: dict[str, Any] = {"num_classes": num_classes, "regression": num_classes == 1}
+        if num_classes > 1:
+            info["labels"] = label_symbols[:num_classes]
+        info["held_out_check"] = head_quality(hub, head, info.get("labels", []), examples)
+        head_info[head] = info
+
+    import fairseq
+
+    meta = {
+        "fixture": name,
+        "description": description,
+        "fairseq_version": fairseq.__version__,
+        "torch_version": torch.__version__,
+        "num_layers": len(model.encoder.sentence_encoder.layers),
+        "hidden_size": model.encoder.sentence_encoder.embed_tokens.embedding_dim,
+        "vocab_size": model.encoder.sentence_encoder.embed_tokens.num_embeddings,
+        "position_table_rows": model.encoder.sentence_encoder.embed_positions.num_embeddings,
+        "max_positions": model.max_positions(),
+        "pre_norm": pre_norm,
+        "layernorm_embedding": model.encoder.sentence_encoder.layernorm_embedding is not None,
+        "untie_weights_roberta": bool(getattr(args, "untie_weights_roberta", False)),
+        "activation_fn": args.activation_fn,
+        "pooler_activation_fn": args.pooler_activation_fn,
+        "heads": head_info,
+        "label_dict_symbols": label_symbols,
+        "samples": {
+            key: ({"texts": value, "lengths": [len(hub.encode(t)) for t in value]}
+                  if key == "batch" else {"text": value, "length": len(hub.encode(value))})
+            for key, value in samples.items()
+        },
+        "padding": {
+            "pad_id": 1,
+            "side": "right",
+            "note": "batch.input_ids is right-padded with 1 (fairseq collate_tokens); values of "
+                    "any tensor at pad positions are not meaningful. Single samples have no pads.",
+        },
+        "tensors": {
+            "{sample}.input_ids": "int64 B x T, fairseq ids from RobertaHubInterface.encode",
+            "{sample}.hidden.{i}": (
+                "float32 B x T x C, i = 0..num_layers: extract_features(tokens, "
+                "return_all_hiddens=True)[i] (fairseq's inner_states, made batch-first). "
+                "hidden.0 is the embedding output: token + learned position embeddings"
+                + ("" if pre_norm else ", then layernorm_embedding")
+                + ", with pad positions zeroed; hidden.i is the output of layer i"
+                + (" (pre-norm: BEFORE the final encoder layer_norm)" if pre_norm else "")
+            ),
+            "{sample}.features": (
+                "float32 B x T x C, extract_features(tokens)"
+                + (" = final layer_norm(hidden.{num_layers})" if pre_norm
+                   else " (equals hidden.{num_layers})")
+            ),
+            "{sample}.mlm_logits": "float32 B x T x vocab_size, roberta.model(tokens)[0]",
+            "{sample}.head.{name}": "float32 B x num_classes, raw logits of "
+                                    "roberta.predict(name, tokens, return_logits=True)",
+        },
+        "dtype_note": "fairseq ran in float32 (an fp16 checkpoint is loaded into a float32 model)",
+    }
+    (folder / "fairseq_outputs.json").write_text(
+        json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return tensors
+
+
+def head_quality(hub: Any, head: str, labels: list[str],
+                 examples: list[tuple[str, str, float]]) -> dict[str, Any]:
+    """How well a head does on unseen examples: shows the labels were learned (and in which
+    order). The 'stsb' head of roberta_two_heads was trained on another encoder, so it is poor."""
+    logits = torch.cat([hub.predict(head, hub.encode(text), return_logits=True)
+                        for text, _, _ in examples])
+    if not labels:  # regression: Pearson correlation with the score
+        scores = torch.tensor([score for _, _, score in examples])
+        pearson = torch.corrcoef(torch.stack([logits[:, 0], scores]))[0, 1].item()
+        return {"examples": len(examples), "pearson": round(pearson, 3)}
+    predicted = [labels[i] for i in logits.argmax(-1).tolist()]
+    correct = sum(p == label for p, (_, label, _) in zip(predicted, examples))
+    return {"examples": len(examples), "accuracy": round(correct / len(examples), 3)}
+
+
+def record_encode_cases(hub: Any, corpora: fixture_text.Corpora, bpe_dir: Path) -> None:
+    rng = random.Random(SEED)
+    lines = (corpora.held_out[:150] + fixture_text.EDGE_CASES
+             + [fixture_text.long_line(corpora.held_out)] + corpora.foreign[::8])
+    lines += [random_text(rng) for _ in range(10)]
+    pairs = [(corpora.held_out[150 + 2 * i], corpora.held_out[151 + 2 * i]) for i in range(15)]
+    pairs += [(corpora.held_out[200 + i], corpora.foreign[3 + 80 * i]) for i in range(10)]
+    pairs += [("", ""), ("", "Hello world"), ("Hello world", ""), (" leading", "trailing "),
+              ("Line one.\nLine two.", "Tab\tseparated")]
+
+    def case(text: str) -> dict[str, Any]:
+        return {"text": text, "bpe": hub.bpe.encode(text), "ids": hub.encode(text).tolist()}
+
+    fill_mask = []
+    for sentence in masked_sentences(corpora.held_out[300:], rng):
+        try:
+            filled = hub.fill_mask(sentence, topk=FILL_MASK_TOPK)
+        except ValueError:  # fairseq cannot decode a predicted special symbol: skip
+            continue
+        tokens = hub.task.source_dictionary.encode_line(
+            "<s> " + " <mask> ".join(hub.bpe.encode(s.rstrip()) for s in sentence.split("<mask>"))
+            .strip() + " </s>", append_eos=False, add_if_not_exist=False).long()
+        with torch.no_grad():
+            logits = hub.model(tokens.unsqueeze(0))[0][0, tokens.tolist().index(hub.task.mask_idx)]
+        probs, ids = logits.softmax(-1).topk(FILL_MASK_TOPK)
+        fill_mask.append({
+            "masked_text": sentence,
+            "input_ids": tokens.tolist(),
+            "fairseq_fill_mask": [list(item) for item in filled],
+            "topk_ids": ids.tolist(),
+            "topk_probs": probs.tolist(),
+        })
+        if len(fill_mask) == 10:
+            break
+
+    dictionary = hub.task.source_dictionary
+    gpt2_ids = json.loads((bpe_dir / "encoder.json").read_text()).values()
+    missing = sorted(i for i in gpt2_ids if dictionary.index(str(i)) == dictionary.unk())
+    import fairseq
+
+    data = {
+        "description": "Ground truth from fairseq's RobertaHubInterface with roberta_mlm's "
+                       "dict.txt and the GPT-2-format BPE of this folder. `bpe` is "
+                       "GPT2BPE.encode(text) (space-separated GPT-2 ids), `ids` is "
+                       "roberta.encode(text...) (fairseq ids incl. <s>/</s>). fill_mask: "
+                       "`fairseq_fill_mask` is roberta.fill_mask(masked_text, topk) as "
+                       "(filled_text, probability, predicted_token) triples; `topk_ids` / "
+                       "`topk_probs` are the same top-k read directly from the logits at the "
+                       "<mask> position.",
+        "fairseq_version": fairseq.__version__,
+        "model": "roberta_mlm",
+        "special_ids": {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3,
+                        "<mask>": hub.task.mask_idx},
+        "gpt2_ids_missing_from_dict": missing,
+        "single": [case(text) for text in lines],
+        "pairs": [{"texts": [a, b], "ids": hub.encode(a, b).tolist()} for a, b in pairs],
+        "fill_mask_topk": FILL_MASK_TOPK,
+        "fill_mask": fill_mask,
+    }
+    (bpe_dir / "encode_cases.json").write_text(compact_json(data), encoding="utf-8")
+
+
+def compact_json(data: dict[str, Any]) -> str:
+    """JSON with one case per line: readable diffs, small file. ASCII-escaped, so invisible
+    and control characters stay visible."""
+    lines = []
+    for key, value in data.items():
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            rows = ",\n".join("    " + json.dumps(row) for row in value)
+            lines.append(f"  {json.dumps(key)}: [\n{rows}\n  ]")
+        else:
+            lines.append(f"  {json.dumps(key)}: {json.dumps(value)}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
+def random_text(rng: random.Random) -> str:
+    """Seeded mixtures of scripts, digits, punctuation and odd whitespace."""
+    ranges = [(0x20, 0x7E), (0xC0, 0x17F), (0x370, 0x3FF), (0x400, 0x4FF), (0x600, 0x6FF),
+              (0x3040, 0x30FF), (0x4E00, 0x4FFF), (0xAC00, 0xAD00), (0x1F600, 0x1F64F)]
+    pieces = []
+    for _ in range(rng.randint(3, 12)):
+        low, high = rng.choice(ranges)
+        pieces.append("".join(chr(rng.randint(low, high)) for _ in range(rng.randint(1, 6))))
+        pieces.append(rng.choice([" ", " ", "  ", "\t", "\n", "", " \u200b"]))
+    return "".join(pieces)
+
+
+def masked_sentences(sentences: list[str], rng: random.Random) -> list[str]:
+    """Sentences with one word replaced by <mask> (first one masks the first word)."""
+    out = []
+    for i, sentence in enumerate(sentences[:40]):
+        words = sentence.split(" ")
+        position = 0 if i == 0 else rng.randrange(1, len(words))
+        words[position] = "<mask>"
+        out.append(" ".join(words))
+    return out
+
+
+# --------------------------------------------------------------------------- main
+
+DESCRIPTIONS = {
+    "roberta_mlm": "post-norm masked LM, fairseq 0.12 checkpoint (cfg dict) as fairseq-train "
+                   "saves it",
+    "roberta_mlm_untied": "as roberta_mlm, trained with --untie-weights-roberta",
+    "roberta_cls": "sentence_prediction fine-tune of roberta_mlm, 3 classes, head "
+                   "'sentiment_head', word labels in fairseq-built (frequency-ordered) label dict",
+    "roberta_reg": "sentence_prediction fine-tune of roberta_mlm, --regression-target "
+                   "--num-classes 1, default head name; keeps last_optimizer_state",
+    "roberta_two_heads": "roberta_cls plus roberta_reg's regression head stored as 'stsb'",
+    "roberta_mlm_fp16": "roberta_mlm with every floating tensor of `model` cast to float16",
+    "roberta_legacy_v09": "roberta_mlm in the 2019 (fairseq <= 0.9) layout: `args` Namespace, "
+                          "decoder.* keys, emb_layer_norm, fused in_proj (q, k, v stacked), "
+                          "no version tensors, torch legacy non-zip serialization",
+    "roberta_v010": "roberta_mlm in the fairseq 0.10 layout: `args` Namespace, encoder.* keys, "
+                    "emb_layer_norm, separate q/k/v, no version tensors",
+    "roberta_omegaconf": "roberta_mlm with `cfg` pickled as an omegaconf DictConfig "
+                         "(cfg['model'] is still an argparse.Namespace)",
+    "roberta_prenorm": "pre-norm masked LM (--arch roberta_prenorm: encoder_normalize_before, "
+                       "no layernorm_embedding, final encoder layer_norm)",
+}
+SAME_OUTPUTS_AS_MLM = ("roberta_legacy_v09", "roberta_v010", "roberta_omegaconf")
+
+
+def assemble(name: str, checkpoint: Path, out: Path, dict_txt: Path,
+             sentence_prediction: bool = False, label_dict: Path | None = None) -> None:
+    """A released-model folder; fairseq's sentence_prediction loader wants input0/ (and label/
+    unless it is a regression head)."""
+    folder = out / name
+    folder.mkdir()
+    shutil.copy(checkpoint, folder / "model.pt")
+    shutil.copy(dict_txt, folder / "dict.txt")
+    if sentence_prediction:
+        (folder / "input0").mkdir()
+        shutil.copy(dict_txt, folder / "input0" / "dict.txt")
+    if label_dict is not None:
+        (folder / "label").mkdir()
+        shutil.copy(label_dict, folder / "label" / "dict.txt")
+
+
+def write_readme(out: Path) -> None:
+    """A short index of the fixtures, regenerated with them."""
+    rows = "\n".join(f"| `{name}` | {text} |" for name, text in DESCRIPTIONS.items())
+    (out / "README.md").write_text(f"""# fairseq fixtures
+
+Generated by `tools/make_fixtures.py` with the real fairseq; do not edit by hand (see that
+script's docstring for the venv it needs). Tiny RoBERTa models: {NUM_LAYERS} layers, width 32,
+4 heads, FFN 64, `--max-positions {MAX_POSITIONS}` (position table of {MAX_POSITIONS + 2} rows).
+
+| folder | what it is |
+| --- | --- |
+{rows}
+
+Every model folder holds `model.pt` and `dict.txt` (classifiers also `input0/dict.txt` and
+`label/dict.txt`, the regressor `input0/dict.txt`), plus fairseq's recorded outputs:
+`fairseq_outputs.safetensors` (tensors named `{{sample}}.input_ids`, `{{sample}}.hidden.{{i}}`,
+`{{sample}}.features`, `{{sample}}.mlm_logits`, `{{sample}}.head.{{name}}` for samples `s0`..`s3`
+and the right-padded `batch`) and `fairseq_outputs.json` (texts, head names and labels, what
+each tensor is).
+
+`gpt2_bpe/` holds a GPT-2-format byte-level BPE (`encoder.json`, `vocab.bpe`; trained here, not
+OpenAI's) shared by all models; the model folders deliberately do not contain it. Some of its
+tokens are not in `dict.txt` (listed in `encode_cases.json`, which also holds fairseq's
+`roberta.encode` and `roberta.fill_mask` results with `roberta_mlm`).
+""", encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep-work", type=Path, metavar="DIR",
+                        help="work in DIR (must not exist) and keep it, for debugging")
+    options = parser.parse_args()
+    # fairseq and hydra log every config they build and warn about deprecated hydra usage.
+    logging.disable(logging.INFO)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    started = time.time()
+    torch.manual_seed(SEED)
+    with contextlib.ExitStack() as stack:
+        if options.keep_work:
+            work = options.keep_work.resolve()
+            work.mkdir(parents=True)
+        else:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fixtures-")))
+        out = work / "out"
+        out.mkdir()
+
+        print("corpora and BPE ...", flush=True)
+        corpora = fixture_text.load_corpora(seed=0)
+        bpe_dir = train_tokenizer(corpora, out)
+        bpe = make_bpe_encoder(bpe_dir)
+
+        print("fairseq-preprocess ...", flush=True)
+        mlm_bin = preprocess_mlm_data(corpora, bpe, work)
+        dict_txt = mlm_bin / "dict.txt"
+        cls_bin, reg_bin = preprocess_sentence_data(corpora, bpe, dict_txt, work)
+
+        print("fairseq-train (5 runs) ...", flush=True)
+        mlm = train_mlm(work, "roberta_mlm", [])
+        untied = train_mlm(work, "roberta_mlm_untied", ["--untie-weights-roberta"])
+        prenorm = train_mlm(work, "roberta_prenorm", [], arch="roberta_prenorm")
+        cls = finetune(work, "roberta_cls", "bin/cls", mlm,
+                       ["--num-classes", "3", "--classification-head-name", "sentiment_head"],
+                       keep_optimizer=OPTIMIZER_STATE_KEPT_IN == "roberta_cls")
+        reg = finetune(work, "roberta_reg", "bin/reg", mlm,
+                       ["--num-classes", "1", "--regression-target"],
+                       keep_optimizer=OPTIMIZER_STATE_KEPT_IN == "roberta_reg")
+
+        assemble("roberta_mlm", mlm, out, dict_txt)
+        assemble("roberta_mlm_untied", untied, out, dict_txt)
+        assemble("roberta_prenorm", prenorm, out, dict_txt)
+        assemble("roberta_cls", cls, out, dict_txt, sentence_prediction=True,
+                 label_dict=cls_bin / "label" / "dict.txt")
+        assemble("roberta_reg", reg, out, dict_txt, sentence_prediction=True)
+        make_two_heads(out)
+        make_derived(out)
+
+        print("recording fairseq outputs ...", flush=True)
+        mlm_hub = load_hub(out / "roberta_mlm", bpe_dir)
+        samples = choose_samples(mlm_hub, corpora.held_out)
+        examples = classification_examples(corpora.held_out[:200], bpe)
+        outputs = {name: record_outputs(name, out / name, bpe_dir, samples, description, examples)
+                   for name, description in DESCRIPTIONS.items()}
+        check_outputs(outputs)
+        record_encode_cases(mlm_hub, corpora, bpe_dir)
+        write_readme(out)
+
+        if FIXTURES.exists():
+            shutil.rmtree(FIXTURES)
+        shutil.copytree(out, FIXTURES)
+    print(f"wrote {FIXTURES} in {time.time() - started:.0f} s")
+
+
+def check_outputs(outputs: dict[str, dict[str, torch.Tensor]]) -> None:
+    """The derived layouts must load in fairseq to the very same model."""
+    reference = outputs["roberta_mlm"]
+    for name in SAME_OUTPUTS_AS_MLM:
+        assert outputs[name].keys() == reference.keys(), name
+        for key, value in reference.items():
+            assert torch.equal(outputs[name][key], value), f"{name}: {key} differs"
+    fp16 = outputs["roberta_mlm_fp16"]
+    assert max((fp16[k] - v).abs().max().item() for k, v in reference.items()) < 0.1
+    two, cls = outputs["roberta_two_heads"], outputs["roberta_cls"]
+    for key, value in cls.items():
+        assert torch.equal(two[key], value), f"roberta_two_heads: {key} differs"
+    assert {k for k in two if ".head.stsb" in k}, "fairseq did not register the stsb head"
+
+
+if __name__ == "__main__":
+    main()
