@@ -173,3 +173,64 @@ EDGE_CASES = [
 def long_line(held_out: list[str]) -> str:
     """An English line that encodes to well over 64 tokens."""
     return " ".join(held_out[:6])
+
+
+# --------------------------------------------------------------------------- multilingual text
+# For the sentencepiece fixtures (XLM-R / CamemBERT style). Kept apart from load_corpora(), whose
+# output the GPT-2 fixtures depend on.
+
+MULTILINGUAL_DOMAINS = ["glib20", "gtk20", "gtk20-properties", "gdk-pixbuf", "shared-mime-info",
+                        "at-spi2-core", "Linux-PAM", "PackageKit", "xkeyboard-config",
+                        "gsettings-desktop-schemas", "coreutils", "dpkg", "apt"]
+# Languages of the sentencepiece and model corpora: Latin with diacritics, Cyrillic, Greek,
+# Arabic, Hebrew, Devanagari, Thai, Georgian, Japanese, Chinese, Hangul.
+SEEN_LANGUAGES = ["de", "fr", "es", "pt_BR", "pl", "cs", "tr", "vi", "sv", "ru", "uk", "bg", "el",
+                  "ar", "fa", "he", "hi", "th", "ka", "ja", "zh_CN", "ko"]
+# Thousands of distinct characters: fewer lines, so a 1000-piece model still has room for words
+# (and many of their rarer characters stay unknown to it).
+CJK_LANGUAGES = {"ja", "zh_CN", "ko"}
+# Scripts neither the sentencepiece model nor the models ever saw: whole words are unknown.
+UNSEEN_LANGUAGES = ["hy", "ta", "bn", "my", "si"]
+
+# Lines per language: sentencepiece corpus, model corpus (train, valid), held-out.
+SPM_LINES, SPM_LINES_CJK = 150, 40
+MODEL_LINES, MODEL_LINES_CJK, VALID_LINES = 120, 40, 10
+HELD_OUT_LINES = 8
+ENGLISH_SPM, ENGLISH_MODEL, ENGLISH_VALID, ENGLISH_HELD_OUT = 300, 600, 60, 24
+
+
+@dataclass(frozen=True)
+class MultilingualCorpora:
+    spm: list[str]  # corpus S: trains the sentencepiece models
+    model_train: list[tuple[str, str]]  # corpus M, (language, text): dict.txt and the models
+    model_valid: list[tuple[str, str]]
+    held_out: list[tuple[str, str]]  # seen languages and unseen scripts, never trained on
+
+
+def load_multilingual(english: Corpora, seed: int = 0) -> MultilingualCorpora:
+    """Disjoint multilingual corpora from the gettext catalogs, plus English from `english`.
+
+    Corpus S (sentencepiece) and corpus M (dict.txt, training) hold different messages, so the
+    dictionary is in another frequency order than the model's pieces and lacks some of them.
+    """
+    spm = english.bpe[:ENGLISH_SPM]
+    train = [("en", text) for text in english.model_train[:ENGLISH_MODEL]]
+    valid = [("en", text) for text in english.model_valid[:ENGLISH_VALID]]
+    held_out = [("en", text) for text in english.held_out[400:400 + ENGLISH_HELD_OUT]]
+    for lang in SEEN_LANGUAGES + UNSEEN_LANGUAGES:
+        messages = sorted({m for domain in MULTILINGUAL_DOMAINS
+                           for m in _catalog_messages(lang, domain)})
+        random.Random(f"{seed}-multilingual-{lang}").shuffle(messages)
+        if lang in UNSEEN_LANGUAGES:
+            held_out += [(lang, text) for text in messages[:HELD_OUT_LINES]]
+            continue
+        cjk = lang in CJK_LANGUAGES
+        n_spm, n_model = (SPM_LINES_CJK, MODEL_LINES_CJK) if cjk else (SPM_LINES, MODEL_LINES)
+        bounds = [n_spm, n_spm + n_model, n_spm + n_model + VALID_LINES,
+                  n_spm + n_model + VALID_LINES + HELD_OUT_LINES]
+        spm += messages[:bounds[0]]
+        train += [(lang, text) for text in messages[bounds[0]:bounds[1]]]
+        valid += [(lang, text) for text in messages[bounds[1]:bounds[2]]]
+        held_out += [(lang, text) for text in messages[bounds[2]:bounds[3]]]
+    random.Random(seed).shuffle(train)
+    return MultilingualCorpora(spm=spm, model_train=train, model_valid=valid, held_out=held_out)

@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="fairseq token dictionary (default: SRC/dict.txt or SRC/input0/dict.txt)")
     convert.add_argument("--label-dict", metavar="FILE",
                          help="label dictionary of a classifier (default: SRC/label/dict.txt if present)")
+    convert.add_argument("--encoder-json", metavar="FILE",
+                         help="GPT-2 BPE encoder.json (default: SRC/encoder.json if present)")
+    convert.add_argument("--vocab-bpe", metavar="FILE",
+                         help="GPT-2 BPE vocab.bpe (default: SRC/vocab.bpe if present)")
+    convert.add_argument("--sentencepiece-model", metavar="FILE",
+                         help="sentencepiece model (default: SRC/sentencepiece.bpe.model if present)")
     convert.add_argument("--head", metavar="NAME",
                          help=f"classification head to convert, or '{LM_HEAD}' for the masked-LM head "
                          "(default: the only classification head, else the masked-LM head)")
@@ -71,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="largest safetensors file before sharding (default: 5GB)")
     convert.add_argument("--no-verify", dest="verify", action="store_false",
                          help="skip the comparison with a reference fairseq forward pass")
+    convert.add_argument("--verify-text", metavar="FILE",
+                         help="also check the tokenizer against fairseq's encode on every line of FILE")
     convert.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="X",
                          help="allowed max abs difference relative to each output's scale "
                          f"(default: {DEFAULT_TOLERANCE:g})")
@@ -114,11 +122,15 @@ def _convert(args: argparse.Namespace, log) -> int:
         checkpoint=args.checkpoint,
         dictionary=args.dictionary,
         label_dict=args.label_dict,
+        encoder_json=args.encoder_json,
+        vocab_bpe=args.vocab_bpe,
+        sentencepiece_model=args.sentencepiece_model,
         head=args.head,
         all_heads=args.all_heads,
         model_type=args.model_type,
         dtype=args.dtype,
         verify=args.verify,
+        verify_text=args.verify_text,
         tolerance=args.tolerance,
         force=args.force,
         max_shard_size=args.max_shard_size,

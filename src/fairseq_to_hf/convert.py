@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -13,10 +14,13 @@ from .reader.checkpoint import Checkpoint, read_checkpoint
 from .reader.dictionary import read_dictionary
 from .reader.folder import find_source_files
 from .report import REPORT_FILE, ConversionReport, OutputReport
+from .tokenizer import PreparedTokenizer, prepare_tokenizer, write_tokenizer
 from .verify.compare import DEFAULT_TOLERANCE
 from .writer import DEFAULT_MAX_SHARD_BYTES, check_output_target, parse_size, staged_output, write_json, write_weights
 
 Log = Callable[[str], None]
+NO_TOKENIZER = ("no tokenizer written: SRC has neither encoder.json + vocab.bpe (GPT-2 BPE) nor a sentencepiece "
+                "model; pass --encoder-json and --vocab-bpe, or --sentencepiece-model, to write one")
 
 
 def convert(
@@ -26,11 +30,15 @@ def convert(
     checkpoint: str | Path | None = None,
     dictionary: str | Path | None = None,
     label_dict: str | Path | None = None,
+    encoder_json: str | Path | None = None,
+    vocab_bpe: str | Path | None = None,
+    sentencepiece_model: str | Path | None = None,
     head: str | None = None,
     all_heads: bool = False,
     model_type: str | None = None,
     dtype: str | None = None,
     verify: bool = True,
+    verify_text: str | Path | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     force: bool = False,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_BYTES,
@@ -39,71 +47,93 @@ def convert(
     """Converts a fairseq RoBERTa-family checkpoint folder into a Transformers folder at `out`.
 
     Raises a ConversionError subclass (with nothing written) for bad input, and VerificationError
-    (with nothing written) when the converted model does not reproduce fairseq's outputs.
+    (with nothing written) when the converted model or tokenizer does not reproduce fairseq.
     """
     say = log or (lambda message: None)
     out = Path(out)
     max_shard_bytes = parse_size(max_shard_size) if isinstance(max_shard_size, str) else int(max_shard_size)
     check_output_target(out, force=force)
-    files = find_source_files(src, checkpoint=checkpoint, dictionary=dictionary, label_dictionary=label_dict)
+    files = find_source_files(src, checkpoint=checkpoint, dictionary=dictionary, label_dictionary=label_dict,
+                              encoder_json=encoder_json, vocab_bpe=vocab_bpe,
+                              sentencepiece_model=sentencepiece_model)
+    extra_lines = _read_lines(verify_text) if verify_text else []
     source = read_checkpoint(files.checkpoint)
     token_dictionary = read_dictionary(files.dictionary)
     label_dictionary = read_dictionary(files.label_dictionary) if files.label_dictionary else None
 
     base = PlanOptions(head=head, model_type=model_type, dtype=dtype, label_dictionary=label_dictionary,
                        strict_labels=not all_heads and label_dict is not None)
+    heads = [None]
     if all_heads:
-        heads = list_heads(source)
+        heads = [h.name for h in list_heads(source)]
         if not heads:
             raise ConversionError("has no classification heads for --all-heads", path=files.checkpoint)
-        plans = {h.name: make_plan(source, token_dictionary, _with_head(base, h.name)) for h in heads}
-    else:
-        plans = {"": make_plan(source, token_dictionary, base)}
+    first = make_plan(source, token_dictionary, _for_head(base, heads[0], all_heads))
+    tokenizer = prepare_tokenizer(files.tokenizer, token_dictionary, first.dims.vocab_size)
+    alias_rows = len(tokenizer.vocabulary.aliases) if tokenizer else 0
+    plans = {name or "": make_plan(source, token_dictionary, replace(_for_head(base, name, all_heads),
+                                                                      alias_rows=alias_rows))
+             for name in heads}
 
-    any_plan = next(iter(plans.values()))
     report = ConversionReport(
         source_checkpoint=files.checkpoint,
         source_dictionary=files.dictionary,
         checkpoint_format=source.format,
-        key_generation=any_plan.key_generation,
+        key_generation=first.key_generation,
         hparams_source=source.hparams_source,
-        layout="pre-norm" if any_plan.family.pre_norm else "post-norm",
-        dims=vars(any_plan.dims).copy(),
-        heads_in_checkpoint={h.name: h.num_classes for h in any_plan.heads},
+        layout="pre-norm" if first.family.pre_norm else "post-norm",
+        dims=vars(first.dims).copy(),
+        heads_in_checkpoint={h.name: h.num_classes for h in first.heads},
+        tokenizer=tokenizer.summary() if tokenizer else None,
     )
     say(f"read {files.checkpoint} ({source.format} format, {report.key_generation} keys, "
-        f"{len(source.tensors)} tensors); heads: {', '.join(describe_heads(any_plan.heads)) or 'none'}")
+        f"{len(source.tensors)} tensors); heads: {', '.join(describe_heads(first.heads)) or 'none'}")
+    if tokenizer is None:
+        say(NO_TOKENIZER)
+    elif alias_rows:
+        say(f"tokenizer: {alias_rows} tokens of the {tokenizer.kind} segmentation are not in dict.txt; "
+            "they get alias ids that the model treats as <unk>, as fairseq does")
 
     with staged_output(out, force=force) as staging:
         for name, plan in plans.items():
             folder = staging / name if name else staging
             folder.mkdir(exist_ok=True)
-            output = _write_one(folder, out / name if name else out, plan, max_shard_bytes, say)
+            output = _write_one(folder, out / name if name else out, plan, tokenizer, max_shard_bytes, say)
             if verify:
-                output.verification = _verify_one(folder, plan, source, dtype, tolerance, say)
+                output.verification = _verify_weights(folder, plan, source, dtype, tolerance, say)
+                if tokenizer:
+                    output.tokenizer_verification = _verify_tokenizer(folder, tokenizer, extra_lines, say)
             report.outputs.append(output)
             write_json(folder / REPORT_FILE, report.as_dict(only=output))
-        failed = [o for o in report.outputs if o.verification is not None and not o.verification["passed"]]
-        if failed:
-            raise VerificationError(
-                "the converted model does not reproduce fairseq's outputs; nothing was written",
-                details=[_failure_summary(o) for o in failed],
-            )
+        failures = [line for output in report.outputs for line in _failures(output)]
+        if failures:
+            raise VerificationError("the converted model does not reproduce fairseq; nothing was written",
+                                    details=failures)
         if all_heads:
             write_json(staging / REPORT_FILE, report.as_dict())
     return report
 
 
-def _with_head(options: PlanOptions, head: str) -> PlanOptions:
-    return PlanOptions(head=head, model_type=options.model_type, dtype=options.dtype,
-                       label_dictionary=options.label_dictionary, strict_labels=False)
+def _for_head(options: PlanOptions, head: str | None, all_heads: bool) -> PlanOptions:
+    return replace(options, head=head, strict_labels=False) if all_heads else options
 
 
-def _write_one(folder: Path, final_folder: Path, plan: ConversionPlan, max_shard_bytes: int, say: Log) -> OutputReport:
+def _read_lines(path: str | Path) -> list[str]:
+    try:
+        return Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConversionError(f"cannot be read as UTF-8 text ({error})", path=path,
+                              hint="--verify-text takes a text file, one line per sample") from None
+
+
+def _write_one(folder: Path, final_folder: Path, plan: ConversionPlan, tokenizer: PreparedTokenizer | None,
+               max_shard_bytes: int, say: Log) -> OutputReport:
     say(f"writing {plan.architecture} ({len(plan.tensors)} tensors, {plan.total_bytes / 1e6:.1f} MB)")
     files = write_weights(folder, plan, max_shard_bytes)
     write_json(folder / "config.json", plan.config)
     files.append("config.json")
+    if tokenizer:
+        files += write_tokenizer(folder, tokenizer, model_max_length=plan.dims.positions - 2)
     head = plan.head
     labels = None
     if head is not None and head.num_classes > 1:
@@ -124,8 +154,8 @@ def _write_one(folder: Path, final_folder: Path, plan: ConversionPlan, max_shard
     )
 
 
-def _verify_one(folder: Path, plan: ConversionPlan, source: Checkpoint, dtype: str | None,
-                tolerance: float, say: Log) -> dict:
+def _verify_weights(folder: Path, plan: ConversionPlan, source: Checkpoint, dtype: str | None,
+                    tolerance: float, say: Log) -> dict:
     from .verify.compare import verify_weights  # imports transformers: only when verifying
 
     say("verifying against a reference fairseq forward pass on the source tensors")
@@ -141,9 +171,28 @@ def _verify_one(folder: Path, plan: ConversionPlan, source: Checkpoint, dtype: s
     return result.as_dict()
 
 
-def _failure_summary(output: OutputReport) -> str:
-    verification = output.verification or {}
-    failing = [c for c in verification.get("checks", []) if not c["passed"]]
-    parts = [f"{c['output']}: max abs diff {c['max_abs_diff']:.3g} > {c['tolerance']:.3g}" for c in failing[:4]]
-    parts += verification.get("loading_warnings", [])
-    return f"{output.architecture}{' head ' + output.head if output.head else ''}: " + "; ".join(parts)
+def _verify_tokenizer(folder: Path, tokenizer: PreparedTokenizer, extra_lines: list[str], say: Log) -> dict:
+    from .verify.tokenizer_check import verify_tokenizer
+
+    result = verify_tokenizer(folder, tokenizer.reference_bpe, tokenizer.dictionary, tokenizer.vocabulary,
+                              extra_lines)
+    say(f"  tokenizer: {result.lines_checked} lines and {result.pairs_checked} pairs checked against "
+        f"fairseq's encode, {len(result.mismatches)} differ")
+    return result.as_dict()
+
+
+def _failures(output: OutputReport) -> list[str]:
+    what = f"{output.architecture}{' head ' + output.head if output.head else ''}"
+    lines = []
+    weights = output.verification or {}
+    failing = [c for c in weights.get("checks", []) if not c["passed"]]
+    lines += [f"{what}: {c['output']}: max abs diff {c['max_abs_diff']:.3g} > {c['tolerance']:.3g}"
+              for c in failing[:4]]
+    lines += [f"{what}: loading reported {warning}" for warning in weights.get("loading_warnings", [])]
+    tokens = output.tokenizer_verification or {}
+    for mismatch in tokens.get("mismatches", [])[:4]:
+        lines.append(f"tokenizer: {mismatch['text'][:60]!r}: fairseq {mismatch['fairseq_ids'][:12]} "
+                     f"vs {mismatch['tokenizer_ids'][:12]}")
+    if tokens.get("ids_out_of_range"):
+        lines.append(f"tokenizer: ids beyond the vocabulary for {len(tokens['ids_out_of_range'])} lines")
+    return lines

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from .arch.fairseq_keys import SourceTensor, normalise_state_dict
 from .arch.families import Family, compile_rows, match_rows
 from .errors import ConversionError, ProblemList, UnsupportedModelError
 from .reader.checkpoint import Checkpoint
-from .reader.dictionary import BOS_ID, EOS_ID, PAD_ID, Dictionary, labels_for_head
+from .reader.dictionary import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Dictionary, labels_for_head
 from .reader.tensors import LazyTensor
 
 E = families.E
@@ -61,6 +61,10 @@ class TensorPlan:
     dtype: torch.dtype
     source: LazyTensor | None  # None: written as zeros
     source_name: str
+    # Alias rows appended after the source rows: a copy of row `copy_row`, or `fill` everywhere.
+    extra_rows: int = 0
+    copy_row: int | None = None
+    fill: float | None = None
 
     @property
     def nbytes(self) -> int:
@@ -96,6 +100,7 @@ class PlanOptions:
     dtype: str | None = None  # None keeps the source dtype
     label_dictionary: Dictionary | None = None
     strict_labels: bool = True  # a label dict that does not fit the head is an error, else a note
+    alias_rows: int = 0  # tokenizer aliases of <unk> appended to the vocabulary (see tokenizer/vocab.py)
 
 
 def key_generation(stored_keys: list[str]) -> str:
@@ -176,12 +181,13 @@ def make_plan(checkpoint: Checkpoint, dictionary: Dictionary, options: PlanOptio
         for target in targets:
             mapped[target] = TensorPlan(target, item.tensor.shape, dtype, item.tensor, item.stored_as)
 
+    _append_alias_rows(mapped, options.alias_rows)
     float_dtype = out_dtype or embed.tensor.dtype
     token_types = "roberta.embeddings.token_type_embeddings.weight"
     mapped[token_types] = TensorPlan(token_types, (1, dims.hidden_size), float_dtype, None,
                                      "zeros (fairseq has no token types)")
 
-    expected = expected_shapes(family, dims, head, tie)
+    expected = expected_shapes(family, dims, head, tie, options.alias_rows)
     for target, shape in expected.items():
         planned = mapped.get(target)
         if planned is None:
@@ -222,8 +228,29 @@ def make_plan(checkpoint: Checkpoint, dictionary: Dictionary, options: PlanOptio
             if options.strict_labels:
                 raise
             plan.notes.append(f"labels not taken from the label dict: {error.message}")
-    plan.config = build_config(plan, hparams, tie, float_dtype, labels)
+    plan.config = build_config(plan, hparams, tie, float_dtype, labels, options.alias_rows)
     return plan
+
+
+# The MLM bias of alias rows: far below any real logit, so they get no probability, yet finite in float16.
+ALIAS_LOGIT_BIAS = -30000.0
+_ALIAS_ROWS = {
+    "roberta.embeddings.word_embeddings.weight": {"copy_row": UNK_ID},
+    "lm_head.decoder.weight": {"copy_row": UNK_ID},
+    "lm_head.bias": {"fill": ALIAS_LOGIT_BIAS},
+    "lm_head.decoder.bias": {"fill": ALIAS_LOGIT_BIAS},
+}
+
+
+def _append_alias_rows(mapped: dict[str, TensorPlan], alias_rows: int) -> None:
+    """Alias ids embed as <unk> and are never predicted, so the model computes what fairseq computes."""
+    if not alias_rows:
+        return
+    for target, how in _ALIAS_ROWS.items():
+        planned = mapped.get(target)
+        if planned is not None:
+            mapped[target] = replace(planned, shape=(planned.shape[0] + alias_rows, *planned.shape[1:]),
+                                     extra_rows=alias_rows, **how)
 
 
 def _require_roberta(checkpoint: Checkpoint, source: dict[str, SourceTensor]) -> None:
@@ -355,11 +382,13 @@ def _not_in_output(name: str, head: HeadInfo | None, family: Family) -> str | No
     return None
 
 
-def expected_shapes(family: Family, dims: Dims, head: HeadInfo | None, tie: bool) -> dict[str, tuple[int, ...]]:
+def expected_shapes(family: Family, dims: Dims, head: HeadInfo | None, tie: bool,
+                    alias_rows: int = 0) -> dict[str, tuple[int, ...]]:
     """Every tensor the Transformers model needs from us, in writing order, with its shape."""
     h, f = dims.hidden_size, dims.ffn_size
+    vocab = dims.vocab_size + alias_rows
     out: dict[str, tuple[int, ...]] = {
-        "roberta.embeddings.word_embeddings.weight": (dims.vocab_size, h),
+        "roberta.embeddings.word_embeddings.weight": (vocab, h),
         "roberta.embeddings.position_embeddings.weight": (dims.positions, h),
         "roberta.embeddings.token_type_embeddings.weight": (1, h),
     }
@@ -386,11 +415,11 @@ def expected_shapes(family: Family, dims: Dims, head: HeadInfo | None, tie: bool
         out.update({
             "lm_head.dense.weight": (h, h), "lm_head.dense.bias": (h,),
             "lm_head.layer_norm.weight": (h,), "lm_head.layer_norm.bias": (h,),
-            "lm_head.bias": (dims.vocab_size,),
+            "lm_head.bias": (vocab,),
         })
         if not tie:
-            out["lm_head.decoder.weight"] = (dims.vocab_size, h)
-            out["lm_head.decoder.bias"] = (dims.vocab_size,)
+            out["lm_head.decoder.weight"] = (vocab, h)
+            out["lm_head.decoder.bias"] = (vocab,)
     else:
         out.update({
             "classifier.dense.weight": (h, h), "classifier.dense.bias": (h,),
@@ -400,12 +429,12 @@ def expected_shapes(family: Family, dims: Dims, head: HeadInfo | None, tie: bool
 
 
 def build_config(plan: ConversionPlan, hparams: dict[str, Any], tie: bool, dtype: torch.dtype,
-                 labels: list[str] | None) -> dict[str, Any]:
+                 labels: list[str] | None, alias_rows: int = 0) -> dict[str, Any]:
     dims = plan.dims
     config: dict[str, Any] = {
         "architectures": [plan.architecture],
         "model_type": plan.family.model_type,
-        "vocab_size": dims.vocab_size,
+        "vocab_size": dims.vocab_size + alias_rows,
         "hidden_size": dims.hidden_size,
         "num_hidden_layers": dims.num_layers,
         "num_attention_heads": dims.num_heads,

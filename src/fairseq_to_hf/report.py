@@ -28,6 +28,7 @@ class OutputReport:
     dropped: dict[str, str]
     notes: list[str]
     verification: dict[str, Any] | None = None
+    tokenizer_verification: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -44,6 +45,7 @@ class OutputReport:
             "dropped_tensors": self.dropped,
             "notes": self.notes,
             "verification": self.verification,
+            "tokenizer_verification": self.tokenizer_verification,
         }
 
 
@@ -57,11 +59,17 @@ class ConversionReport:
     layout: str
     dims: dict[str, int]
     heads_in_checkpoint: dict[str, int]
+    tokenizer: dict[str, Any] | None = None
     outputs: list[OutputReport] = field(default_factory=list)
 
     @property
     def verified(self) -> bool:
-        return all(out.verification is not None and out.verification.get("passed") for out in self.outputs)
+        """Weights verified, and the tokenizer too when one was written."""
+        return all(
+            out.verification is not None and out.verification.get("passed")
+            and (self.tokenizer is None or (out.tokenizer_verification or {}).get("passed"))
+            for out in self.outputs
+        )
 
     def as_dict(self, only: OutputReport | None = None) -> dict[str, Any]:
         outputs = [only] if only is not None else self.outputs
@@ -78,5 +86,6 @@ class ConversionReport:
                 "dims": self.dims,
                 "classification_heads": self.heads_in_checkpoint,
             },
+            "tokenizer": self.tokenizer,
             "outputs": [out.as_dict() for out in outputs],
         }

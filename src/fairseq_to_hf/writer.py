@@ -88,7 +88,14 @@ def materialise(tensor: TensorPlan) -> torch.Tensor:
     """The output values of one planned tensor, read from the checkpoint and cast."""
     if tensor.source is None:
         return torch.zeros(tensor.shape, dtype=tensor.dtype)
-    return tensor.source.load().to(tensor.dtype)
+    values = tensor.source.load().to(tensor.dtype)
+    if tensor.extra_rows:
+        if tensor.copy_row is not None:
+            extra = values[tensor.copy_row].expand(tensor.extra_rows, *values.shape[1:])
+        else:
+            extra = torch.full((tensor.extra_rows, *values.shape[1:]), tensor.fill, dtype=values.dtype)
+        values = torch.cat([values, extra])
+    return values
 
 
 def write_safetensors(path: Path, tensors: list[TensorPlan], progress: Progress | None = None) -> None:

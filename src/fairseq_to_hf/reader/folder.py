@@ -6,11 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConversionError
+from ..tokenizer import TokenizerFiles
 
 DEFAULT_CHECKPOINT = "model.pt"
 # A released model keeps dict.txt beside model.pt; a GLUE-style data-bin keeps it in input0/.
 DICTIONARY_CANDIDATES = ("dict.txt", "input0/dict.txt")
 LABEL_DICTIONARY_CANDIDATES = ("label/dict.txt",)
+SENTENCEPIECE_CANDIDATES = ("sentencepiece.bpe.model", "sentencepiece.model", "spm.model")
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,7 @@ class SourceFiles:
     checkpoint: Path
     dictionary: Path
     label_dictionary: Path | None
+    tokenizer: TokenizerFiles
 
 
 def find_source_files(
@@ -27,6 +30,9 @@ def find_source_files(
     checkpoint: str | Path | None = None,
     dictionary: str | Path | None = None,
     label_dictionary: str | Path | None = None,
+    encoder_json: str | Path | None = None,
+    vocab_bpe: str | Path | None = None,
+    sentencepiece_model: str | Path | None = None,
 ) -> SourceFiles:
     src = Path(src)
     if not src.exists():
@@ -66,7 +72,26 @@ def find_source_files(
             raise ConversionError("label dictionary not found", path=label_path, hint="check the --label-dict path")
     else:
         label_path = next((folder / name for name in LABEL_DICTIONARY_CANDIDATES if (folder / name).is_file()), None)
-    return SourceFiles(folder, checkpoint_path, dictionary_path, label_path)
+    tokenizer = TokenizerFiles(
+        encoder_json=_optional_file(folder, encoder_json, ("encoder.json",), "--encoder-json"),
+        vocab_bpe=_optional_file(folder, vocab_bpe, ("vocab.bpe",), "--vocab-bpe"),
+        sentencepiece_model=_optional_file(folder, sentencepiece_model, SENTENCEPIECE_CANDIDATES,
+                                           "--sentencepiece-model"),
+    )
+    if bool(tokenizer.encoder_json) != bool(tokenizer.vocab_bpe) and not tokenizer.sentencepiece_model:
+        have, lack = ("encoder.json", "--vocab-bpe") if tokenizer.encoder_json else ("vocab.bpe", "--encoder-json")
+        raise ConversionError(f"has {have} but not its partner", path=folder,
+                              hint=f"a GPT-2 BPE needs both files; pass the other with {lack}")
+    return SourceFiles(folder, checkpoint_path, dictionary_path, label_path, tokenizer)
+
+
+def _optional_file(folder: Path, given: str | Path | None, candidates: tuple[str, ...], flag: str) -> Path | None:
+    if given:
+        path = _resolve(folder, given)
+        if not path.is_file():
+            raise ConversionError("not found", path=path, hint=f"check the {flag} path")
+        return path
+    return next((folder / name for name in candidates if (folder / name).is_file()), None)
 
 
 def _resolve(folder: Path, name: str | Path) -> Path:

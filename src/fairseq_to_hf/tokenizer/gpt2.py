@@ -1,0 +1,69 @@
+"""GPT-2 byte-level BPE models (RoBERTa): encoder.json + vocab.bpe, with ids from dict.txt.
+
+fairseq encodes text with OpenAI's GPT-2 BPE, writes the GPT-2 ids as strings ("13 850 ..."), and looks
+those strings up in dict.txt. So the converted vocabulary is token -> fairseq id of str(gpt2 id).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+
+from ..errors import ConversionError
+from ..reader.dictionary import BOS, EOS, MASK, SPECIAL_SYMBOLS, UNK, Dictionary
+from .vocab import TokenVocabulary, assign_ids
+
+
+def read_gpt2_files(encoder_json: Path, vocab_bpe: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    try:
+        encoder = json.loads(Path(encoder_json).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConversionError(f"is not a readable GPT-2 encoder.json ({error})", path=encoder_json) from None
+    if not isinstance(encoder, dict) or not all(isinstance(v, int) for v in encoder.values()):
+        raise ConversionError("is not a GPT-2 encoder.json (token -> id)", path=encoder_json)
+    try:
+        lines = Path(vocab_bpe).read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConversionError(f"is not a readable GPT-2 vocab.bpe ({error})", path=vocab_bpe) from None
+    merges = []
+    for number, line in enumerate(lines, start=1):
+        if not line or line.startswith("#version"):
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise ConversionError(f"line {number} is not a merge 'a b'", path=vocab_bpe)
+        merges.append((parts[0], parts[1]))
+    return encoder, merges
+
+
+def gpt2_vocabulary(encoder: dict[str, int], merges: list[tuple[str, str]], dictionary: Dictionary,
+                    model_rows: int, *, merges_path: Path) -> TokenVocabulary:
+    unknown_parts = sorted({part for a, b in merges for part in (a, b, a + b) if part not in encoder})
+    if unknown_parts:
+        raise ConversionError(
+            f"has merges over tokens that encoder.json lacks ({', '.join(map(repr, unknown_parts[:5]))})",
+            path=merges_path, hint="encoder.json and vocab.bpe must come from the same BPE",
+        )
+    needed = {part for a, b in merges for part in (a, b, a + b)}
+    tokens = sorted(encoder.items(), key=lambda item: item[1])
+    return assign_ids(dictionary, model_rows, [(token, str(gpt2_id)) for token, gpt2_id in tokens], needed)
+
+
+def build_gpt2_tokenizer(vocabulary: TokenVocabulary, merges: list[tuple[str, str]]) -> Tokenizer:
+    tokenizer = Tokenizer(models.BPE(vocab=vocabulary.ids, merges=merges, unk_token=UNK, fuse_unk=False))
+    # The same split regex and byte mapping as OpenAI's encoder, which fairseq uses.
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    # <s> A </s> and <s> A </s> </s> B </s>, as RobertaHubInterface.encode frames sentences.
+    tokenizer.post_processor = processors.RobertaProcessing(
+        (EOS, vocabulary.ids[EOS]), (BOS, vocabulary.ids[BOS]), trim_offsets=True, add_prefix_space=False
+    )
+    specials = [AddedToken(symbol, special=True, normalized=False) for symbol in SPECIAL_SYMBOLS]
+    if vocabulary.mask_id is not None:
+        specials.append(AddedToken(MASK, special=True, lstrip=True, normalized=False))
+    tokenizer.add_special_tokens(specials)
+    return tokenizer
+
+

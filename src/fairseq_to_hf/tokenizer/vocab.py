@@ -1,0 +1,87 @@
+"""Token ids of a converted tokenizer: fairseq's ids, plus aliases for tokens fairseq maps to <unk>.
+
+fairseq first segments text (GPT-2 BPE or sentencepiece), then looks every token up in dict.txt; a
+token that is not there becomes <unk>. A `tokenizers` vocabulary gives each token one id, so a token
+missing from dict.txt that the segmentation still needs (a BPE merge is built from it or yields it;
+every sentencepiece piece) keeps its own *alias* id after the model's vocabulary. The converted model
+gives alias rows <unk>'s embedding and an MLM bias far below any real logit, so it computes exactly
+what fairseq computes, and the alias ids count as <unk> when ids are compared with fairseq's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..reader.dictionary import MASK, SPECIAL_SYMBOLS, UNK_ID, Dictionary
+
+
+@dataclass
+class TokenVocabulary:
+    """Token string -> id for the whole converted tokenizer, contiguous from 0."""
+
+    ids: dict[str, int]
+    model_rows: int  # rows of the checkpoint's embedding; alias ids start here
+    aliases: list[str] = field(default_factory=list)  # tokens with alias ids, in id order
+    unknown: list[str] = field(default_factory=list)  # segmentation tokens left out: they become <unk>
+    mask_id: int | None = None
+
+    @property
+    def size(self) -> int:
+        return self.model_rows + len(self.aliases)
+
+    def alias_ids(self) -> range:
+        return range(self.model_rows, self.size)
+
+    def as_fairseq_id(self, token_id: int) -> int:
+        """An id as fairseq would have produced it: aliases are <unk>."""
+        return UNK_ID if token_id >= self.model_rows else token_id
+
+
+def assign_ids(
+    dictionary: Dictionary,
+    model_rows: int,
+    segment_tokens: list[tuple[str, str]],
+    needed: set[str],
+) -> TokenVocabulary:
+    """Builds the vocabulary.
+
+    `segment_tokens` lists (token string, dict.txt symbol) for every token the segmenter can emit;
+    `needed` holds the tokens the segmenter cannot do without (merge inputs and outputs for BPE).
+    """
+    symbols = dictionary.symbols
+    fairseq_ids = dictionary.index()
+    mask_id = len(symbols) if model_rows > len(symbols) else None
+    ids: dict[str, int] = {}
+    for i, special in enumerate(SPECIAL_SYMBOLS):
+        ids[special] = i
+    if mask_id is not None:
+        ids[MASK] = mask_id
+    taken = set(ids.values())
+    missing: list[str] = []
+    for token, symbol in segment_tokens:
+        if token in ids:
+            continue  # a segment token spelled like a special: the special wins, as in fairseq
+        fairseq_id = fairseq_ids.get(symbol)
+        if fairseq_id is None or fairseq_id in taken and fairseq_id >= len(SPECIAL_SYMBOLS):
+            missing.append(token)
+            continue
+        ids[token] = fairseq_id
+        taken.add(fairseq_id)
+    aliases = [token for token in missing if token in needed]
+    unknown = [token for token in missing if token not in needed]
+    for offset, token in enumerate(aliases):
+        ids[token] = model_rows + offset
+    _fill_unreachable_ids(ids, symbols, model_rows)
+    return TokenVocabulary(ids=ids, model_rows=model_rows, aliases=aliases, unknown=unknown, mask_id=mask_id)
+
+
+def _fill_unreachable_ids(ids: dict[str, int], symbols: tuple[str, ...], model_rows: int) -> None:
+    """Names the ids no token reaches (madeupword padding, extra embedding rows) so ids stay contiguous."""
+    used = set(ids.values())
+    for fairseq_id in range(model_rows):
+        if fairseq_id in used:
+            continue
+        name = symbols[fairseq_id] if fairseq_id < len(symbols) else f"<unused{fairseq_id}>"
+        while name in ids:
+            name = f"<fairseq:{fairseq_id}>" if not name.startswith("<fairseq:") else name + "_"
+        ids[name] = fairseq_id

@@ -1,0 +1,107 @@
+"""AutoTokenizer.from_pretrained(OUT) against fairseq's encode pipeline, line by line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..reader.dictionary import Dictionary
+from ..tokenizer.vocab import TokenVocabulary
+from .fairseq_encode import fairseq_encode
+
+# Built-in lines: the scripts, whitespace and odd characters where tokenizers tend to differ.
+SAMPLE_TEXTS: tuple[str, ...] = (
+    "Hello world! This is a test of the tokenizer.",
+    "The quick brown fox jumps over the lazy dog; it's 5 o'clock, isn't it?",
+    "Café, naïve, Zürich, façade, jalapeño, São Paulo, Ærøskøbing, Łódź.",
+    "emoji 😀🎉👍🏽 and a family 👨‍👩‍👧 in one line",
+    "中文分词测试，日本語のテキスト、한국어 문장.",
+    "مرحبا بالعالم، هذا اختبار.",
+    "Привет, мир! Ελληνικά κείμενα. עברית. हिन्दी पाठ. ภาษาไทย",
+    "multiple   spaces    between     words",
+    "   leading and trailing spaces   ",
+    "line one\nline two\n\nline four",
+    "tab\tseparated\tvalues\t",
+    "control\x00chars\x07and\x1bescape\x7f",
+    "zero\u200bwidth\u200cjoiners\u200dand\ufeffbom",
+    "full-width ＡＢＣ１２３ and ligature ﬁ and ½",
+    "<s> </s> <pad> <unk> <mask> as plain text",
+    "",
+    " ",
+    "a",
+    "1234567890 3.14159 -42 1e10",
+    "x" * 40 + " " + "long words " * 60,
+)
+
+# fairseq's encode does not truncate; neither does the tokenizer call here, so long lines are fine.
+SAMPLE_PAIRS: tuple[tuple[str, str], ...] = (
+    ("Is this a question?", "Yes, it is an answer."),
+    ("Café in Zürich", "中文 and emoji 😀"),
+    ("  spaced  ", "\ttabbed\n"),
+)
+
+
+@dataclass
+class LineCheck:
+    text: str
+    expected: list[int]
+    got: list[int]
+
+
+@dataclass
+class TokenizerVerification:
+    lines_checked: int = 0
+    pairs_checked: int = 0
+    mismatches: list[LineCheck] = field(default_factory=list)
+    out_of_range: list[str] = field(default_factory=list)
+    tokenizer_class: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return not self.mismatches and not self.out_of_range
+
+    def as_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "tokenizer_class": self.tokenizer_class,
+            "lines_checked": self.lines_checked,
+            "pairs_checked": self.pairs_checked,
+            "mismatches": [{"text": m.text, "fairseq_ids": m.expected, "tokenizer_ids": m.got}
+                           for m in self.mismatches[:20]],
+            "mismatch_count": len(self.mismatches),
+            "ids_out_of_range": self.out_of_range[:20],
+        }
+
+
+def verify_tokenizer(
+    folder: Path,
+    reference_bpe,
+    dictionary: Dictionary,
+    vocabulary: TokenVocabulary,
+    extra_lines: list[str] = (),
+) -> TokenizerVerification:
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # "longer than model_max_length" is expected here
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        result = TokenizerVerification(tokenizer_class=type(tokenizer).__name__)
+        index = dictionary.index()
+        cases: list[tuple[str, ...]] = [(text,) for text in (*SAMPLE_TEXTS, *extra_lines)]
+        cases += [pair for pair in SAMPLE_PAIRS]
+        for case in cases:
+            expected = fairseq_encode(reference_bpe, index, *case)
+            got = tokenizer(*case, split_special_tokens=True)["input_ids"]
+            if any(not 0 <= token < vocabulary.size for token in got):
+                result.out_of_range.append(case[0])
+            if [vocabulary.as_fairseq_id(token) for token in got] != expected:
+                result.mismatches.append(LineCheck(" ||| ".join(case), expected, got))
+            if len(case) == 1:
+                result.lines_checked += 1
+            else:
+                result.pairs_checked += 1
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    return result
