@@ -189,13 +189,17 @@ SEEN_LANGUAGES = ["de", "fr", "es", "pt_BR", "pl", "cs", "tr", "vi", "sv", "ru",
 # Thousands of distinct characters: fewer lines, so a 1000-piece model still has room for words
 # (and many of their rarer characters stay unknown to it).
 CJK_LANGUAGES = {"ja", "zh_CN", "ko"}
-# Scripts neither the sentencepiece model nor the models ever saw: whole words are unknown.
-UNSEEN_LANGUAGES = ["hy", "ta", "bn", "my", "si"]
+# Only in the model corpus: the sentencepiece model never saw Armenian, so each Armenian word is
+# one run of unknown characters, and the frequent ones become symbols of dict.txt.
+MODEL_ONLY_LANGUAGES = ["hy"]
+# Scripts neither the sentencepiece model nor the models ever saw (held-out text only).
+UNSEEN_LANGUAGES = ["ta", "bn", "my", "si"]
 
 # Lines per language: sentencepiece corpus, model corpus (train, valid), held-out.
 SPM_LINES, SPM_LINES_CJK = 150, 40
 MODEL_LINES, MODEL_LINES_CJK, VALID_LINES = 120, 40, 10
 HELD_OUT_LINES = 8
+MODEL_LINES_UNKNOWN_SCRIPT = 400
 ENGLISH_SPM, ENGLISH_MODEL, ENGLISH_VALID, ENGLISH_HELD_OUT = 300, 600, 60, 24
 
 
@@ -217,15 +221,17 @@ def load_multilingual(english: Corpora, seed: int = 0) -> MultilingualCorpora:
     train = [("en", text) for text in english.model_train[:ENGLISH_MODEL]]
     valid = [("en", text) for text in english.model_valid[:ENGLISH_VALID]]
     held_out = [("en", text) for text in english.held_out[400:400 + ENGLISH_HELD_OUT]]
-    for lang in SEEN_LANGUAGES + UNSEEN_LANGUAGES:
+    for lang in SEEN_LANGUAGES + MODEL_ONLY_LANGUAGES + UNSEEN_LANGUAGES:
         messages = sorted({m for domain in MULTILINGUAL_DOMAINS
                            for m in _catalog_messages(lang, domain)})
         random.Random(f"{seed}-multilingual-{lang}").shuffle(messages)
         if lang in UNSEEN_LANGUAGES:
             held_out += [(lang, text) for text in messages[:HELD_OUT_LINES]]
             continue
-        cjk = lang in CJK_LANGUAGES
-        n_spm, n_model = (SPM_LINES_CJK, MODEL_LINES_CJK) if cjk else (SPM_LINES, MODEL_LINES)
+        n_spm, n_model = ((SPM_LINES_CJK, MODEL_LINES_CJK) if lang in CJK_LANGUAGES
+                          else (SPM_LINES, MODEL_LINES))
+        if lang in MODEL_ONLY_LANGUAGES:
+            n_spm, n_model = 0, MODEL_LINES_UNKNOWN_SCRIPT
         bounds = [n_spm, n_spm + n_model, n_spm + n_model + VALID_LINES,
                   n_spm + n_model + VALID_LINES + HELD_OUT_LINES]
         spm += messages[:bounds[0]]

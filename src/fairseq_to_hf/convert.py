@@ -175,9 +175,12 @@ def _verify_tokenizer(folder: Path, tokenizer: PreparedTokenizer, extra_lines: l
     from .verify.tokenizer_check import verify_tokenizer
 
     result = verify_tokenizer(folder, tokenizer.reference_bpe, tokenizer.dictionary, tokenizer.vocabulary,
-                              extra_lines)
+                              extra_lines, tokenizer.unknown_run_quirk)
+    quirks = len(result.unknown_run_differences)
     say(f"  tokenizer: {result.lines_checked} lines and {result.pairs_checked} pairs checked against "
-        f"fairseq's encode, {len(result.mismatches)} differ")
+        f"fairseq's encode, {len(result.mismatches)} differ"
+        + (f" ({quirks} more differ only in runs of characters unknown to the sentencepiece model)"
+           if quirks else ""))
     return result.as_dict()
 
 

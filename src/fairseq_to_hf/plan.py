@@ -21,7 +21,7 @@ from .arch.fairseq_keys import SourceTensor, normalise_state_dict
 from .arch.families import Family, compile_rows, match_rows
 from .errors import ConversionError, ProblemList, UnsupportedModelError
 from .reader.checkpoint import Checkpoint
-from .reader.dictionary import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Dictionary, labels_for_head
+from .reader.dictionary import BOS_ID, EOS_ID, PAD_ID, PADDING_SYMBOL_PREFIX, UNK_ID, Dictionary, labels_for_head
 from .reader.tensors import LazyTensor
 
 E = families.E
@@ -122,6 +122,18 @@ def detect_heads(source: dict[str, SourceTensor]) -> list[HeadInfo]:
     return heads
 
 
+def dictionary_kind(dictionary: Dictionary) -> str:
+    """What segmentation dict.txt was built from: GPT-2 BPE lists ids ("13"), sentencepiece lists pieces ("▁the")."""
+    symbols = [s for s in dictionary.symbols[4:] if not s.startswith(PADDING_SYMBOL_PREFIX)]
+    if not symbols:
+        return "unknown"
+    if sum(symbol.isdigit() for symbol in symbols) > 0.9 * len(symbols):
+        return "gpt2"
+    if sum(symbol.startswith("\u2581") for symbol in symbols) > 0.05 * len(symbols):
+        return "sentencepiece"
+    return "unknown"
+
+
 def list_heads(checkpoint: Checkpoint) -> list[HeadInfo]:
     return detect_heads(normalise_state_dict(checkpoint.tensors)[0])
 
@@ -143,7 +155,7 @@ def make_plan(checkpoint: Checkpoint, dictionary: Dictionary, options: PlanOptio
     dims = _dims(source, hparams, problems)
     pre_norm = f"{E}.layer_norm.weight" in source
     embedding_norm = f"{E}.layernorm_embedding.weight" in source
-    family = _family(pre_norm, embedding_norm, options.model_type, path)
+    family = _family(pre_norm, embedding_norm, dictionary_kind(dictionary), options.model_type, path)
     heads = detect_heads(source)
     head = _select_head(heads, options.head, source, path)
     _check_options(hparams, head, family, source, problems)
@@ -292,7 +304,8 @@ def _dims(source: dict[str, SourceTensor], hparams: dict[str, Any], problems: Pr
     return Dims(vocab_size, hidden, len(layers), heads, ffn[0] if ffn else 0, positions[0] if positions else 0)
 
 
-def _family(pre_norm: bool, embedding_norm: bool, requested: str | None, path: Path) -> Family:
+def _family(pre_norm: bool, embedding_norm: bool, vocabulary: str, requested: str | None, path: Path) -> Family:
+    """The Transformers family: the layout decides pre-norm (XL) or not, the vocabulary RoBERTa or XLM-R."""
     if pre_norm and embedding_norm:
         raise UnsupportedModelError(
             "is pre-norm with an embedding LayerNorm; no Transformers class has that layout", path=path
@@ -301,7 +314,10 @@ def _family(pre_norm: bool, embedding_norm: bool, requested: str | None, path: P
         raise UnsupportedModelError(
             "is post-norm without an embedding LayerNorm; no Transformers class has that layout", path=path
         )
-    detected = families.XLM_ROBERTA_XL if pre_norm else families.ROBERTA
+    if pre_norm:
+        detected = families.XLM_ROBERTA_XL
+    else:
+        detected = families.XLM_ROBERTA if vocabulary == "sentencepiece" else families.ROBERTA
     if requested is None:
         return detected
     family = families.FAMILIES.get(requested)
@@ -312,6 +328,11 @@ def _family(pre_norm: bool, embedding_norm: bool, requested: str | None, path: P
         raise ConversionError(
             f"--model-type {requested} contradicts the checkpoint: it is {layout}, which only "
             f"{detected.model_type}-layout classes reproduce", path=path,
+        )
+    if family in (families.XLM_ROBERTA, families.CAMEMBERT) and vocabulary == "gpt2":
+        raise ConversionError(
+            f"--model-type {requested} contradicts the dictionary: {family.model_type} models use a sentencepiece "
+            "vocabulary, and this dict.txt lists GPT-2 BPE ids", path=path,
         )
     return family
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -43,6 +43,9 @@ class PreparedTokenizer:
     vocabulary: TokenVocabulary
     reference_bpe: Callable[[str], str]  # fairseq's bpe.encode: text -> space-separated symbols
     dictionary: Dictionary
+    details: dict = field(default_factory=dict)
+    # Lines where a difference is the known sentencepiece unknown-run limitation, not an error.
+    unknown_run_quirk: Callable[[str], bool] = lambda text: False
 
     def summary(self) -> dict:
         vocabulary = self.vocabulary
@@ -55,6 +58,7 @@ class PreparedTokenizer:
             "aliases": {token: vocabulary.ids[token] for token in vocabulary.aliases},
             "unknown_tokens_left_out": len(vocabulary.unknown),
             "mask_id": vocabulary.mask_id,
+            **self.details,
         }
 
 

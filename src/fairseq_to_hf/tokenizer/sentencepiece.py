@@ -1,0 +1,143 @@
+"""Sentencepiece models (XLM-R, CamemBERT and custom ones): pieces mapped through dict.txt.
+
+fairseq's SentencepieceBPE.encode is `" ".join(sp.EncodeAsPieces(text))`, and every piece is then looked
+up in dict.txt. A custom model's dict.txt is in frequency order, so ids come from dict.txt, never from
+the .model file. The tokenizer reproduces sentencepiece's normalisation (its precompiled charsmap and
+whitespace rules) and segmentation (unigram lattice or BPE merges by score) with `tokenizers`.
+
+Characters the .model does not know: sentencepiece emits a run of them as one piece, which fairseq
+looks up by its surface string (so `]` may have an id of its own while `]]` is <unk>). dict.txt symbols
+made only of such characters are added as pieces, so those runs get fairseq's id; a run that is not in
+dict.txt becomes one <unk>, as in fairseq. What `tokenizers` cannot express: a run made of several
+known symbols (`]` and `]]` in dict.txt, text `]]]`) is split where sentencepiece keeps it whole.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+from ..errors import ConversionError, UnsupportedModelError
+from ..reader.dictionary import BOS, BOS_ID, EOS, EOS_ID, MASK, SPECIAL_SYMBOLS, Dictionary
+from .spm_proto import SpmSettings, read_spm_settings
+from .vocab import TokenVocabulary, assign_ids
+
+SPIECE_UNDERLINE = "▁"
+UNK_PENALTY = 10.0  # sentencepiece scores an unknown character at (lowest piece score - 10)
+UNREACHABLE_SCORE = -1e6  # specials and placeholders: never chosen by the lattice over real pieces
+
+
+def prepare_sentencepiece(files, dictionary: Dictionary, model_rows: int):
+    import sentencepiece
+
+    from . import PreparedTokenizer
+
+    path = Path(files.sentencepiece_model)
+    processor = sentencepiece.SentencePieceProcessor()
+    try:
+        processor.Load(str(path))
+    except (OSError, RuntimeError) as error:
+        raise ConversionError(f"is not a sentencepiece model ({error})".replace("\n", " "), path=path) from None
+    settings = read_spm_settings(processor.serialized_model_proto(), path)
+    if settings.model_type not in ("unigram", "bpe"):
+        raise UnsupportedModelError(f"is a sentencepiece {settings.model_type} model; only unigram and bpe "
+                                    "models convert", path=path)
+    if settings.treat_whitespace_as_suffix:
+        raise UnsupportedModelError("puts whitespace at the end of pieces (treat_whitespace_as_suffix), which "
+                                    "the written tokenizer cannot reproduce", path=path)
+
+    scores: dict[str, float] = {}
+    for piece_id in range(processor.GetPieceSize()):
+        if processor.IsControl(piece_id) or processor.IsUnknown(piece_id) or processor.IsUnused(piece_id):
+            continue
+        scores[processor.IdToPiece(piece_id)] = processor.GetScore(piece_id)
+    unknown_score = min(scores.values(), default=0.0) - UNK_PENALTY
+    runs = unknown_runs_in(dictionary, scores, single_characters_only=settings.model_type == "bpe")
+    for run in runs:
+        # Longer runs score slightly better than their parts, so a whole run found in dict.txt wins.
+        scores[run] = unknown_score * len(run) + 0.1 * (len(run) - 1)
+    segment_tokens = [(piece, piece) for piece in scores]
+    vocabulary = assign_ids(dictionary, model_rows, segment_tokens, needed=set(scores))
+    tokenizer = build_sentencepiece_tokenizer(vocabulary, scores, settings)
+
+    def reference_bpe(text: str) -> str:
+        return " ".join(processor.EncodeAsPieces(text))
+
+    def unknown_run_quirk(text: str) -> bool:
+        """True when sentencepiece emits a run of two or more unknown characters as one piece."""
+        unk_id = processor.unk_id()
+        return any(len(piece) > 1 and processor.PieceToId(piece) == unk_id
+                   for piece in processor.EncodeAsPieces(text))
+
+    details = {"model_type": settings.model_type, "unknown_character_runs_in_dict": runs}
+    return PreparedTokenizer("sentencepiece", files, tokenizer, vocabulary, reference_bpe, dictionary, details,
+                             unknown_run_quirk)
+
+
+def unknown_runs_in(dictionary: Dictionary, pieces: dict[str, float], *, single_characters_only: bool) -> list[str]:
+    """dict.txt symbols made only of characters that no piece of the model contains."""
+    known = {char for piece in pieces for char in piece}
+    runs = []
+    for symbol in dictionary.symbols[len(SPECIAL_SYMBOLS):]:
+        if symbol in pieces or not symbol or any(char in known or char.isspace() for char in symbol):
+            continue
+        if single_characters_only and len(symbol) > 1:
+            continue
+        runs.append(symbol)
+    return runs
+
+
+def build_sentencepiece_tokenizer(vocabulary: TokenVocabulary, scores: dict[str, float],
+                                  settings: SpmSettings) -> Tokenizer:
+    by_id = sorted(vocabulary.ids.items(), key=lambda item: item[1])
+    if settings.model_type == "unigram":
+        table = [(token, scores.get(token, UNREACHABLE_SCORE)) for token, _ in by_id]
+        model = models.Unigram(table, unk_id=vocabulary.ids["<unk>"], byte_fallback=settings.byte_fallback)
+    else:
+        model = models.BPE(vocab=vocabulary.ids, merges=_merges_by_score(scores), unk_token="<unk>",
+                           fuse_unk=True, byte_fallback=settings.byte_fallback)
+    tokenizer = Tokenizer(model)
+    tokenizer.normalizer = normalizers.Sequence(_normalizers(settings))
+    if settings.add_dummy_prefix:
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPIECE_UNDERLINE, prepend_scheme="always",
+                                                           split=False)
+    tokenizer.decoder = decoders.Sequence([decoders.Replace(SPIECE_UNDERLINE, " "), decoders.Fuse(),
+                                           decoders.Strip(content=" ", left=1 if settings.add_dummy_prefix else 0)])
+    # <s> A </s> and <s> A </s> </s> B </s>, as RobertaHubInterface.encode frames sentences.
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A {EOS}", pair=f"{BOS} $A {EOS} {EOS} $B {EOS}",
+        special_tokens=[(BOS, BOS_ID), (EOS, EOS_ID)],
+    )
+    specials = [AddedToken(symbol, special=True, normalized=False) for symbol in SPECIAL_SYMBOLS]
+    if vocabulary.mask_id is not None:
+        specials.append(AddedToken(MASK, special=True, lstrip=True, normalized=False))
+    tokenizer.add_special_tokens(specials)
+    return tokenizer
+
+
+def _normalizers(settings: SpmSettings) -> list:
+    """sentencepiece's normaliser in its own order: charsmap, whitespace, escaping, dummy prefix."""
+    steps = []
+    if settings.precompiled_charsmap:
+        steps.append(normalizers.Precompiled(settings.precompiled_charsmap))
+    if settings.remove_extra_whitespaces:
+        # Only spaces count: sentencepiece leaves other whitespace (left after the charsmap) alone.
+        steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+    if settings.escape_whitespaces:
+        steps.append(normalizers.Replace(" ", SPIECE_UNDERLINE))
+    if settings.add_dummy_prefix:
+        # Metaspace adds no prefix to a text that already starts with "▁"; sentencepiece always does.
+        steps.append(normalizers.Replace(Regex(rf"\A{SPIECE_UNDERLINE}"), SPIECE_UNDERLINE * 2))
+    return steps
+
+
+def _merges_by_score(scores: dict[str, float]) -> list[tuple[str, str]]:
+    """BPE merges of a sentencepiece BPE model: every split of a piece into two pieces, best score first."""
+    ranked = []
+    for rank, (piece, score) in enumerate(scores.items()):
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in scores and right in scores:
+                ranked.append((-score, rank, left, right))
+    return [(left, right) for _, _, left, right in sorted(ranked)]
