@@ -129,3 +129,43 @@ def test_tied_embeddings_are_stored_once(tmp_path: Path) -> None:
         names = set(weights.keys())
     assert "roberta.embeddings.word_embeddings.weight" in names
     assert "lm_head.decoder.weight" not in names and "lm_head.decoder.bias" not in names
+
+
+@pytest.mark.parametrize("fixture,head", [("roberta_mlm_untied", None), ("roberta_prenorm", None),
+                                          ("roberta_cls", "sentiment_head")])
+def test_block_by_block_verification_agrees_with_from_pretrained(fixture: str, head: str | None,
+                                                                  tmp_path: Path) -> None:
+    from fairseq_to_hf.reader import read_checkpoint
+    from fairseq_to_hf.verify.compare import verify_weights
+
+    report = convert(FIXTURES / fixture, tmp_path / "out", verify_streamed=True)
+    assert report.verified and report.outputs[0].verification["loaded_with"] == "block by block"
+    source = read_checkpoint(FIXTURES / fixture / "model.pt")
+    meta = recording(fixture).meta
+    results = [verify_weights(tmp_path / "out", report.outputs[0].architecture, source.tensors, source.hparams,
+                              head=head, vocab_size=meta["vocab_size"], positions=meta["position_table_rows"],
+                              round_to=None, streamed=streamed) for streamed in (False, True)]
+    assert all(result.passed for result in results)
+    assert max(results[1].worst().values()) <= 1e-5
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["from_pretrained", "block-by-block"])
+def test_verification_catches_a_misplaced_tensor(tmp_path: Path, streamed: bool) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from fairseq_to_hf.reader import read_checkpoint
+    from fairseq_to_hf.verify.compare import verify_weights
+
+    out = tmp_path / "out"
+    convert(FIXTURES / "roberta_mlm", out, verify=False)
+    weights = load_file(out / "model.safetensors")
+    query = "roberta.encoder.layer.1.attention.self.query.weight"
+    key = "roberta.encoder.layer.1.attention.self.key.weight"
+    weights[query], weights[key] = weights[key].clone(), weights[query].clone()
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    source = read_checkpoint(FIXTURES / "roberta_mlm" / "model.pt")
+    result = verify_weights(out, "RobertaForMaskedLM", source.tensors, source.hparams, head=None,
+                            vocab_size=345, positions=66, round_to=None, streamed=streamed)
+    assert not result.passed
+    failing = {check.name.split(" ", 1)[1] for check in result.checks if not check.passed}
+    assert "hidden_states[1]" not in failing and "last_hidden_state" in failing

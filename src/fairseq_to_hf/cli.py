@@ -84,8 +84,26 @@ def build_parser() -> argparse.ArgumentParser:
                          f"(default: {DEFAULT_TOLERANCE:g})")
     convert.add_argument("--force", action="store_true",
                          help="replace OUT if it exists (the old folder stays until the new one is complete)")
+    convert.add_argument("--dry-run", action="store_true",
+                         help="print the conversion plan (every tensor, its source, shape and dtype) and stop; "
+                         "reads no tensor data and writes nothing")
     convert.add_argument("--json", action="store_true", help="print the conversion report as JSON on stdout")
     convert.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    inspect = commands.add_parser(
+        "inspect",
+        help="describe a fairseq checkpoint and what convert would produce, from metadata alone",
+        description="Describe a fairseq model folder without reading tensor data: format, key generation, "
+        "layout, sizes, parameters by dtype, heads, tokenizer files, and what convert would produce.",
+        epilog="examples:\n  fairseq-to-hf inspect roberta.base/\n  fairseq-to-hf inspect my-finetune/ --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    inspect.add_argument("src", metavar="SRC", help="fairseq model folder (or the checkpoint file itself)")
+    inspect.add_argument("--checkpoint", metavar="FILE", help="checkpoint file in SRC (default: model.pt)")
+    inspect.add_argument("--dict", dest="dictionary", metavar="FILE", help="fairseq token dictionary")
+    inspect.add_argument("--encoder-json", metavar="FILE", help="GPT-2 BPE encoder.json")
+    inspect.add_argument("--vocab-bpe", metavar="FILE", help="GPT-2 BPE vocab.bpe")
+    inspect.add_argument("--sentencepiece-model", metavar="FILE", help="sentencepiece model")
+    inspect.add_argument("--json", action="store_true", help="print JSON for scripts")
     return parser
 
 
@@ -104,12 +122,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "convert":
             return _convert(args, log)
+        if args.command == "inspect":
+            return _inspect(args)
     except ConversionError as error:
         print(f"fairseq-to-hf: error: {error.render()}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("fairseq-to-hf: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .inspection import format_inspection, inspect_source
+
+    description = inspect_source(args.src, checkpoint=args.checkpoint, dictionary=args.dictionary,
+                                 encoder_json=args.encoder_json, vocab_bpe=args.vocab_bpe,
+                                 sentencepiece_model=args.sentencepiece_model)
+    print(json.dumps(description, indent=2) if args.json else format_inspection(description))
     return EXIT_OK
 
 
@@ -130,12 +160,17 @@ def _convert(args: argparse.Namespace, log) -> int:
         model_type=args.model_type,
         dtype=args.dtype,
         verify=args.verify,
+        dry_run=args.dry_run,
         verify_text=args.verify_text,
         tolerance=args.tolerance,
         force=args.force,
         max_shard_size=args.max_shard_size,
         log=log,
     )
+    if args.dry_run:
+        if args.json:
+            print(json.dumps(report.as_dict(), indent=2))
+        return EXIT_OK
     for output in report.outputs:
         status = "verified" if output.verification else "not verified (--no-verify)"
         log(f"wrote {output.folder}: {output.architecture}, {output.tensors_written} tensors, {status}")

@@ -16,9 +16,12 @@ from .reader.folder import find_source_files
 from .report import REPORT_FILE, ConversionReport, OutputReport
 from .tokenizer import PreparedTokenizer, prepare_tokenizer, write_tokenizer
 from .verify.compare import DEFAULT_TOLERANCE
-from .writer import DEFAULT_MAX_SHARD_BYTES, check_output_target, parse_size, staged_output, write_json, write_weights
+from .writer import (DEFAULT_MAX_SHARD_BYTES, check_output_target, parse_size, plan_shards, shard_file_names,
+                     staged_output, write_json, write_weights)
 
 Log = Callable[[str], None]
+# Above this size the converted model is verified block by block instead of loaded whole.
+STREAMED_VERIFY_BYTES = 1 << 30
 NO_TOKENIZER = ("no tokenizer written: SRC has neither encoder.json + vocab.bpe (GPT-2 BPE) nor a sentencepiece "
                 "model; pass --encoder-json and --vocab-bpe, or --sentencepiece-model, to write one")
 
@@ -38,6 +41,8 @@ def convert(
     model_type: str | None = None,
     dtype: str | None = None,
     verify: bool = True,
+    verify_streamed: bool | None = None,
+    dry_run: bool = False,
     verify_text: str | Path | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     force: bool = False,
@@ -94,13 +99,19 @@ def convert(
         say(f"tokenizer: {alias_rows} tokens of the {tokenizer.kind} segmentation are not in dict.txt; "
             "they get alias ids that the model treats as <unk>, as fairseq does")
 
+    if dry_run:
+        for name, plan in plans.items():
+            say(format_plan(plan, out / name if name else out, max_shard_bytes))
+        return report
+
     with staged_output(out, force=force) as staging:
         for name, plan in plans.items():
             folder = staging / name if name else staging
             folder.mkdir(exist_ok=True)
             output = _write_one(folder, out / name if name else out, plan, tokenizer, max_shard_bytes, say)
             if verify:
-                output.verification = _verify_weights(folder, plan, source, dtype, tolerance, say)
+                streamed = plan.total_bytes > STREAMED_VERIFY_BYTES if verify_streamed is None else verify_streamed
+                output.verification = _verify_weights(folder, plan, source, dtype, tolerance, streamed, say)
                 if tokenizer:
                     output.tokenizer_verification = _verify_tokenizer(folder, tokenizer, extra_lines, say)
             report.outputs.append(output)
@@ -112,6 +123,23 @@ def convert(
         if all_heads:
             write_json(staging / REPORT_FILE, report.as_dict())
     return report
+
+
+def format_plan(plan: ConversionPlan, out: Path, max_shard_bytes: int) -> str:
+    """The plan as a table: every output tensor with its source, shape and dtype."""
+    shards = plan_shards(plan.tensors, max_shard_bytes)
+    lines = [f"plan for {out}: {plan.architecture}, {len(plan.tensors)} tensors, {plan.total_bytes / 1e6:.1f} MB "
+             f"in {len(shards)} file{'s' if len(shards) > 1 else ''}"]
+    for file_name, shard in zip(shard_file_names(len(shards)), shards):
+        lines.append(f"  {file_name}")
+        for tensor in shard:
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            extra = f" + {tensor.extra_rows} alias rows" if tensor.extra_rows else ""
+            lines.append(f"    {tensor.target:<58} {str(list(tensor.shape)):<14} {dtype:<9} <- {tensor.source_name}{extra}")
+    for stored, reason in plan.dropped.items():
+        lines.append(f"  left out {stored}: {reason}")
+    lines += [f"  note: {note}" for note in plan.notes]
+    return "\n".join(lines)
 
 
 def _for_head(options: PlanOptions, head: str | None, all_heads: bool) -> PlanOptions:
@@ -155,16 +183,17 @@ def _write_one(folder: Path, final_folder: Path, plan: ConversionPlan, tokenizer
 
 
 def _verify_weights(folder: Path, plan: ConversionPlan, source: Checkpoint, dtype: str | None,
-                    tolerance: float, say: Log) -> dict:
+                    tolerance: float, streamed: bool, say: Log) -> dict:
     from .verify.compare import verify_weights  # imports transformers: only when verifying
 
-    say("verifying against a reference fairseq forward pass on the source tensors")
+    say("verifying against a reference fairseq forward pass on the source tensors"
+        + (" (Transformers model run block by block)" if streamed else ""))
     round_to: torch.dtype | None = OUTPUT_DTYPES[dtype] if dtype else None
     result = verify_weights(
         folder, plan.architecture, source.tensors, source.hparams,
         head=plan.head.name if plan.head else None,
         vocab_size=plan.dims.vocab_size, positions=plan.dims.positions,
-        round_to=round_to, tolerance=tolerance,
+        round_to=round_to, tolerance=tolerance, streamed=streamed,
     )
     for kind, diff in result.worst().items():
         say(f"  max abs diff {kind:<18} {diff:.3g}")

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .arch import families
-from .arch.fairseq_keys import SourceTensor, normalise_state_dict
+from .arch.fairseq_keys import SourceTensor, normalise_state_dict, unsupported_layouts
 from .arch.families import Family, compile_rows, match_rows
 from .errors import ConversionError, ProblemList, UnsupportedModelError
 from .reader.checkpoint import Checkpoint
@@ -147,6 +147,7 @@ def make_plan(checkpoint: Checkpoint, dictionary: Dictionary, options: PlanOptio
     path = checkpoint.path
     source, dropped, key_problems = normalise_state_dict(checkpoint.tensors)
     _require_roberta(checkpoint, source)
+    _refuse_unsupported_layouts(checkpoint)
     hparams = checkpoint.hparams
     problems = ProblemList()
     for problem in key_problems:
@@ -276,6 +277,19 @@ def _require_roberta(checkpoint: Checkpoint, source: dict[str, SourceTensor]) ->
         "encoders (no encoder.sentence_encoder.embed_tokens.weight here)",
         path=checkpoint.path,
     )
+
+
+def _refuse_unsupported_layouts(checkpoint: Checkpoint) -> None:
+    variants = unsupported_layouts(list(checkpoint.tensors))
+    if variants:
+        arch = checkpoint.hparams.get("arch") or checkpoint.hparams.get("_name")
+        raise UnsupportedModelError(
+            f"uses {', '.join(variants)}{f' (arch {arch!r})' if arch else ''}, which no Transformers RoBERTa class "
+            "has; nothing was converted",
+            path=checkpoint.path,
+            details=[f"{variant}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                     for variant, keys in variants.items()],
+        )
 
 
 def _dims(source: dict[str, SourceTensor], hparams: dict[str, Any], problems: ProblemList) -> Dims:

@@ -96,3 +96,29 @@ def normalise_state_dict(
             continue
         put(name, key, tensor)
     return normalised, dropped, problems
+
+
+# fairseq variants with tensors no Transformers RoBERTa class has; recognised so that the error names
+# the variant instead of listing its tensors one by one.
+UNSUPPORTED_LAYOUTS: tuple[tuple[str, str], ...] = (
+    (r"\.adapter_modules\.", "X-MOD language adapters"),
+    (r"\.adapter_layer_norm\.", "X-MOD language adapters"),
+    (r"\.compress_[kv]\.|\.compress_layer\.", "Linformer projections"),
+    (r"\.(centroids|assignments|counts)$", "iPQ-quantised weights (quant-noise blocks)"),
+    (r"\.weight_(orig|u|v)$", "spectral normalisation"),
+    (r"\.self_attn\.bias_[kv]$", "attention bias_k/bias_v (add_bias_kv)"),
+    (r"\.self_attn\.(c_attn|alpha)\b|\.ffn_layernorm\.|\.attn_ln\.", "NormFormer scaling"),
+    (r"\.layers\.\d+\.(gate|moe_layer|experts)\.", "mixture-of-experts layers"),
+    (r"^encoder\.sentence_encoder\.embed_scale\b", "learned embedding scale"),
+)
+
+
+def unsupported_layouts(keys: list[str]) -> dict[str, list[str]]:
+    """Variant name -> a few of its tensors, for every unsupported variant found in `keys`."""
+    found: dict[str, list[str]] = {}
+    for key in keys:
+        for pattern, variant in UNSUPPORTED_LAYOUTS:
+            if re.search(pattern, key):
+                found.setdefault(variant, []).append(key)
+                break
+    return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 
 from ..reader.tensors import LazyTensor
 from .reference import PAD, FairseqReference, sample_inputs, scale_of
+from .streamed_model import StreamedModel
 
 # Allowed max abs difference, relative to the output's own scale (max |value|, at least 1).
 DEFAULT_TOLERANCE = 1e-5
@@ -36,6 +38,7 @@ class WeightsVerification:
     checks: list[OutputCheck] = field(default_factory=list)
     inputs: dict[str, list[int]] = field(default_factory=dict)  # input name -> shape
     compared_in: str = "float32"
+    loaded_with: str = "from_pretrained"
     loading_warnings: list[str] = field(default_factory=list)
 
     @property
@@ -51,7 +54,8 @@ class WeightsVerification:
         return worst
 
     def as_dict(self) -> dict:
-        return {"passed": self.passed, "compared_in": self.compared_in, "inputs": self.inputs,
+        return {"passed": self.passed, "compared_in": self.compared_in, "loaded_with": self.loaded_with,
+                "inputs": self.inputs,
                 "max_abs_diff": self.worst(), "loading_warnings": self.loading_warnings,
                 "checks": [check.as_dict() for check in self.checks]}
 
@@ -98,36 +102,69 @@ def verify_weights(
     positions: int,
     round_to: torch.dtype | None,
     tolerance: float = DEFAULT_TOLERANCE,
+    streamed: bool = False,
 ) -> WeightsVerification:
-    model, warnings = load_transformers_model(folder, architecture)
+    """Compares the reference with the folder's model on several inputs.
+
+    `streamed`: run the Transformers model block by block (see streamed_model.py) on all inputs at
+    once, as one right-padded batch, so the weights are read once and memory holds one block.
+    """
     reference = FairseqReference(state, hparams, round_to=round_to)
-    result = WeightsVerification(loading_warnings=warnings)
     inputs = sample_inputs(vocab_size, positions - 2)
+    with ExitStack() as stack:
+        if streamed:
+            streamed_model = stack.enter_context(StreamedModel(folder, architecture))
+            model, warnings = streamed_model.model, streamed_model.loading_warnings
+            inputs = {"all_inputs_as_one_batch": pad_together(list(inputs.values()))}
+        else:
+            model, warnings = load_transformers_model(folder, architecture)
+        result = WeightsVerification(loading_warnings=warnings,
+                                     loaded_with="block by block" if streamed else "from_pretrained")
+        _compare(model, reference, inputs, head, vocab_size, tolerance, result)
+    return result
+
+
+def pad_together(batches: list[torch.Tensor]) -> torch.Tensor:
+    """Every row of every batch, pads removed, right-padded into one batch."""
+    rows = [row[row.ne(PAD)] for batch in batches for row in batch]
+    padded = torch.full((len(rows), max(len(row) for row in rows)), PAD, dtype=torch.long)
+    for i, row in enumerate(rows):
+        padded[i, : len(row)] = row
+    return padded
+
+
+def _compare(model, reference: FairseqReference, inputs: dict[str, torch.Tensor], head: str | None,
+             vocab_size: int, tolerance: float, result: WeightsVerification) -> None:
     for name, tokens in inputs.items():
         result.inputs[name] = list(tokens.shape)
+        real = tokens.ne(PAD)  # fairseq zeroes pad positions; only real tokens are compared
         expected = reference.forward(tokens, head)
         with torch.no_grad():
-            got = model(input_ids=tokens, attention_mask=tokens.ne(PAD).long(), output_hidden_states=True)
-        real = tokens.ne(PAD)  # fairseq zeroes pad positions; only real tokens are compared
+            if head is None:
+                # The MLM head runs on the real positions only: full B x T x vocab logits of a large
+                # vocabulary would dwarf everything else in memory.
+                base = getattr(model, model.base_model_prefix)
+                got = base(input_ids=tokens, attention_mask=real.long(), output_hidden_states=True)
+                logits = model.lm_head(got.last_hidden_state[real])
+            else:
+                got = model(input_ids=tokens, attention_mask=real.long(), output_hidden_states=True)
+                logits = got.logits
         if len(expected.hidden_states) != len(got.hidden_states):
             raise AssertionError("layer counts differ between the reference and the converted model")
         # Transformers' last hidden state is the encoder output: for pre-norm models, after the final
         # LayerNorm, where fairseq's last inner state is before it.
-        pairs = [(f"hidden_states[{i}]", e, g)
+        pairs = [(f"hidden_states[{i}]", e[real], g[real])
                  for i, (e, g) in enumerate(zip(expected.hidden_states[:-1], got.hidden_states[:-1]))]
-        pairs.append(("last_hidden_state", expected.last_hidden_state, got.hidden_states[-1]))
+        pairs.append(("last_hidden_state", expected.last_hidden_state[real], got.hidden_states[-1][real]))
         if head is None:
             # Columns past the fairseq vocabulary are tokenizer aliases of <unk>: never predicted.
-            pairs.append(("mlm_logits", expected.mlm_logits, got.logits[..., :vocab_size]))
-            aliases = got.logits[..., vocab_size:][real]
-            if aliases.numel() and float(aliases.max()) >= float(got.logits[..., :vocab_size][real].min()):
+            pairs.append(("mlm_logits", expected.mlm_logits, logits[:, :vocab_size]))
+            aliases = logits[:, vocab_size:]
+            if aliases.numel() and float(aliases.max()) >= float(logits[:, :vocab_size].min()):
                 result.loading_warnings.append("alias ids of <unk> get logits within the range of real tokens")
         else:
-            pairs.append(("head_logits", expected.head_logits, got.logits))
+            pairs.append(("head_logits", expected.head_logits, logits))
         for output, want, have in pairs:
-            if output != "head_logits":
-                want, have = want[real], have[real]
             diff = float((want - have).abs().max()) if want.numel() else 0.0
             scale = scale_of(want)
             result.checks.append(OutputCheck(f"{name} {output}", diff, scale, tolerance * max(1.0, scale)))
-    return result

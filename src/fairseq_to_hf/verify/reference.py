@@ -33,7 +33,7 @@ ACTIVATIONS = {
 class ReferenceOutputs:
     hidden_states: list[torch.Tensor]  # embeddings output, then each layer's output (B x T x C)
     last_hidden_state: torch.Tensor
-    mlm_logits: torch.Tensor | None
+    mlm_logits: torch.Tensor | None  # at the real (non-pad) positions only: N x vocab
     head_logits: torch.Tensor | None
 
 
@@ -140,7 +140,7 @@ class FairseqReference:
             x = self._layer_norm(x, f"{enc}.layer_norm")
         mlm = head_logits = None
         if head is None:
-            y = activation(self._linear(x, "encoder.lm_head.dense"))
+            y = activation(self._linear(x[~pad_mask], "encoder.lm_head.dense"))
             y = self._layer_norm(y, "encoder.lm_head.layer_norm")
             projection = (self.weight("encoder.lm_head.weight") if self.has("encoder.lm_head.weight")
                           else self.weight(f"{enc}.embed_tokens.weight"))

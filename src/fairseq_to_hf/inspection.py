@@ -1,0 +1,123 @@
+"""`fairseq-to-hf inspect`: what a checkpoint is and what `convert` would make of it, from metadata alone."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from .arch.fairseq_keys import normalise_state_dict
+from .errors import ConversionError
+from .plan import LM_HEAD, ConversionPlan, PlanOptions, describe_heads, detect_heads, dictionary_kind, make_plan
+from .reader.checkpoint import read_checkpoint
+from .reader.dictionary import Dictionary, read_dictionary
+from .reader.folder import find_source_files
+from .writer import plan_shards, shard_file_names
+
+
+def inspect_source(src: str | Path, *, checkpoint: str | Path | None = None, dictionary: str | Path | None = None,
+                   encoder_json: str | Path | None = None, vocab_bpe: str | Path | None = None,
+                   sentencepiece_model: str | Path | None = None) -> dict[str, Any]:
+    """Describes a fairseq model folder; reads the pickle and zip directory, never tensor data."""
+    files = find_source_files(src, checkpoint=checkpoint, dictionary=dictionary, encoder_json=encoder_json,
+                              vocab_bpe=vocab_bpe, sentencepiece_model=sentencepiece_model)
+    source = read_checkpoint(files.checkpoint)
+    token_dictionary = read_dictionary(files.dictionary)
+    normalised, _, _ = normalise_state_dict(source.tensors)
+    heads = detect_heads(normalised)
+
+    by_dtype: dict[str, dict[str, int]] = defaultdict(lambda: {"parameters": 0, "bytes": 0})
+    for tensor in source.tensors.values():
+        entry = by_dtype[str(tensor.dtype).removeprefix("torch.")]
+        entry["parameters"] += tensor.numel
+        entry["bytes"] += tensor.nbytes
+
+    targets = [None] if not heads else [head.name for head in heads] + ([LM_HEAD] if _has_lm_head(normalised) else [])
+    outputs = {}
+    for target in targets:
+        outputs[target or "default"] = _would_produce(source, token_dictionary, target)
+
+    description: dict[str, Any] = {
+        "checkpoint": str(files.checkpoint),
+        "checkpoint_format": source.format,
+        "checkpoint_bytes": files.checkpoint.stat().st_size,
+        "hyper_parameters_from": source.hparams_source,
+        "arch": source.hparams.get("arch") or source.hparams.get("_name"),
+        "dictionary": {"path": str(files.dictionary), "symbols": len(token_dictionary),
+                       "kind": dictionary_kind(token_dictionary)},
+        "label_dictionary": str(files.label_dictionary) if files.label_dictionary else None,
+        "tokenizer_files": {k: str(v) for k, v in vars(files.tokenizer).items() if v is not None},
+        "tensors": len(source.tensors),
+        "parameters_by_dtype": dict(by_dtype),
+        "classification_heads": {h.name: {"num_classes": h.num_classes, "inner_dim": h.inner_dim} for h in heads},
+        "convert_would_produce": outputs,
+    }
+    first = next((o for o in outputs.values() if "plan" in o), None)
+    if first:
+        description.update(first["plan"]["model"])
+    return description
+
+
+def _has_lm_head(normalised: dict) -> bool:
+    return "encoder.lm_head.dense.weight" in normalised
+
+
+def _would_produce(source, dictionary: Dictionary, head: str | None) -> dict[str, Any]:
+    try:
+        plan = make_plan(source, dictionary, PlanOptions(head=head))
+    except ConversionError as error:
+        return {"refused": error.render()}
+    return {"plan": describe_plan(plan)}
+
+
+def describe_plan(plan: ConversionPlan, max_shard_bytes: int = 5 * 10**9) -> dict[str, Any]:
+    shards = plan_shards(plan.tensors, max_shard_bytes)
+    dims = plan.dims
+    return {
+        "model": {
+            "family": plan.family.model_type,
+            "layout": "pre-norm" if plan.family.pre_norm else "post-norm",
+            "key_generation": plan.key_generation,
+            "layers": dims.num_layers, "hidden_size": dims.hidden_size, "attention_heads": dims.num_heads,
+            "ffn_size": dims.ffn_size, "position_rows": dims.positions, "max_tokens": dims.positions - 2,
+            "vocab_rows": dims.vocab_size,
+        },
+        "architecture": plan.architecture,
+        "head": plan.head.name if plan.head else None,
+        "tensors": len(plan.tensors),
+        "bytes": plan.total_bytes,
+        "files": shard_file_names(len(shards)),
+        "dropped": plan.dropped,
+        "notes": plan.notes,
+    }
+
+
+def format_inspection(description: dict[str, Any]) -> str:
+    lines = [f"checkpoint   {description['checkpoint']} ({description['checkpoint_format']} format, "
+             f"{description['checkpoint_bytes'] / 1e6:.1f} MB; hyper-parameters from {description['hyper_parameters_from']}"
+             f"{', arch ' + repr(description['arch']) if description['arch'] else ''})"]
+    if "family" in description:
+        lines.append(f"model        {description['family']}, {description['layout']}, {description['key_generation']} keys")
+        lines.append(f"size         {description['layers']} layers, hidden {description['hidden_size']}, "
+                     f"{description['attention_heads']} heads, ffn {description['ffn_size']}, "
+                     f"{description['max_tokens']} positions, {description['vocab_rows']} vocabulary rows")
+    for dtype, entry in description["parameters_by_dtype"].items():
+        lines.append(f"tensors      {dtype}: {entry['parameters']:,} values, {entry['bytes'] / 1e6:.1f} MB")
+    dictionary = description["dictionary"]
+    lines.append(f"dictionary   {dictionary['path']} ({dictionary['symbols']} symbols with specials, "
+                 f"{dictionary['kind']} vocabulary)")
+    heads = description["classification_heads"]
+    lines.append("heads        " + (", ".join(f"{name} ({info['num_classes']} outputs)" for name, info in heads.items())
+                                   or "none (masked LM)"))
+    tokenizer = description["tokenizer_files"]
+    lines.append("tokenizer    " + (", ".join(tokenizer.values()) if tokenizer else
+                                   "no files found (pass --encoder-json/--vocab-bpe or --sentencepiece-model)"))
+    for target, outcome in description["convert_would_produce"].items():
+        flag = "" if target == "default" else f" --head {target}"
+        if "plan" in outcome:
+            plan = outcome["plan"]
+            lines.append(f"convert{flag} -> {plan['architecture']}, {plan['tensors']} tensors, "
+                         f"{plan['bytes'] / 1e6:.1f} MB in {', '.join(plan['files'])}")
+        else:
+            lines.append(f"convert{flag} -> refused: {outcome['refused'].splitlines()[0]}")
+    return "\n".join(lines)
