@@ -145,6 +145,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace, log) -> int:
     from .convert import convert
+    from .progress import WriteProgress
 
     report = convert(
         args.src,
@@ -166,6 +167,7 @@ def _convert(args: argparse.Namespace, log) -> int:
         force=args.force,
         max_shard_size=args.max_shard_size,
         log=log,
+        progress=None if args.quiet else WriteProgress(sys.stderr),
     )
     if args.dry_run:
         if args.json:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConversionError, VerificationError
+from .progress import WriteProgress
 from .plan import OUTPUT_DTYPES, ConversionPlan, PlanOptions, describe_heads, list_heads, make_plan
 from .reader.checkpoint import Checkpoint, read_checkpoint
 from .reader.dictionary import read_dictionary
@@ -48,6 +49,7 @@ def convert(
     force: bool = False,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_BYTES,
     log: Log | None = None,
+    progress: WriteProgress | None = None,
 ) -> ConversionReport:
     """Converts a fairseq RoBERTa-family checkpoint folder into a Transformers folder at `out`.
 
@@ -108,7 +110,7 @@ def convert(
         for name, plan in plans.items():
             folder = staging / name if name else staging
             folder.mkdir(exist_ok=True)
-            output = _write_one(folder, out / name if name else out, plan, tokenizer, max_shard_bytes, say)
+            output = _write_one(folder, out / name if name else out, plan, tokenizer, max_shard_bytes, say, progress)
             if verify:
                 streamed = plan.total_bytes > STREAMED_VERIFY_BYTES if verify_streamed is None else verify_streamed
                 output.verification = _verify_weights(folder, plan, source, dtype, tolerance, streamed, say)
@@ -155,9 +157,13 @@ def _read_lines(path: str | Path) -> list[str]:
 
 
 def _write_one(folder: Path, final_folder: Path, plan: ConversionPlan, tokenizer: PreparedTokenizer | None,
-               max_shard_bytes: int, say: Log) -> OutputReport:
+               max_shard_bytes: int, say: Log, progress: WriteProgress | None) -> OutputReport:
     say(f"writing {plan.architecture} ({len(plan.tensors)} tensors, {plan.total_bytes / 1e6:.1f} MB)")
-    files = write_weights(folder, plan, max_shard_bytes)
+    if progress:
+        progress.start("writing", len(plan.tensors), plan.total_bytes)
+    files = write_weights(folder, plan, max_shard_bytes, progress=(lambda t: progress.advance(t.nbytes)) if progress else None)
+    if progress:
+        progress.finish()
     write_json(folder / "config.json", plan.config)
     files.append("config.json")
     if tokenizer:

@@ -31,7 +31,7 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # the Hub's "5GB"
 
-Progress = Callable[[TensorPlan], None]
+Progress = Callable[[TensorPlan], None]  # called after each tensor is written
 
 
 def parse_size(text: str) -> int:
