@@ -100,11 +100,12 @@ def test_a_wrong_tokenizer_fails_verification(tmp_path: Path) -> None:
     prepared = prepare_tokenizer(TokenizerFiles(GPT2_BPE / "encoder.json", GPT2_BPE / "vocab.bpe"),
                                  dictionary, MODEL_ROWS)
     write_tokenizer(tmp_path, prepared, model_max_length=64)
-    assert verify_tokenizer(tmp_path, prepared.reference_bpe, dictionary, prepared.vocabulary).passed
+    vocabulary = prepared.vocabulary
+    assert verify_tokenizer(tmp_path, prepared.reference_bpe, dictionary, vocabulary.model_rows, vocabulary.size).passed
     spec = json.loads((tmp_path / "tokenizer.json").read_text())
     vocab = spec["model"]["vocab"]
     the, comma = vocab["Ġthe"], vocab[","]
     vocab["Ġthe"], vocab[","] = comma, the  # one swapped vocab entry
     (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
-    result = verify_tokenizer(tmp_path, prepared.reference_bpe, dictionary, prepared.vocabulary)
+    result = verify_tokenizer(tmp_path, prepared.reference_bpe, dictionary, vocabulary.model_rows, vocabulary.size)
     assert not result.passed and result.mismatches

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .arch.families import FAMILIES
-from .errors import EXIT_INTERRUPTED, EXIT_OK, ConversionError
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_VERIFY_FAILED, ConversionError
 from .plan import LM_HEAD, OUTPUT_DTYPES
 from .verify.compare import DEFAULT_TOLERANCE
 
@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("src", metavar="SRC", help="fairseq model folder (or the checkpoint file itself)")
     convert.add_argument("out", metavar="OUT", help="output folder; must not exist unless --force")
     convert.add_argument("--checkpoint", metavar="FILE",
-                         help="checkpoint file in SRC (default: model.pt, or the only .pt file)")
+                         help="checkpoint file in SRC (default: model.pt, or the only .pt file); a quoted pattern "
+                         "such as 'checkpoint*.pt' converts each match into OUT/<name>/")
     convert.add_argument("--dict", dest="dictionary", metavar="FILE",
                          help="fairseq token dictionary (default: SRC/dict.txt or SRC/input0/dict.txt)")
     convert.add_argument("--label-dict", metavar="FILE",
@@ -87,8 +88,39 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--dry-run", action="store_true",
                          help="print the conversion plan (every tensor, its source, shape and dtype) and stop; "
                          "reads no tensor data and writes nothing")
+    convert.add_argument("--language", action="append", default=[], metavar="CODE",
+                         help="language of the model for the model card (repeatable), e.g. --language en")
+    convert.add_argument("--license", metavar="ID", help="license for the model card, e.g. mit")
+    convert.add_argument("--base-model", metavar="REPO", help="base model for the model card, e.g. FacebookAI/roberta-base")
     convert.add_argument("--json", action="store_true", help="print the conversion report as JSON on stdout")
     convert.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    verify = commands.add_parser(
+        "verify",
+        help="check an existing Transformers folder against a fairseq checkpoint",
+        description="Check a Transformers folder (written by this tool or by anything else, e.g. transformers' old "
+        "conversion scripts) against the fairseq checkpoint it came from: a reference fairseq forward pass on the "
+        "source tensors against the folder's model, and fairseq's encode against the folder's tokenizer.",
+        epilog="examples:\n  fairseq-to-hf verify roberta.base/ ./roberta-base-hf --encoder-json encoder.json "
+        "--vocab-bpe vocab.bpe\n  fairseq-to-hf verify glue-mnli/ ./mnli-hf --head mnli --json\n\n"
+        "exit codes: 0 the folder matches, 1 it does not, 2 bad input",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    verify.add_argument("src", metavar="SRC", help="fairseq model folder (or the checkpoint file itself)")
+    verify.add_argument("out", metavar="OUT", help="the Transformers folder to check")
+    verify.add_argument("--checkpoint", metavar="FILE", help="checkpoint file in SRC (default: model.pt)")
+    verify.add_argument("--dict", dest="dictionary", metavar="FILE", help="fairseq token dictionary")
+    verify.add_argument("--encoder-json", metavar="FILE", help="GPT-2 BPE encoder.json, to check the tokenizer")
+    verify.add_argument("--vocab-bpe", metavar="FILE", help="GPT-2 BPE vocab.bpe, to check the tokenizer")
+    verify.add_argument("--sentencepiece-model", metavar="FILE", help="sentencepiece model, to check the tokenizer")
+    verify.add_argument("--head", metavar="NAME", help="fairseq classification head the folder was made from")
+    verify.add_argument("--verify-text", metavar="FILE", help="also check the tokenizer on every line of FILE")
+    verify.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="X",
+                        help=f"allowed max abs difference relative to each output's scale (default: {DEFAULT_TOLERANCE:g})")
+    verify.add_argument("--block-by-block", action="store_true",
+                        help="run the folder's model one block at a time (for models larger than memory)")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    verify.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
     inspect = commands.add_parser(
         "inspect",
         help="describe a fairseq checkpoint and what convert would produce, from metadata alone",
@@ -116,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)  # clean up staged output as on Ctrl-C
 
     def log(message: str) -> None:
-        if not args.quiet:
+        if not getattr(args, "quiet", False):
             print(message, file=sys.stderr, flush=True)
 
     try:
@@ -124,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _convert(args, log)
         if args.command == "inspect":
             return _inspect(args)
+        if args.command == "verify":
+            return _verify(args, log)
     except ConversionError as error:
         print(f"fairseq-to-hf: error: {error.render()}", file=sys.stderr)
         return error.exit_code
@@ -131,6 +165,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("fairseq-to-hf: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_OK
+
+
+def _verify(args: argparse.Namespace, log) -> int:
+    from .verify.existing import verify_folder
+
+    report = verify_folder(args.src, args.out, checkpoint=args.checkpoint, dictionary=args.dictionary,
+                           encoder_json=args.encoder_json, vocab_bpe=args.vocab_bpe,
+                           sentencepiece_model=args.sentencepiece_model, head=args.head,
+                           verify_text=args.verify_text, tolerance=args.tolerance, streamed=args.block_by_block)
+    weights = report["verification"]
+    for kind, diff in weights["max_abs_diff"].items():
+        log(f"  max abs diff {kind:<18} {diff:.3g}")
+    for warning in weights["loading_warnings"]:
+        log(f"  loading: {warning}")
+    tokens = report["tokenizer_verification"]
+    if tokens:
+        log(f"  tokenizer: {tokens['lines_checked']} lines and {tokens['pairs_checked']} pairs checked, "
+            f"{tokens['mismatch_count']} differ")
+        for mismatch in tokens["mismatches"][:5]:
+            log(f"    {mismatch['text'][:60]!r}: fairseq {mismatch['fairseq_ids'][:10]} vs {mismatch['tokenizer_ids'][:10]}")
+    else:
+        log(f"  tokenizer: not checked ({report['tokenizer_note']})")
+    log(f"{args.out}: {'matches' if report['passed'] else 'DOES NOT match'} {args.src}")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return EXIT_OK if report["passed"] else EXIT_VERIFY_FAILED
+
+
+def _convert_batch(args: argparse.Namespace, log, convert_batch, card) -> int:
+    from .progress import WriteProgress
+
+    results = convert_batch(
+        args.src, args.out, args.checkpoint, force=args.force, log=log,
+        progress=None if args.quiet else WriteProgress(sys.stderr),
+        dictionary=args.dictionary, label_dict=args.label_dict, encoder_json=args.encoder_json,
+        vocab_bpe=args.vocab_bpe, sentencepiece_model=args.sentencepiece_model,
+        head=args.head, all_heads=args.all_heads, model_type=args.model_type, dtype=args.dtype, verify=args.verify,
+        verify_text=args.verify_text, tolerance=args.tolerance, max_shard_size=args.max_shard_size, card=card,
+    )
+    failed = [(path, outcome) for path, outcome in results if isinstance(outcome, ConversionError)]
+    log(f"converted {len(results) - len(failed)} of {len(results)} checkpoints into {args.out}")
+    for path, error in failed:
+        log(f"  failed: {path.name}: {error.render().splitlines()[0]}")
+    if args.json:
+        print(json.dumps([{"checkpoint": str(path), **({"error": outcome.render()} if path in dict(failed)
+                                                        else outcome.as_dict())} for path, outcome in results],
+                         indent=2))
+    return max((error.exit_code for _, error in failed), default=EXIT_OK)
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -144,9 +226,13 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace, log) -> int:
-    from .convert import convert
+    from .card import CardOptions
+    from .convert import convert, convert_batch
     from .progress import WriteProgress
 
+    if args.checkpoint and any(char in args.checkpoint for char in "*?["):
+        return _convert_batch(args, log, convert_batch, CardOptions(language=args.language, license=args.license,
+                                                                     base_model=args.base_model))
     report = convert(
         args.src,
         args.out,
@@ -166,6 +252,7 @@ def _convert(args: argparse.Namespace, log) -> int:
         tolerance=args.tolerance,
         force=args.force,
         max_shard_size=args.max_shard_size,
+        card=CardOptions(language=args.language, license=args.license, base_model=args.base_model),
         log=log,
         progress=None if args.quiet else WriteProgress(sys.stderr),
     )

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
-from dataclasses import replace
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
+from .card import CardOptions, model_card
 from .errors import ConversionError, VerificationError
+from .hashing import sha256_in_background
 from .progress import WriteProgress
 from .plan import OUTPUT_DTYPES, ConversionPlan, PlanOptions, describe_heads, list_heads, make_plan
 from .reader.checkpoint import Checkpoint, read_checkpoint
-from .reader.dictionary import read_dictionary
-from .reader.folder import find_source_files
+from .reader.dictionary import Dictionary, read_dictionary
+from .reader.folder import SourceFiles, find_source_files
 from .report import REPORT_FILE, ConversionReport, OutputReport
 from .tokenizer import PreparedTokenizer, prepare_tokenizer, write_tokenizer
 from .verify.compare import DEFAULT_TOLERANCE
@@ -25,6 +29,38 @@ Log = Callable[[str], None]
 STREAMED_VERIFY_BYTES = 1 << 30
 NO_TOKENIZER = ("no tokenizer written: SRC has neither encoder.json + vocab.bpe (GPT-2 BPE) nor a sentencepiece "
                 "model; pass --encoder-json and --vocab-bpe, or --sentencepiece-model, to write one")
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Everything about a conversion except which checkpoint and where to."""
+
+    head: str | None = None
+    all_heads: bool = False
+    model_type: str | None = None
+    dtype: str | None = None
+    verify: bool = True
+    verify_streamed: bool | None = None  # None: block by block above STREAMED_VERIFY_BYTES
+    verify_lines: tuple[str, ...] = ()
+    tolerance: float = DEFAULT_TOLERANCE
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+    card: CardOptions = field(default_factory=CardOptions)
+    strict_labels: bool = False
+
+
+@dataclass
+class SharedSources:
+    """What every checkpoint of one folder shares: read once, even for a batch of checkpoints."""
+
+    files: SourceFiles
+    dictionary: Dictionary
+    label_dictionary: Dictionary | None
+    tokenizers: dict[int, PreparedTokenizer | None] = field(default_factory=dict)  # by model vocabulary rows
+
+    def tokenizer(self, model_rows: int) -> PreparedTokenizer | None:
+        if model_rows not in self.tokenizers:
+            self.tokenizers[model_rows] = prepare_tokenizer(self.files.tokenizer, self.dictionary, model_rows)
+        return self.tokenizers[model_rows]
 
 
 def convert(
@@ -48,6 +84,7 @@ def convert(
     tolerance: float = DEFAULT_TOLERANCE,
     force: bool = False,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_BYTES,
+    card: CardOptions | None = None,
     log: Log | None = None,
     progress: WriteProgress | None = None,
 ) -> ConversionReport:
@@ -58,33 +95,112 @@ def convert(
     """
     say = log or (lambda message: None)
     out = Path(out)
-    max_shard_bytes = parse_size(max_shard_size) if isinstance(max_shard_size, str) else int(max_shard_size)
+    options = _options(head, all_heads, model_type, dtype, verify, verify_streamed, verify_text, tolerance,
+                       max_shard_size, card, strict_labels=not all_heads and label_dict is not None)
     check_output_target(out, force=force)
-    files = find_source_files(src, checkpoint=checkpoint, dictionary=dictionary, label_dictionary=label_dict,
-                              encoder_json=encoder_json, vocab_bpe=vocab_bpe,
-                              sentencepiece_model=sentencepiece_model)
-    extra_lines = _read_lines(verify_text) if verify_text else []
-    source = read_checkpoint(files.checkpoint)
-    token_dictionary = read_dictionary(files.dictionary)
-    label_dictionary = read_dictionary(files.label_dictionary) if files.label_dictionary else None
+    shared = _shared_sources(src, checkpoint, dictionary, label_dict, encoder_json, vocab_bpe, sentencepiece_model)
+    source = read_checkpoint(shared.files.checkpoint)
+    report, plans, tokenizer = _prepare(source, shared, options, say)
+    if dry_run:
+        for name, plan in plans.items():
+            say(format_plan(plan, out / name if name else out, options.max_shard_bytes))
+        return report
+    checksum = sha256_in_background(shared.files.checkpoint)  # overlaps with the conversion
+    with staged_output(out, force=force) as staging:
+        _write_and_verify(staging, out, source, report, plans, tokenizer, options, checksum, say, progress)
+    return report
 
-    base = PlanOptions(head=head, model_type=model_type, dtype=dtype, label_dictionary=label_dictionary,
-                       strict_labels=not all_heads and label_dict is not None)
-    heads = [None]
-    if all_heads:
+
+def convert_batch(
+    src: str | Path,
+    out: str | Path,
+    pattern: str,
+    *,
+    force: bool = False,
+    log: Log | None = None,
+    progress: WriteProgress | None = None,
+    dictionary: str | Path | None = None,
+    label_dict: str | Path | None = None,
+    encoder_json: str | Path | None = None,
+    vocab_bpe: str | Path | None = None,
+    sentencepiece_model: str | Path | None = None,
+    **convert_options,
+) -> list[tuple[Path, ConversionReport | ConversionError]]:
+    """Converts every checkpoint of SRC matching `pattern` into OUT/<checkpoint name>/.
+
+    dict.txt and the tokenizer are read once. A failing checkpoint is recorded and the others go on;
+    OUT appears, with the checkpoints that converted, when all have been tried.
+    """
+    say = log or (lambda message: None)
+    out = Path(out)
+    check_output_target(out, force=force)
+    checkpoints = sorted(path for path in Path(src).glob(pattern) if path.is_file())
+    if not checkpoints:
+        raise ConversionError(f"no checkpoint matches {pattern!r}", path=src, hint="check --checkpoint")
+    options = _options(**convert_options, strict_labels=label_dict is not None)
+    shared = _shared_sources(src, checkpoints[0], dictionary, label_dict, encoder_json, vocab_bpe, sentencepiece_model)
+    results: list[tuple[Path, ConversionReport | ConversionError]] = []
+    with staged_output(out, force=force) as staging:
+        for number, path in enumerate(checkpoints, start=1):
+            say(f"[{number}/{len(checkpoints)}] {path.name}")
+            target = staging / path.stem
+            try:
+                source = read_checkpoint(path)
+                report, plans, tokenizer = _prepare(source, replace(shared, files=replace(shared.files, checkpoint=path)),
+                                                    options, say)
+                target.mkdir()
+                _write_and_verify(target, out / path.stem, source, report, plans, tokenizer, options,
+                                  sha256_in_background(path), say, progress)
+                results.append((path, report))
+            except ConversionError as error:
+                shutil.rmtree(target, ignore_errors=True)
+                say(f"[{number}/{len(checkpoints)}] {path.name} failed: {error.render()}")
+                results.append((path, error))
+    return results
+
+
+def _options(head=None, all_heads=False, model_type=None, dtype=None, verify=True, verify_streamed=None,
+             verify_text=None, tolerance=DEFAULT_TOLERANCE, max_shard_size=DEFAULT_MAX_SHARD_BYTES, card=None,
+             *, strict_labels: bool) -> ConvertOptions:
+    if dtype is not None and dtype not in OUTPUT_DTYPES:
+        raise ConversionError(f"unknown dtype {dtype!r}; choose from {', '.join(OUTPUT_DTYPES)}")
+    return ConvertOptions(
+        head=head, all_heads=all_heads, model_type=model_type, dtype=dtype, verify=verify,
+        verify_streamed=verify_streamed, verify_lines=tuple(_read_lines(verify_text)) if verify_text else (),
+        tolerance=tolerance,
+        max_shard_bytes=parse_size(max_shard_size) if isinstance(max_shard_size, str) else int(max_shard_size),
+        card=card or CardOptions(), strict_labels=strict_labels,
+    )
+
+
+def _shared_sources(src, checkpoint, dictionary, label_dict, encoder_json, vocab_bpe, sentencepiece_model) -> SharedSources:
+    files = find_source_files(src, checkpoint=checkpoint, dictionary=dictionary, label_dictionary=label_dict,
+                              encoder_json=encoder_json, vocab_bpe=vocab_bpe, sentencepiece_model=sentencepiece_model)
+    labels = read_dictionary(files.label_dictionary) if files.label_dictionary else None
+    return SharedSources(files, read_dictionary(files.dictionary), labels)
+
+
+def _prepare(source: Checkpoint, shared: SharedSources, options: ConvertOptions,
+             say: Log) -> tuple[ConversionReport, dict[str, ConversionPlan], PreparedTokenizer | None]:
+    """Every plan of this conversion (one per head with --all-heads), checked before anything is written."""
+    base = PlanOptions(head=options.head, model_type=options.model_type, dtype=options.dtype,
+                       label_dictionary=shared.label_dictionary, strict_labels=options.strict_labels)
+    heads: list[str | None] = [options.head]
+    if options.all_heads:
         heads = [h.name for h in list_heads(source)]
         if not heads:
-            raise ConversionError("has no classification heads for --all-heads", path=files.checkpoint)
-    first = make_plan(source, token_dictionary, _for_head(base, heads[0], all_heads))
-    tokenizer = prepare_tokenizer(files.tokenizer, token_dictionary, first.dims.vocab_size)
+            raise ConversionError("has no classification heads for --all-heads", path=source.path)
+        base = replace(base, strict_labels=False)
+    first = make_plan(source, shared.dictionary, replace(base, head=heads[0]))
+    tokenizer = shared.tokenizer(first.dims.vocab_size)
     alias_rows = len(tokenizer.vocabulary.aliases) if tokenizer else 0
-    plans = {name or "": make_plan(source, token_dictionary, replace(_for_head(base, name, all_heads),
-                                                                      alias_rows=alias_rows))
+    # With --all-heads each head gets a subfolder named after it; otherwise the one plan fills OUT.
+    plans = {(name if options.all_heads else ""): make_plan(source, shared.dictionary,
+                                                              replace(base, head=name, alias_rows=alias_rows))
              for name in heads}
-
     report = ConversionReport(
-        source_checkpoint=files.checkpoint,
-        source_dictionary=files.dictionary,
+        source_checkpoint=source.path,
+        source_dictionary=shared.files.dictionary,
         checkpoint_format=source.format,
         key_generation=first.key_generation,
         hparams_source=source.hparams_source,
@@ -93,38 +209,45 @@ def convert(
         heads_in_checkpoint={h.name: h.num_classes for h in first.heads},
         tokenizer=tokenizer.summary() if tokenizer else None,
     )
-    say(f"read {files.checkpoint} ({source.format} format, {report.key_generation} keys, "
+    say(f"read {source.path} ({source.format} format, {report.key_generation} keys, "
         f"{len(source.tensors)} tensors); heads: {', '.join(describe_heads(first.heads)) or 'none'}")
     if tokenizer is None:
         say(NO_TOKENIZER)
     elif alias_rows:
         say(f"tokenizer: {alias_rows} tokens of the {tokenizer.kind} segmentation are not in dict.txt; "
             "they get alias ids that the model treats as <unk>, as fairseq does")
+    return report, plans, tokenizer
 
-    if dry_run:
-        for name, plan in plans.items():
-            say(format_plan(plan, out / name if name else out, max_shard_bytes))
-        return report
 
-    with staged_output(out, force=force) as staging:
-        for name, plan in plans.items():
-            folder = staging / name if name else staging
-            folder.mkdir(exist_ok=True)
-            output = _write_one(folder, out / name if name else out, plan, tokenizer, max_shard_bytes, say, progress)
-            if verify:
-                streamed = plan.total_bytes > STREAMED_VERIFY_BYTES if verify_streamed is None else verify_streamed
-                output.verification = _verify_weights(folder, plan, source, dtype, tolerance, streamed, say)
-                if tokenizer:
-                    output.tokenizer_verification = _verify_tokenizer(folder, tokenizer, extra_lines, say)
-            report.outputs.append(output)
-            write_json(folder / REPORT_FILE, report.as_dict(only=output))
-        failures = [line for output in report.outputs for line in _failures(output)]
-        if failures:
-            raise VerificationError("the converted model does not reproduce fairseq; nothing was written",
-                                    details=failures)
-        if all_heads:
-            write_json(staging / REPORT_FILE, report.as_dict())
-    return report
+def _write_and_verify(staging: Path, out: Path, source: Checkpoint, report: ConversionReport,
+                      plans: dict[str, ConversionPlan], tokenizer: PreparedTokenizer | None,
+                      options: ConvertOptions, checksum: Future[str], say: Log,
+                      progress: WriteProgress | None) -> None:
+    for name, plan in plans.items():
+        folder = staging / name if name else staging
+        folder.mkdir(exist_ok=True)
+        output = _write_one(folder, out / name if name else out, plan, tokenizer, options.max_shard_bytes, say,
+                            progress)
+        if options.verify:
+            streamed = (plan.total_bytes > STREAMED_VERIFY_BYTES if options.verify_streamed is None
+                        else options.verify_streamed)
+            output.verification = _verify_weights(folder, plan, source, options.dtype, options.tolerance,
+                                                  streamed, say)
+            if tokenizer:
+                output.tokenizer_verification = _verify_tokenizer(folder, tokenizer, list(options.verify_lines), say)
+        report.outputs.append(output)
+        report.source_sha256 = checksum.result()
+        document = report.as_dict(only=output)
+        write_json(folder / REPORT_FILE, document)
+        card_text = model_card(document, document["outputs"][0], options.card, str(output.folder))
+        (folder / "README.md").write_text(card_text, encoding="utf-8")
+        output.files += [REPORT_FILE, "README.md"]
+    failures = [line for output in report.outputs for line in _failures(output)]
+    if failures:
+        raise VerificationError("the converted model does not reproduce fairseq; nothing was written",
+                                path=source.path, details=failures)
+    if options.all_heads:
+        write_json(staging / REPORT_FILE, report.as_dict())
 
 
 def format_plan(plan: ConversionPlan, out: Path, max_shard_bytes: int) -> str:
@@ -142,10 +265,6 @@ def format_plan(plan: ConversionPlan, out: Path, max_shard_bytes: int) -> str:
         lines.append(f"  left out {stored}: {reason}")
     lines += [f"  note: {note}" for note in plan.notes]
     return "\n".join(lines)
-
-
-def _for_head(options: PlanOptions, head: str | None, all_heads: bool) -> PlanOptions:
-    return replace(options, head=head, strict_labels=False) if all_heads else options
 
 
 def _read_lines(path: str | Path) -> list[str]:
@@ -209,8 +328,9 @@ def _verify_weights(folder: Path, plan: ConversionPlan, source: Checkpoint, dtyp
 def _verify_tokenizer(folder: Path, tokenizer: PreparedTokenizer, extra_lines: list[str], say: Log) -> dict:
     from .verify.tokenizer_check import verify_tokenizer
 
-    result = verify_tokenizer(folder, tokenizer.reference_bpe, tokenizer.dictionary, tokenizer.vocabulary,
-                              extra_lines, tokenizer.unknown_run_quirk)
+    vocabulary = tokenizer.vocabulary
+    result = verify_tokenizer(folder, tokenizer.reference_bpe, tokenizer.dictionary, vocabulary.model_rows,
+                              vocabulary.size, extra_lines, tokenizer.unknown_run_quirk)
     quirks = len(result.unknown_run_differences)
     say(f"  tokenizer: {result.lines_checked} lines and {result.pairs_checked} pairs checked against "
         f"fairseq's encode, {len(result.mismatches)} differ"

@@ -60,6 +60,7 @@ class ConversionReport:
     dims: dict[str, int]
     heads_in_checkpoint: dict[str, int]
     tokenizer: dict[str, Any] | None = None
+    source_sha256: str | None = None
     outputs: list[OutputReport] = field(default_factory=list)
 
     @property
@@ -78,6 +79,7 @@ class ConversionReport:
             "tool_version": __version__,
             "source": {
                 "checkpoint": str(self.source_checkpoint),
+                "sha256": self.source_sha256,
                 "dictionary": str(self.source_dictionary),
                 "checkpoint_format": self.checkpoint_format,
                 "key_generation": self.key_generation,

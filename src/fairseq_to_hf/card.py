@@ -1,0 +1,121 @@
+"""The model card (README.md) of a converted folder: Hub metadata, provenance, verification, usage."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CardOptions:
+    """What only the user knows: written into the card's metadata when given."""
+
+    language: list[str] = field(default_factory=list)
+    license: str | None = None
+    base_model: str | None = None
+    model_name: str | None = None
+
+
+def _yaml_value(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)  # JSON strings and lists are valid YAML
+
+
+def front_matter(pipeline_tag: str, model_type: str, options: CardOptions) -> str:
+    lines = ["---", "library_name: transformers", f"pipeline_tag: {pipeline_tag}",
+             "tags:", "- fairseq", f"- {model_type}", "- fairseq-to-hf"]
+    if options.language:
+        lines += ["language:"] + [f"- {_yaml_value(code)}" for code in options.language]
+    if options.license:
+        lines.append(f"license: {_yaml_value(options.license)}")
+    if options.base_model:
+        lines.append(f"base_model: {_yaml_value(options.base_model)}")
+    lines.append("---")
+    return "\n".join(lines)
+
+
+def model_card(report: dict[str, Any], output: dict[str, Any], options: CardOptions, model_path: str) -> str:
+    """Markdown for one output folder, from its conversion report (as written to conversion_report.json)."""
+    source = report["source"]
+    dims = source["dims"]
+    classifier = output["head"] is not None
+    pipeline_tag = "text-classification" if classifier else "fill-mask"
+    name = options.model_name or Path(output["folder"]).name
+    tokenizer = report.get("tokenizer")
+    sections = [front_matter(pipeline_tag, output["model_type"], options), "", f"# {name}", ""]
+
+    what = (f"A {output['architecture']} model ({source['layout']}, {dims['num_layers']} layers, hidden size "
+            f"{dims['hidden_size']}, {dims['num_heads']} attention heads, feed-forward size {dims['ffn_size']}, "
+            f"up to {dims['positions'] - 2} tokens), converted from a fairseq checkpoint.")
+    if classifier:
+        what += (f" It is fairseq's classification head `{output['head']}` with "
+                 f"{output['num_labels']} output{'s' if output['num_labels'] != 1 else ''}"
+                 + (" (a regression head)." if output["num_labels"] == 1 else "."))
+    sections += [what, ""]
+    if output.get("labels"):
+        sections += ["## Labels", "", "| id | label |", "| --- | --- |"]
+        sections += [f"| {i} | {label} |" for i, label in enumerate(output["labels"])] + [""]
+
+    sections += ["## Usage", "", "```python", *usage_snippet(pipeline_tag, model_path, tokenizer is not None), "```", ""]
+    if model_path:
+        sections += [f"`{model_path}` is the folder this card was written into; after uploading, use the "
+                     "repository id instead.", ""]
+
+    sections += ["## Conversion", "",
+                 f"- Converted with fairseq-to-hf {report['tool_version']}, without fairseq, from "
+                 f"`{Path(source['checkpoint']).name}`"
+                 + (f" (sha256 `{source['sha256']}`)" if source.get("sha256") else "") + ".",
+                 f"- Source: {source['checkpoint_format']}-format torch checkpoint, {source['key_generation']} "
+                 f"key layout, hyper-parameters from `{source['hyper_parameters_from']}`.",
+                 f"- Weights: `{output['dtype']}` safetensors ({', '.join(f for f in output['files'] if f.endswith('.safetensors'))})."]
+    if tokenizer:
+        sections.append(f"- Tokenizer: {tokenizer['kind']} with fairseq's dict.txt ids; "
+                        + (f"{tokenizer['alias_count']} tokens absent from dict.txt have alias ids "
+                           f"{tokenizer['fairseq_vocab_rows']}..{tokenizer['vocab_size'] - 1} that the model treats "
+                           "as `<unk>`, as fairseq does." if tokenizer["alias_count"] else "every token has its fairseq id."))
+    else:
+        sections.append("- No tokenizer was written (the BPE or sentencepiece files were not given).")
+    dropped = output.get("dropped_tensors") or {}
+    if dropped:
+        sections.append(f"- Left out: {len(dropped)} checkpoint tensors not used by this architecture "
+                        "(listed in `conversion_report.json`).")
+    sections.append("")
+    sections += verification_section(output)
+    return "\n".join(sections).rstrip() + "\n"
+
+
+def usage_snippet(pipeline_tag: str, model_path: str, has_tokenizer: bool) -> list[str]:
+    if has_tokenizer and pipeline_tag == "fill-mask":
+        return ["from transformers import pipeline", "",
+                f"fill_mask = pipeline(\"fill-mask\", model={model_path!r})",
+                "print(fill_mask(f\"The capital of France is {fill_mask.tokenizer.mask_token}.\"))"]
+    if has_tokenizer:
+        return ["from transformers import pipeline", "",
+                f"classify = pipeline(\"text-classification\", model={model_path!r})",
+                "print(classify(\"This is a sentence to classify.\"))"]
+    auto = "AutoModelForSequenceClassification" if pipeline_tag == "text-classification" else "AutoModelForMaskedLM"
+    return ["import torch", f"from transformers import {auto}", "",
+            f"model = {auto}.from_pretrained({model_path!r})",
+            "input_ids = torch.tensor([[0, 100, 200, 2]])  # fairseq ids: <s> ... </s>",
+            "print(model(input_ids=input_ids).logits.shape)"]
+
+
+def verification_section(output: dict[str, Any]) -> list[str]:
+    weights = output.get("verification")
+    if not weights:
+        return ["## Verification", "", "Not verified (converted with `--no-verify`)."]
+    lines = ["## Verification", "",
+             "Outputs of this folder's model (loaded with Transformers) against a reference fairseq forward pass "
+             f"on the source checkpoint's tensors, computed in {weights['compared_in']} on "
+             f"{len(weights['inputs'])} inputs including a right-padded batch:", "",
+             "| output | max abs diff |", "| --- | --- |"]
+    lines += [f"| {kind} | {diff:.3g} |" for kind, diff in weights["max_abs_diff"].items()]
+    tokens = output.get("tokenizer_verification")
+    if tokens:
+        lines += ["", f"Tokenizer: {tokens['lines_checked']} lines and {tokens['pairs_checked']} sentence pairs "
+                  f"encoded as fairseq's `encode` does; {tokens['mismatch_count']} differ."]
+        if tokens.get("unknown_run_differences"):
+            lines.append(f"{tokens['unknown_run_differences']} more differ only where sentencepiece keeps a run of "
+                         "characters unknown to its model as one piece.")
+    return lines

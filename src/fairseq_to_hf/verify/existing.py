@@ -1,0 +1,105 @@
+"""`fairseq-to-hf verify SRC OUT`: check any Transformers folder (ours or an old script's) against fairseq."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConversionError
+from ..plan import PlanOptions, list_heads, make_plan
+from ..reader.checkpoint import read_checkpoint
+from ..reader.dictionary import read_dictionary
+from ..reader.folder import find_source_files
+from ..tokenizer import prepare_tokenizer
+from .compare import DEFAULT_TOLERANCE, verify_weights
+from .tokenizer_check import verify_tokenizer
+
+SUPPORTED_SUFFIXES = ("ForMaskedLM", "ForSequenceClassification")
+HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def verify_folder(
+    src: str | Path,
+    out: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    dictionary: str | Path | None = None,
+    encoder_json: str | Path | None = None,
+    vocab_bpe: str | Path | None = None,
+    sentencepiece_model: str | Path | None = None,
+    head: str | None = None,
+    verify_text: str | Path | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    streamed: bool = False,
+) -> dict[str, Any]:
+    """Returns a report like convert's verification; `report["passed"]` says whether OUT matches SRC."""
+    out = Path(out)
+    config = _read_config(out)
+    architecture = (config.get("architectures") or [""])[0]
+    if not architecture.endswith(SUPPORTED_SUFFIXES):
+        raise ConversionError(f"holds a {architecture or 'model without architectures'}; verify checks "
+                              "*ForMaskedLM and *ForSequenceClassification folders", path=out / "config.json")
+    files = find_source_files(src, checkpoint=checkpoint, dictionary=dictionary, encoder_json=encoder_json,
+                              vocab_bpe=vocab_bpe, sentencepiece_model=sentencepiece_model)
+    source = read_checkpoint(files.checkpoint)
+    token_dictionary = read_dictionary(files.dictionary)
+    head_name = _head_for(architecture, config, source, head, out)
+    plan = make_plan(source, token_dictionary, PlanOptions(head=head_name or "lm"))
+    dims = plan.dims
+    report: dict[str, Any] = {"source_checkpoint": str(files.checkpoint), "folder": str(out),
+                              "architecture": architecture, "head": head_name}
+
+    # A folder saved in half precision is compared with the source rounded alike.
+    stored_dtype = HALF_DTYPES.get(str(config.get("dtype") or config.get("torch_dtype")))
+    weights = verify_weights(out, architecture, source.tensors, source.hparams, head=head_name,
+                             vocab_size=dims.vocab_size, positions=dims.positions, round_to=stored_dtype,
+                             tolerance=tolerance, streamed=streamed)
+    report["verification"] = weights.as_dict()
+    passed = weights.passed
+
+    tokenizer = prepare_tokenizer(files.tokenizer, token_dictionary, dims.vocab_size)
+    has_tokenizer_files = any((out / name).exists() for name in ("tokenizer.json", "vocab.json",
+                                                                  "sentencepiece.bpe.model"))
+    if tokenizer and has_tokenizer_files:
+        extra = Path(verify_text).read_text(encoding="utf-8").splitlines() if verify_text else []
+        tokens = verify_tokenizer(out, tokenizer.reference_bpe, token_dictionary, dims.vocab_size,
+                                  int(config.get("vocab_size", dims.vocab_size)), extra, tokenizer.unknown_run_quirk)
+        report["tokenizer_verification"] = tokens.as_dict()
+        passed = passed and tokens.passed
+    else:
+        report["tokenizer_verification"] = None
+        report["tokenizer_note"] = ("OUT has no tokenizer files" if tokenizer else
+                                    "SRC has no BPE/sentencepiece files: pass --encoder-json/--vocab-bpe or "
+                                    "--sentencepiece-model to check the tokenizer")
+    report["passed"] = passed
+    return report
+
+
+def _read_config(out: Path) -> dict[str, Any]:
+    try:
+        return json.loads((out / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConversionError("has no config.json: not a Transformers model folder", path=out) from None
+    except (OSError, ValueError) as error:
+        raise ConversionError(f"config.json cannot be read ({error})", path=out) from None
+
+
+def _head_for(architecture: str, config: dict, source, requested: str | None, out: Path) -> str | None:
+    """The fairseq head a classifier folder was made from: --head, or the one head with as many outputs."""
+    if architecture.endswith("ForMaskedLM"):
+        return None
+    if requested:
+        return requested
+    heads = list_heads(source)
+    num_labels = int(config.get("num_labels") or len(config.get("id2label") or {}) or 2)
+    fitting = [h.name for h in heads if h.num_classes == num_labels]
+    if len(fitting) == 1:
+        return fitting[0]
+    raise ConversionError(
+        f"is a classifier with {num_labels} labels and the checkpoint has "
+        f"{len(fitting) or 'no'} heads of that size", path=out,
+        hint="name the fairseq head with --head", details=[f"{h.name}: {h.num_classes} outputs" for h in heads],
+    )

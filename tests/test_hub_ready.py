@@ -1,0 +1,144 @@
+"""Converted folders are ready to publish (model card, report) and conversions ready to script."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file, save_file
+
+from conftest import FIXTURES, GPT2_BPE
+
+BPE_FLAGS = ["--encoder-json", str(GPT2_BPE / "encoder.json"), "--vocab-bpe", str(GPT2_BPE / "vocab.bpe")]
+
+
+def run_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fairseq_to_hf", *map(str, args)], capture_output=True,
+                          text=True, timeout=600, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("hub") / "sentiment-model"
+    result = run_cli("convert", FIXTURES / "roberta_cls", out, *BPE_FLAGS, "--language", "en", "--license", "mit",
+                     "--base-model", "example/tiny-roberta")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_model_card_parses_and_says_what_the_model_is(classifier: Path) -> None:
+    card = ModelCard.load(classifier / "README.md")
+    assert card.data.library_name == "transformers"
+    assert card.data.pipeline_tag == "text-classification"
+    assert card.data.language == ["en"] and card.data.license == "mit"
+    assert card.data.base_model == "example/tiny-roberta"
+    assert "fairseq" in card.data.tags
+    text = card.text
+    report = json.loads((classifier / "conversion_report.json").read_text())
+    assert report["source"]["sha256"] in text
+    assert "fairseq-0.12" in text and "| head_logits |" in text
+    for label in ("positive", "negative", "neutral"):
+        assert f"| {label} |" in text
+
+
+def test_usage_snippet_runs_as_written(classifier: Path) -> None:
+    snippet = re.search(r"```python\n(.*?)```", (classifier / "README.md").read_text(), re.S).group(1)
+    result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "'label': '" in result.stdout
+
+
+def test_masked_lm_card_and_json_report_on_stdout(tmp_path: Path) -> None:
+    out = tmp_path / "mlm"
+    result = run_cli("convert", FIXTURES / "roberta_mlm", out, *BPE_FLAGS, "--json")
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)  # stdout is the report alone; messages went to stderr
+    assert printed["outputs"][0]["verification"]["passed"] is True
+    assert printed["tokenizer"]["alias_count"] == 25
+    assert "verifying" in result.stderr
+    assert ModelCard.load(out / "README.md").data.pipeline_tag == "fill-mask"
+    snippet = re.search(r"```python\n(.*?)```", (out / "README.md").read_text(), re.S).group(1)
+    assert subprocess.run([sys.executable, "-c", snippet], capture_output=True, timeout=300).returncode == 0
+
+
+def test_verify_passes_a_correct_folder_and_flags_wrong_ones(classifier: Path, tmp_path: Path) -> None:
+    good = run_cli("verify", FIXTURES / "roberta_cls", classifier, *BPE_FLAGS)
+    assert good.returncode == 0, good.stderr
+    assert "matches" in good.stderr
+
+    changed_weight = tmp_path / "changed-weight"
+    shutil.copytree(classifier, changed_weight)
+    weights = load_file(changed_weight / "model.safetensors")
+    weights["roberta.encoder.layer.0.output.dense.bias"][5] += 0.01
+    save_file(weights, changed_weight / "model.safetensors", metadata={"format": "pt"})
+    bad = run_cli("verify", FIXTURES / "roberta_cls", changed_weight, *BPE_FLAGS)
+    assert bad.returncode == 1 and "DOES NOT match" in bad.stderr
+
+    changed_vocab = tmp_path / "changed-vocab"
+    shutil.copytree(classifier, changed_vocab)
+    spec = json.loads((changed_vocab / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    the, dot = vocab["\u0120the"], vocab["."]
+    vocab["\u0120the"], vocab["."] = dot, the
+    (changed_vocab / "tokenizer.json").write_text(json.dumps(spec))
+    bad_vocab = run_cli("verify", FIXTURES / "roberta_cls", changed_vocab, *BPE_FLAGS, "--json")
+    assert bad_vocab.returncode == 1
+    report = json.loads(bad_vocab.stdout)
+    assert report["verification"]["passed"] is True and report["tokenizer_verification"]["mismatch_count"] > 0
+
+
+def test_batch_converts_every_checkpoint_and_reports_failures(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(FIXTURES / "roberta_mlm" / "dict.txt", run / "dict.txt")
+    shutil.copy(FIXTURES / "roberta_mlm" / "model.pt", run / "checkpoint1.pt")
+    shutil.copy(FIXTURES / "roberta_mlm_fp16" / "model.pt", run / "checkpoint2.pt")
+    (run / "checkpoint_broken.pt").write_bytes(b"not a checkpoint")
+    out = tmp_path / "out"
+    result = run_cli("convert", run, out, "--checkpoint", "checkpoint*.pt", *BPE_FLAGS)
+    assert result.returncode == 2, result.stderr
+    assert "converted 2 of 3 checkpoints" in result.stderr and "failed: checkpoint_broken.pt" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint1", "checkpoint2"]
+    for name in ("checkpoint1", "checkpoint2"):
+        assert json.loads((out / name / "conversion_report.json").read_text())["outputs"][0]["verification"]["passed"]
+        assert (out / name / "tokenizer.json").exists()
+
+
+@pytest.mark.parametrize("command", ["convert", "inspect", "verify"])
+def test_every_command_has_complete_help_with_examples(command: str) -> None:
+    result = run_cli(command, "--help")
+    assert result.returncode == 0
+    assert "examples:" in result.stdout and f"fairseq-to-hf {command}" in result.stdout
+
+
+def test_inspect_and_dry_run_read_no_tensor_data(monkeypatch, tmp_path: Path) -> None:
+    from fairseq_to_hf import convert
+    from fairseq_to_hf.inspection import inspect_source
+    from fairseq_to_hf.reader.tensors import StorageIndex
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("tensor data was read")
+
+    monkeypatch.setattr(StorageIndex, "read", no_data)
+    description = inspect_source(FIXTURES / "roberta_prenorm")
+    assert description["family"] == "xlm-roberta-xl" and description["layout"] == "pre-norm"
+    report = convert(FIXTURES / "roberta_legacy_v09", tmp_path / "out", dry_run=True)
+    assert report.key_generation == "fairseq-0.9" and not (tmp_path / "out").exists()
+
+
+def test_inspect_lists_heads_and_sizes() -> None:
+    result = run_cli("inspect", FIXTURES / "roberta_two_heads", "--json")
+    assert result.returncode == 0, result.stderr
+    description = json.loads(result.stdout)
+    assert description["classification_heads"] == {"sentiment_head": {"num_classes": 3, "inner_dim": 32},
+                                                   "stsb": {"num_classes": 1, "inner_dim": 32}}
+    assert description["layers"] == 2 and description["position_rows"] == 66
+    produced = description["convert_would_produce"]
+    assert produced["sentiment_head"]["plan"]["architecture"] == "RobertaForSequenceClassification"
+    assert produced["lm"]["plan"]["architecture"] == "RobertaForMaskedLM"
