@@ -30,8 +30,8 @@ def copy_fixture(name: str, dest: Path) -> Path:
 def assert_refused(result: subprocess.CompletedProcess, out: Path, code: int, *phrases: str) -> None:
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr
-    first = result.stderr.strip().splitlines()[0]
-    assert first.startswith("fairseq-to-hf: error: "), result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("fairseq-to-hf: error: ")]
+    assert len(errors) == 1, result.stderr
     for phrase in phrases:
         assert phrase in result.stderr, result.stderr
     assert not out.exists()
@@ -122,3 +122,22 @@ def test_force_replaces_output_only_when_complete(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert not (out / "old.txt").exists() and (out / "model.safetensors").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_nan_weights_are_named_and_need_a_flag(tmp_path: Path) -> None:
+    from fairseq_to_hf.reader import read_checkpoint
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(MLM / "dict.txt", src / "dict.txt")
+    checkpoint = read_checkpoint(MLM / "model.pt")
+    state = OrderedDict((name, lazy.load()) for name, lazy in checkpoint.tensors.items())
+    state["encoder.sentence_encoder.layers.1.fc1.weight"][0, 0] = float("nan")
+    state["encoder.lm_head.dense.bias"][3] = float("inf")
+    torch.save({"model": state, "args": argparse.Namespace(**checkpoint.hparams)}, src / "model.pt")
+    out = tmp_path / "out"
+    assert_refused(run_cli("convert", src, out), out, 2, "2 source tensors hold NaN or Inf values",
+                   "encoder.sentence_encoder.layers.1.fc1.weight", "encoder.lm_head.dense.bias",
+                   "--allow-non-finite")
+    allowed = run_cli("convert", src, out, "--allow-non-finite")
+    assert allowed.returncode == 0, allowed.stderr

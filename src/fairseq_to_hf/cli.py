@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                          f"(default: {DEFAULT_TOLERANCE:g})")
     convert.add_argument("--force", action="store_true",
                          help="replace OUT if it exists (the old folder stays until the new one is complete)")
+    convert.add_argument("--allow-non-finite", action="store_true",
+                         help="convert even if source weights hold NaN or Inf (refused by default)")
     convert.add_argument("--dry-run", action="store_true",
                          help="print the conversion plan (every tensor, its source, shape and dtype) and stop; "
                          "reads no tensor data and writes nothing")
@@ -203,6 +205,7 @@ def _convert_batch(args: argparse.Namespace, log, convert_batch, card) -> int:
         vocab_bpe=args.vocab_bpe, sentencepiece_model=args.sentencepiece_model,
         head=args.head, all_heads=args.all_heads, model_type=args.model_type, dtype=args.dtype, verify=args.verify,
         verify_text=args.verify_text, tolerance=args.tolerance, max_shard_size=args.max_shard_size, card=card,
+        allow_non_finite=args.allow_non_finite,
     )
     failed = [(path, outcome) for path, outcome in results if isinstance(outcome, ConversionError)]
     log(f"converted {len(results) - len(failed)} of {len(results)} checkpoints into {args.out}")
@@ -253,6 +256,7 @@ def _convert(args: argparse.Namespace, log) -> int:
         force=args.force,
         max_shard_size=args.max_shard_size,
         card=CardOptions(language=args.language, license=args.license, base_model=args.base_model),
+        allow_non_finite=args.allow_non_finite,
         log=log,
         progress=None if args.quiet else WriteProgress(sys.stderr),
     )

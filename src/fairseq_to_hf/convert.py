@@ -46,6 +46,7 @@ class ConvertOptions:
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
     card: CardOptions = field(default_factory=CardOptions)
     strict_labels: bool = False
+    allow_non_finite: bool = False
 
 
 @dataclass
@@ -85,6 +86,7 @@ def convert(
     force: bool = False,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_BYTES,
     card: CardOptions | None = None,
+    allow_non_finite: bool = False,
     log: Log | None = None,
     progress: WriteProgress | None = None,
 ) -> ConversionReport:
@@ -96,7 +98,7 @@ def convert(
     say = log or (lambda message: None)
     out = Path(out)
     options = _options(head, all_heads, model_type, dtype, verify, verify_streamed, verify_text, tolerance,
-                       max_shard_size, card, strict_labels=not all_heads and label_dict is not None)
+                       max_shard_size, card, allow_non_finite, strict_labels=not all_heads and label_dict is not None)
     check_output_target(out, force=force)
     shared = _shared_sources(src, checkpoint, dictionary, label_dict, encoder_json, vocab_bpe, sentencepiece_model)
     source = read_checkpoint(shared.files.checkpoint)
@@ -161,7 +163,7 @@ def convert_batch(
 
 def _options(head=None, all_heads=False, model_type=None, dtype=None, verify=True, verify_streamed=None,
              verify_text=None, tolerance=DEFAULT_TOLERANCE, max_shard_size=DEFAULT_MAX_SHARD_BYTES, card=None,
-             *, strict_labels: bool) -> ConvertOptions:
+             allow_non_finite=False, *, strict_labels: bool) -> ConvertOptions:
     if dtype is not None and dtype not in OUTPUT_DTYPES:
         raise ConversionError(f"unknown dtype {dtype!r}; choose from {', '.join(OUTPUT_DTYPES)}")
     return ConvertOptions(
@@ -169,7 +171,7 @@ def _options(head=None, all_heads=False, model_type=None, dtype=None, verify=Tru
         verify_streamed=verify_streamed, verify_lines=tuple(_read_lines(verify_text)) if verify_text else (),
         tolerance=tolerance,
         max_shard_bytes=parse_size(max_shard_size) if isinstance(max_shard_size, str) else int(max_shard_size),
-        card=card or CardOptions(), strict_labels=strict_labels,
+        card=card or CardOptions(), strict_labels=strict_labels, allow_non_finite=allow_non_finite,
     )
 
 
@@ -226,8 +228,7 @@ def _write_and_verify(staging: Path, out: Path, source: Checkpoint, report: Conv
     for name, plan in plans.items():
         folder = staging / name if name else staging
         folder.mkdir(exist_ok=True)
-        output = _write_one(folder, out / name if name else out, plan, tokenizer, options.max_shard_bytes, say,
-                            progress)
+        output = _write_one(folder, out / name if name else out, plan, tokenizer, options, say, progress)
         if options.verify:
             streamed = (plan.total_bytes > STREAMED_VERIFY_BYTES if options.verify_streamed is None
                         else options.verify_streamed)
@@ -276,11 +277,13 @@ def _read_lines(path: str | Path) -> list[str]:
 
 
 def _write_one(folder: Path, final_folder: Path, plan: ConversionPlan, tokenizer: PreparedTokenizer | None,
-               max_shard_bytes: int, say: Log, progress: WriteProgress | None) -> OutputReport:
+               options: ConvertOptions, say: Log, progress: WriteProgress | None) -> OutputReport:
     say(f"writing {plan.architecture} ({len(plan.tensors)} tensors, {plan.total_bytes / 1e6:.1f} MB)")
     if progress:
         progress.start("writing", len(plan.tensors), plan.total_bytes)
-    files = write_weights(folder, plan, max_shard_bytes, progress=(lambda t: progress.advance(t.nbytes)) if progress else None)
+    files = write_weights(folder, plan, options.max_shard_bytes,
+                          progress=(lambda t: progress.advance(t.nbytes)) if progress else None,
+                          allow_non_finite=options.allow_non_finite)
     if progress:
         progress.finish()
     write_json(folder / "config.json", plan.config)

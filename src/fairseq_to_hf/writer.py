@@ -98,7 +98,9 @@ def materialise(tensor: TensorPlan) -> torch.Tensor:
     return values
 
 
-def write_safetensors(path: Path, tensors: list[TensorPlan], progress: Progress | None = None) -> None:
+def write_safetensors(path: Path, tensors: list[TensorPlan], progress: Progress | None = None,
+                      non_finite: list[str] | None = None) -> None:
+    """Streams `tensors` into one file; names of tensors holding NaN or Inf go into `non_finite`."""
     with open(path, "wb") as file:
         file.write(safetensors_header(tensors, {"format": "pt"}))
         for planned in tensors:
@@ -106,6 +108,8 @@ def write_safetensors(path: Path, tensors: list[TensorPlan], progress: Progress 
             if tuple(values.shape) != tuple(planned.shape) or values.dtype != planned.dtype:
                 raise AssertionError(f"{planned.target}: planned {planned.shape} {planned.dtype}, "
                                      f"got {tuple(values.shape)} {values.dtype}")
+            if non_finite is not None and values.is_floating_point() and not bool(torch.isfinite(values).all()):
+                non_finite.append(planned.source_name)
             if values.numel():
                 file.write(memoryview(values.contiguous().view(torch.uint8).numpy()))
             if progress:
@@ -123,13 +127,24 @@ def check_ties(plan: ConversionPlan) -> None:
 
 
 def write_weights(folder: Path, plan: ConversionPlan, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-                  progress: Progress | None = None) -> list[str]:
-    """Writes model.safetensors, or shards plus model.safetensors.index.json; returns file names."""
+                  progress: Progress | None = None, *, allow_non_finite: bool = False) -> list[str]:
+    """Writes model.safetensors, or shards plus model.safetensors.index.json; returns file names.
+
+    NaN or Inf in a weight is refused (after the whole model was scanned, so the list is complete)
+    unless `allow_non_finite`.
+    """
     check_ties(plan)
     shards = plan_shards(plan.tensors, max_shard_bytes)
     names = shard_file_names(len(shards))
+    non_finite: list[str] = []
     for name, shard in zip(names, shards):
-        write_safetensors(folder / name, shard, progress)
+        write_safetensors(folder / name, shard, progress, non_finite)
+    if non_finite and not allow_non_finite:
+        raise ConversionError(
+            f"{len(non_finite)} source tensor{'s' if len(non_finite) > 1 else ''} hold NaN or Inf values",
+            hint="the checkpoint may be damaged or diverged in training; pass --allow-non-finite to convert anyway",
+            details=non_finite[:20] + ([f"... and {len(non_finite) - 20} more"] if len(non_finite) > 20 else []),
+        )
     if len(shards) > 1:
         index = {
             "metadata": {"total_size": plan.total_bytes},

@@ -124,6 +124,16 @@ def verify_weights(
     return result
 
 
+def max_abs_diff(want: torch.Tensor, have: torch.Tensor) -> float:
+    """NaN on both sides counts as equal (weights converted with --allow-non-finite); on one side, as inf."""
+    if not want.numel():
+        return 0.0
+    difference = (want - have).abs()
+    both_nan = want.isnan() & have.isnan()
+    difference = torch.where(both_nan, 0.0, torch.nan_to_num(difference, nan=float("inf")))
+    return float(difference.max())
+
+
 def pad_together(batches: list[torch.Tensor]) -> torch.Tensor:
     """Every row of every batch, pads removed, right-padded into one batch."""
     rows = [row[row.ne(PAD)] for batch in batches for row in batch]
@@ -165,6 +175,6 @@ def _compare(model, reference: FairseqReference, inputs: dict[str, torch.Tensor]
         else:
             pairs.append(("head_logits", expected.head_logits, logits))
         for output, want, have in pairs:
-            diff = float((want - have).abs().max()) if want.numel() else 0.0
+            diff = max_abs_diff(want, have)
             scale = scale_of(want)
             result.checks.append(OutputCheck(f"{name} {output}", diff, scale, tolerance * max(1.0, scale)))

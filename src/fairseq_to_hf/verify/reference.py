@@ -9,7 +9,6 @@ Tensors are fetched one at a time through `weight()`, so a forward pass holds on
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -177,8 +176,5 @@ def sample_inputs(vocab_size: int, max_tokens: int, *, seed: int = 0) -> dict[st
 
 
 def scale_of(tensor: torch.Tensor) -> float:
-    return float(tensor.abs().max()) if tensor.numel() else 0.0
-
-
-def is_finite_number(value: float) -> bool:
-    return math.isfinite(value)
+    finite = tensor[tensor.isfinite()]
+    return float(finite.abs().max()) if finite.numel() else 0.0
