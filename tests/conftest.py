@@ -28,11 +28,6 @@ class FairseqRecording:
         return self.tensors[key]
 
 
-@pytest.fixture(scope="session")
-def fixtures_dir() -> Path:
-    return FIXTURES
-
-
 def recording(name: str) -> FairseqRecording:
     return FairseqRecording(FIXTURES / name)
 
@@ -41,6 +36,42 @@ def max_abs_diff(expected: torch.Tensor, actual: torch.Tensor, mask: torch.Tenso
     if mask is not None:
         expected, actual = expected[mask], actual[mask]
     return float((expected - actual).abs().max())
+
+
+TOLERANCE = 1e-5  # relative to the output's scale (max |value|, at least 1)
+
+
+def assert_matches_fairseq(fixture: str, out: Path, auto_class, head: str | None) -> dict[str, float]:
+    """Runs the Transformers model from `out` on fairseq's inputs; returns max abs diff per output."""
+    fairseq = recording(fixture)
+    model, info = auto_class.from_pretrained(out, dtype=torch.float32, output_loading_info=True)
+    assert not any(info[kind] for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    model.eval()
+    layers = fairseq.meta["num_layers"]
+    worst: dict[str, float] = {}
+
+    def check(output: str, expected: torch.Tensor, actual: torch.Tensor, mask: torch.Tensor | None) -> None:
+        diff = max_abs_diff(expected, actual, mask)
+        scale = float(expected.abs().max())
+        assert diff <= TOLERANCE * max(1.0, scale), f"{fixture} {output}: max abs diff {diff:.3g}"
+        worst[output] = max(worst.get(output, 0.0), diff)
+
+    for sample in fairseq.samples:
+        tokens = fairseq[f"{sample}.input_ids"]
+        real = tokens.ne(PAD_ID)
+        with torch.no_grad():
+            got = model(input_ids=tokens, attention_mask=real.long(), output_hidden_states=True)
+        assert len(got.hidden_states) == layers + 1
+        for i in range(layers):
+            check(f"hidden_states[{i}]", fairseq[f"{sample}.hidden.{i}"], got.hidden_states[i], real)
+        check("last_hidden_state", fairseq[f"{sample}.features"], got.hidden_states[layers], real)
+        if head is None:
+            # Columns past fairseq's vocabulary belong to tokenizer aliases of <unk>.
+            vocab = fairseq.meta["vocab_size"]
+            check("mlm_logits", fairseq[f"{sample}.mlm_logits"], got.logits[..., :vocab], real)
+        else:
+            check("head_logits", fairseq[f"{sample}.head.{head}"], got.logits, None)
+    return worst
 
 
 def json_file(path: Path) -> dict:

@@ -78,18 +78,26 @@ def test_encoder_decoder_checkpoint(tmp_path: Path, arch: str) -> None:
     assert_refused(run_cli("convert", tmp_path / "src", out), out, 2, arch, "encoder-decoder")
 
 
-def test_unknown_tensor_is_listed(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    shutil.copy(MLM / "dict.txt", src / "dict.txt")
+def edited_mlm_checkpoint(src: Path, edit) -> Path:
+    """roberta_mlm re-saved after `edit(state)` changed its state dict in place."""
     from fairseq_to_hf.reader import read_checkpoint
 
+    src.mkdir()
+    shutil.copy(MLM / "dict.txt", src / "dict.txt")
     checkpoint = read_checkpoint(MLM / "model.pt")
     state = OrderedDict((name, lazy.load()) for name, lazy in checkpoint.tensors.items())
-    state["encoder.sentence_encoder.layers.0.adapter.down.weight"] = torch.zeros(4, 32)
-    del state["encoder.sentence_encoder.layers.1.fc2.bias"]
-    state["encoder.sentence_encoder.layers.0.fc1.weight"] = torch.zeros(63, 32)
+    edit(state)
     torch.save({"model": state, "args": argparse.Namespace(**checkpoint.hparams)}, src / "model.pt")
+    return src
+
+
+def test_unknown_tensor_is_listed(tmp_path: Path) -> None:
+    def edit(state: OrderedDict) -> None:
+        state["encoder.sentence_encoder.layers.0.adapter.down.weight"] = torch.zeros(4, 32)
+        del state["encoder.sentence_encoder.layers.1.fc2.bias"]
+        state["encoder.sentence_encoder.layers.0.fc1.weight"] = torch.zeros(63, 32)
+
+    src = edited_mlm_checkpoint(tmp_path / "src", edit)
     out = tmp_path / "out"
     assert_refused(run_cli("convert", src, out), out, 2,
                    "3 problems",
@@ -125,16 +133,11 @@ def test_force_replaces_output_only_when_complete(tmp_path: Path) -> None:
 
 
 def test_nan_weights_are_named_and_need_a_flag(tmp_path: Path) -> None:
-    from fairseq_to_hf.reader import read_checkpoint
+    def edit(state: OrderedDict) -> None:
+        state["encoder.sentence_encoder.layers.1.fc1.weight"][0, 0] = float("nan")
+        state["encoder.lm_head.dense.bias"][3] = float("inf")
 
-    src = tmp_path / "src"
-    src.mkdir()
-    shutil.copy(MLM / "dict.txt", src / "dict.txt")
-    checkpoint = read_checkpoint(MLM / "model.pt")
-    state = OrderedDict((name, lazy.load()) for name, lazy in checkpoint.tensors.items())
-    state["encoder.sentence_encoder.layers.1.fc1.weight"][0, 0] = float("nan")
-    state["encoder.lm_head.dense.bias"][3] = float("inf")
-    torch.save({"model": state, "args": argparse.Namespace(**checkpoint.hparams)}, src / "model.pt")
+    src = edited_mlm_checkpoint(tmp_path / "src", edit)
     out = tmp_path / "out"
     assert_refused(run_cli("convert", src, out), out, 2, "2 source tensors hold NaN or Inf values",
                    "encoder.sentence_encoder.layers.1.fc1.weight", "encoder.lm_head.dense.bias",

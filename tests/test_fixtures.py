@@ -9,10 +9,8 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
-from conftest import FIXTURES, PAD_ID, json_file, max_abs_diff, recording
+from conftest import FIXTURES, assert_matches_fairseq, json_file, recording
 from fairseq_to_hf import convert
-
-TOLERANCE = 1e-5  # relative to the output's scale (max |value|, at least 1)
 
 MLM = AutoModelForMaskedLM
 CLASSIFIER = AutoModelForSequenceClassification
@@ -37,37 +35,6 @@ CASES = [
 def _case_id(case: tuple) -> str:
     name, options, _, _ = case
     return name + "".join(f"-{key}={value}" for key, value in options.items())
-
-
-def assert_matches_fairseq(fixture: str, out: Path, auto_class, head: str | None) -> dict[str, float]:
-    """Runs the Transformers model from `out` on fairseq's inputs; returns max abs diff per output."""
-    fairseq = recording(fixture)
-    model, info = auto_class.from_pretrained(out, dtype=torch.float32, output_loading_info=True)
-    assert not any(info[kind] for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
-    model.eval()
-    layers = fairseq.meta["num_layers"]
-    worst: dict[str, float] = {}
-
-    def check(output: str, expected: torch.Tensor, actual: torch.Tensor, mask: torch.Tensor | None) -> None:
-        diff = max_abs_diff(expected, actual, mask)
-        scale = float(expected.abs().max())
-        assert diff <= TOLERANCE * max(1.0, scale), f"{fixture} {output}: max abs diff {diff:.3g}"
-        worst[output] = max(worst.get(output, 0.0), diff)
-
-    for sample in fairseq.samples:
-        tokens = fairseq[f"{sample}.input_ids"]
-        real = tokens.ne(PAD_ID)
-        with torch.no_grad():
-            got = model(input_ids=tokens, attention_mask=real.long(), output_hidden_states=True)
-        assert len(got.hidden_states) == layers + 1
-        for i in range(layers):
-            check(f"hidden_states[{i}]", fairseq[f"{sample}.hidden.{i}"], got.hidden_states[i], real)
-        check("last_hidden_state", fairseq[f"{sample}.features"], got.hidden_states[layers], real)
-        if head is None:
-            check("mlm_logits", fairseq[f"{sample}.mlm_logits"], got.logits, real)
-        else:
-            check("head_logits", fairseq[f"{sample}.head.{head}"], got.logits, None)
-    return worst
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)

@@ -1,11 +1,11 @@
 """Sentencepiece models like XLM-R's `sentencepiece.bpe.model`, trained with the sentencepiece
 library, and a reader for the options stored in a model file.
 
-XLM-R's file is a UNIGRAM model despite its name; CamemBERT's is one too. Both kept the library's
-defaults, which the trainer below spells out: `nmt_nfkc` normalization (NFKC plus the NMT rules
-that turn control characters into nothing and odd spaces into spaces; the rules are stored in the
-model as a ~240 KB precompiled character map), a dummy `▁` prefix, runs of whitespace squeezed,
-`<unk>`=0, `<s>`=1, `</s>`=2, no `<pad>` piece, no byte fallback.
+XLM-R's file is a UNIGRAM model despite its name. The trainer below spells out the library's
+defaults, as XLM-R's model has them: `nmt_nfkc` normalization (NFKC plus rules that drop control
+characters and turn odd spaces into spaces; stored in the model as a ~240 KB precompiled
+character map), a dummy `▁` prefix, runs of whitespace squeezed, `<unk>`=0, `<s>`=1, `</s>`=2,
+no `<pad>` piece, no byte fallback.
 
 The model proto is read with a minimal protobuf wire-format decoder, so no protobuf package is
 needed (field numbers from sentencepiece's `sentencepiece_model.proto`).
@@ -31,7 +31,7 @@ def train(lines: list[str], model_type: str, vocab_size: int, character_coverage
     sentencepiece.SentencePieceTrainer.train(
         sentence_iterator=iter(lines), model_writer=model,
         model_type=model_type, vocab_size=vocab_size, character_coverage=character_coverage,
-        # The library's defaults, as XLM-R and CamemBERT used them:
+        # The library's defaults, as in XLM-R's model:
         normalization_rule_name="nmt_nfkc", add_dummy_prefix=True,
         remove_extra_whitespaces=True, split_by_whitespace=True, split_by_unicode_script=True,
         split_digits=False, byte_fallback=False,
@@ -80,21 +80,23 @@ def describe(model: bytes) -> dict[str, Any]:
     normalizer: dict[int, Any] = {}
     for number, _, value in _fields(model):
         if number == 1:  # repeated SentencePiece {piece = 1, score = 2, type = 3 (default NORMAL)}
-            piece = dict((n, v) for n, _, v in _fields(value))
-            pieces.append((piece[1].decode("utf-8"), struct.unpack("<f", piece.get(2, b"\0" * 4))[0],
-                           PIECE_TYPES[piece.get(3, 1)]))
+            piece = {n: v for n, _, v in _fields(value)}
+            score = struct.unpack("<f", piece.get(2, bytes(4)))[0]
+            pieces.append((piece[1].decode("utf-8"), score, PIECE_TYPES[piece.get(3, 1)]))
         elif number == 2:  # TrainerSpec
             trainer = {n: v for n, _, v in _fields(value)}
         elif number == 3:  # NormalizerSpec
             normalizer = {n: v for n, _, v in _fields(value)}
     # Unset proto2 fields take the defaults of sentencepiece_model.proto.
+    coverage = struct.unpack("<f", trainer.get(10, struct.pack("<f", 0.9995)))[0]
     return {
         "model_type": MODEL_TYPES[trainer.get(3, 1)],
         "vocab_size": len(pieces),
-        "character_coverage": round(struct.unpack("<f", trainer.get(10, struct.pack("<f", 0.9995)))[0], 6),
+        "character_coverage": round(coverage, 6),
         "byte_fallback": bool(trainer.get(35, 0)),
         "special_ids": {"unk_id": trainer.get(40, 0), "bos_id": trainer.get(41, 1),
-                        "eos_id": trainer.get(42, 2), "pad_id": _int32(trainer.get(43, (1 << 64) - 1))},
+                        "eos_id": trainer.get(42, 2),
+                        "pad_id": _int32(trainer.get(43, (1 << 64) - 1))},
         "normalizer": normalizer.get(1, b"").decode(),
         "precompiled_charsmap_bytes": len(normalizer.get(2, b"")),
         "add_dummy_prefix": bool(normalizer.get(3, 1)),

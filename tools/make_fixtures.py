@@ -14,11 +14,23 @@ What it makes, all from fixed seeds and text found on any Linux machine (see fix
   The models are trained with `fairseq-train --cpu` on corpus B (different text than A, so some
   BPE tokens are missing from dict.txt); older checkpoint layouts are derived from roberta_mlm
   and checked by loading them back with fairseq.
+* XLM-R style models on sentencepiece pieces: a UNIGRAM sentencepiece model (XLM-R's kind, stored
+  as `sentencepiece.bpe.model` like XLM-R's) trained with the sentencepiece library on
+  multilingual corpus S (gettext catalogs, many scripts), character coverage below 1 so rare
+  characters are unknown to it; `xlmr_mlm` (post-norm, ships that model file) and
+  `xlmr_prenorm_cls` (pre-norm classifier) trained on corpus M, other messages than S: dict.txt
+  comes from fairseq-preprocess in frequency order, lacks many pieces and lists a few runs of
+  unknown characters. tests/fixtures/spm_unigram/encode_cases.json: fairseq's `roberta.encode`
+  ids and the sentencepiece pieces for ~380 lines, pairs and `fill_mask`, with xlmr_mlm's dict.
 * In every model folder, `fairseq_outputs.safetensors` + `fairseq_outputs.json`: what fairseq's
   `RobertaHubInterface` computes for a few inputs (hidden states, features, masked-LM logits,
   classification-head logits), to compare a converted model against.
 
-The script itself runs in about a minute on two CPU cores. `--keep-work DIR` keeps the
+tests/fixtures must stay under 5 MB: the masked-LM logits (tokens x vocabulary floats per sample
+and fixture) and the sentencepiece model (its NFKC rules alone are 240 KB) dominate it, hence the
+short samples, the small xlmr dict.txt and a single copy of the sentencepiece model.
+
+The script itself runs in about two minutes on two CPU cores. `--keep-work DIR` keeps the
 intermediate files (corpora, data-bins, training logs) for debugging.
 
 Setting up the venv (Python 3.11, CPU only; it takes about ten minutes):
@@ -27,7 +39,7 @@ Setting up the venv (Python 3.11, CPU only; it takes about ten minutes):
    enough).
 2. Install fairseq's runtime dependencies, repeating the torch pin so pip keeps that build:
    `pip install "numpy<2" cffi cython hydra-core==1.3.2 omegaconf==2.3.0 regex sacrebleu bitarray
-   scikit-learn tqdm packaging setuptools wheel safetensors torch==2.13.0`.
+   scikit-learn tqdm packaging setuptools wheel safetensors sentencepiece torch==2.13.0`.
 3. Install fairseq itself from `fairseq-fixed`, a fork of fairseq 0.12.2 that imports on
    Python 3.11: `MAX_JOBS=2 pip install --no-deps --no-build-isolation fairseq-fixed==0.12.3.1`.
    It compiles C++/Cython extensions for several minutes. `--no-deps` keeps its torchaudio
@@ -67,6 +79,7 @@ from safetensors.torch import save_file  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.dont_write_bytecode = True  # no __pycache__ in tools/
 import fixture_bpe  # noqa: E402
+import fixture_spm  # noqa: E402
 import fixture_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -108,6 +121,24 @@ SCORE_WORDS = {"terrible": 0.0, "bad": 1.0, "okay": 2.5, "fine": 3.0, "good": 4.
                "excellent": 5.0}
 
 FILL_MASK_TOPK = 3
+# Length in ids of the long sample s3 of the GPT-2 models (limited by the size budget).
+GPT2_S3_IDS = 40
+
+# Sentencepiece fixtures (XLM-R style). XLM-R's name for its model file, a unigram model.
+SPM_FILE = "sentencepiece.bpe.model"
+SPM_VOCAB_SIZE = 1000
+# Below 1.0, so rare characters stay unknown to the model (about 540 of the 1250 in corpus S).
+SPM_CHARACTER_COVERAGE = 0.995
+# dict.txt keeps the most frequent pieces of corpus M (fairseq-preprocess --nwordssrc, counting
+# the 4 specials): most of the model's pieces are missing, two runs of unknown characters (the
+# commonest Armenian words) are in. Small on purpose: the recorded logits grow with it.
+XLMR_DICT_WORDS = 376
+# The classifier guesses the script family of a line; label frequencies in corpus M give the
+# non-alphabetical label order latin, other, cyrillic.
+SCRIPT_LABELS = {"latin": {"en", "de", "fr", "es", "pt_BR", "pl", "cs", "tr", "vi", "sv"},
+                 "cyrillic": {"ru", "uk", "bg"}}
+SCRIPT_OTHER = "other"
+XLMR_HEAD = "script_head"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -390,11 +421,20 @@ def load_hub(folder: Path, tokenizer: Tokenizer) -> Any:
     return hub.eval()
 
 
-def trim_to_fit(hub: Any, words: list[str]) -> str:
-    """Near the limit but under it: drop words until the text fits in MAX_POSITIONS - 2 ids."""
-    while len(hub.encode(" ".join(words))) > MAX_POSITIONS - 2:
+def trim_to_fit(hub: Any, words: list[str], max_ids: int) -> str:
+    """Drop words until the text encodes to at most `max_ids` ids."""
+    while len(hub.encode(" ".join(words))) > max_ids:
         words = words[:-1]
     return " ".join(words)
+
+
+def fill_up(hub: Any, words: list[str], max_ids: int) -> str:
+    """The words, in order, that fit in `max_ids` ids (a word that does not fit is skipped)."""
+    kept: list[str] = []
+    for word in words:
+        if len(hub.encode(" ".join([*kept, word]))) <= max_ids:
+            kept.append(word)
+    return " ".join(kept)
 
 
 def check_batch(hub: Any, batch: list[str]) -> list[str]:
@@ -403,16 +443,16 @@ def check_batch(hub: Any, batch: list[str]) -> list[str]:
     return batch
 
 
-# s1 (a 15-token docstring line) was dropped in 2025 to make room for the sentencepiece
-# fixtures: the size budget of tests/fixtures is 5 MB and masked-LM logits dominate it.
 def choose_samples(hub: Any, held_out: list[str]) -> dict[str, Any]:
-    """Texts of s0, s2, s3 and of the padded batch (chosen with roberta_mlm's dictionary)."""
+    """Texts of s0, s2, s3 and of the padded batch (chosen with roberta_mlm's dictionary).
+
+    Short on purpose (there is no s1 any more): the masked-LM logits of ten fixtures dominate the
+    size budget. The xlmr_* fixtures record an s3 that fills all 64 positions."""
     return {
         "s0": "Return a new list.",
-        "s2": "Café in Zürich 😀",  # accents, emoji: some BPE tokens are <unk>
-        "s3": trim_to_fit(hub, " ".join(held_out[-12:]).split()),
-        "batch": check_batch(hub, ["Close it.", "Return the value of the key.",
-                                   "Return the number of items."]),
+        "s2": "Café 😀",  # accents, emoji: some BPE tokens are <unk>
+        "s3": trim_to_fit(hub, " ".join(held_out[-12:]).split(), GPT2_S3_IDS),
+        "batch": check_batch(hub, ["Return it.", "Return the value.", "Return it now."]),
     }
 
 
@@ -556,28 +596,7 @@ def record_encode_cases(hub: Any, corpora: fixture_text.Corpora, bpe_dir: Path) 
     def case(text: str) -> dict[str, Any]:
         return {"text": text, "bpe": hub.bpe.encode(text), "ids": hub.encode(text).tolist()}
 
-    fill_mask = []
-    for sentence in masked_sentences(corpora.held_out[300:], rng):
-        try:
-            filled = hub.fill_mask(sentence, topk=FILL_MASK_TOPK)
-        except ValueError:  # fairseq cannot decode a predicted special symbol: skip
-            continue
-        tokens = hub.task.source_dictionary.encode_line(
-            "<s> " + " <mask> ".join(hub.bpe.encode(s.rstrip()) for s in sentence.split("<mask>"))
-            .strip() + " </s>", append_eos=False, add_if_not_exist=False).long()
-        with torch.no_grad():
-            logits = hub.model(tokens.unsqueeze(0))[0][0, tokens.tolist().index(hub.task.mask_idx)]
-        probs, ids = logits.softmax(-1).topk(FILL_MASK_TOPK)
-        fill_mask.append({
-            "masked_text": sentence,
-            "input_ids": tokens.tolist(),
-            "fairseq_fill_mask": [list(item) for item in filled],
-            "topk_ids": ids.tolist(),
-            "topk_probs": probs.tolist(),
-        })
-        if len(fill_mask) == 10:
-            break
-
+    fill_mask = record_fill_mask(hub, masked_sentences(corpora.held_out[300:], rng))
     dictionary = hub.task.source_dictionary
     gpt2_ids = json.loads((bpe_dir / "encoder.json").read_text()).values()
     missing = sorted(i for i in gpt2_ids if dictionary.index(str(i)) == dictionary.unk())
@@ -605,16 +624,54 @@ def record_encode_cases(hub: Any, corpora: fixture_text.Corpora, bpe_dir: Path) 
     (bpe_dir / "encode_cases.json").write_text(compact_json(data), encoding="utf-8")
 
 
-def compact_json(data: dict[str, Any]) -> str:
+def record_fill_mask(hub: Any, masked: list[str], cases: int = 10) -> list[dict[str, Any]]:
+    """roberta.fill_mask for the first `cases` sentences fairseq can answer, with the model's
+    input ids and the top-k read straight from the logits at <mask>."""
+    fill_mask = []
+    for sentence in masked:
+        # The input exactly as fill_mask builds it (each span's trailing space dropped).
+        tokens = hub.task.source_dictionary.encode_line(
+            "<s> " + " <mask> ".join(hub.bpe.encode(s.rstrip()) for s in sentence.split("<mask>"))
+            .strip() + " </s>", append_eos=False, add_if_not_exist=False).long()
+        if len(tokens) > MAX_POSITIONS:
+            continue
+        try:
+            filled = hub.fill_mask(sentence, topk=FILL_MASK_TOPK)
+        except ValueError:  # fairseq cannot decode a predicted special symbol: skip
+            continue
+        with torch.no_grad():
+            logits = hub.model(tokens.unsqueeze(0))[0][0, tokens.tolist().index(hub.task.mask_idx)]
+        probs, ids = logits.softmax(-1).topk(FILL_MASK_TOPK)
+        fill_mask.append({
+            "masked_text": sentence,
+            "input_ids": tokens.tolist(),
+            "fairseq_fill_mask": [list(item) for item in filled],
+            "topk_ids": ids.tolist(),
+            "topk_probs": probs.tolist(),
+        })
+        if len(fill_mask) == cases:
+            break
+    return fill_mask
+
+
+def compact_json(data: dict[str, Any], ascii_only: bool = True) -> str:
     """JSON with one case per line: readable diffs, small file. ASCII-escaped, so invisible
-    and control characters stay visible."""
+    and control characters stay visible; with ascii_only=False only characters that are not
+    printable are escaped (a third of the size for non-Latin text)."""
+
+    def dumps(value: Any) -> str:
+        if ascii_only:
+            return json.dumps(value)
+        return "".join(c if c.isprintable() else json.dumps(c)[1:-1]
+                       for c in json.dumps(value, ensure_ascii=False))
+
     lines = []
     for key, value in data.items():
         if isinstance(value, list) and value and isinstance(value[0], dict):
-            rows = ",\n".join("    " + json.dumps(row) for row in value)
-            lines.append(f"  {json.dumps(key)}: [\n{rows}\n  ]")
+            rows = ",\n".join("    " + dumps(row) for row in value)
+            lines.append(f"  {dumps(key)}: [\n{rows}\n  ]")
         else:
-            lines.append(f"  {json.dumps(key)}: {json.dumps(value)}")
+            lines.append(f"  {dumps(key)}: {dumps(value)}")
     return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
@@ -641,6 +698,188 @@ def masked_sentences(sentences: list[str], rng: random.Random) -> list[str]:
     return out
 
 
+# --------------------------------------------------------------------------- sentencepiece
+
+
+def train_sentencepiece(multilingual: fixture_text.MultilingualCorpora, model_type: str,
+                        folder: Path) -> Path:
+    """A sentencepiece model trained on corpus S, saved as XLM-R names it."""
+    folder.mkdir()
+    model = folder / SPM_FILE
+    model.write_bytes(fixture_spm.train(multilingual.spm, model_type, SPM_VOCAB_SIZE,
+                                        SPM_CHARACTER_COVERAGE))
+    spec = fixture_spm.describe(model.read_bytes())
+    assert (spec["model_type"], spec["normalizer"]) == (model_type, "nmt_nfkc"), spec
+    return model
+
+
+def make_spm_encoder(model: Path) -> Callable[[str], str]:
+    """fairseq's own SentencepieceBPE.encode: the pieces of EncodeAsPieces joined by spaces."""
+    from fairseq.data.encoders.sentencepiece_bpe import SentencepieceBPE, SentencepieceConfig
+
+    return SentencepieceBPE(SentencepieceConfig(sentencepiece_model=str(model))).encode
+
+
+def preprocess_xlmr_data(multilingual: fixture_text.MultilingualCorpora,
+                         spm: Callable[[str], str], work: Path) -> Path:
+    """Binarize corpus M; dict.txt keeps its XLMR_DICT_WORDS most frequent pieces."""
+    raw = work / "raw"
+    write_lines(raw / "train.spm", [spm(text) for _, text in multilingual.model_train])
+    write_lines(raw / "valid.spm", [spm(text) for _, text in multilingual.model_valid])
+    run([cli("fairseq-preprocess"), "--only-source", "--trainpref", "raw/train.spm",
+         "--validpref", "raw/valid.spm", "--destdir", "bin/xlmr",
+         "--nwordssrc", str(XLMR_DICT_WORDS), "--workers", "1"], work, "preprocess_xlmr")
+    return work / "bin" / "xlmr"
+
+
+def script_label(language: str) -> str:
+    for label, languages in SCRIPT_LABELS.items():
+        if language in languages:
+            return label
+    return SCRIPT_OTHER
+
+
+def script_examples(texts: list[tuple[str, str]], spm: Callable[[str], str],
+                    ) -> list[tuple[str, str, float]]:
+    """(text, script label, unused score) for texts that fit in the positions with <s>, </s>."""
+    return [(text, script_label(language), 0.0) for language, text in texts
+            if len(spm(text).split()) <= MAX_POSITIONS - 2]
+
+
+def preprocess_script_data(multilingual: fixture_text.MultilingualCorpora,
+                           spm: Callable[[str], str], dict_txt: Path, work: Path) -> Path:
+    """GLUE-style data-bin (input0/, label/) for the script classifier."""
+    raw = work / "raw"
+    splits = {"train": script_examples(multilingual.model_train, spm),
+              "valid": script_examples(multilingual.model_valid, spm)}
+    for split, examples in splits.items():
+        write_lines(raw / f"{split}.script.input0.spm", [spm(text) for text, _, _ in examples])
+        write_lines(raw / f"{split}.script.label", [label for _, label, _ in examples])
+    run([cli("fairseq-preprocess"), "--only-source", "--trainpref", "raw/train.script.input0.spm",
+         "--validpref", "raw/valid.script.input0.spm", "--destdir", "bin/xlmr_cls/input0",
+         "--srcdict", str(dict_txt), "--workers", "1"], work, "preprocess_xlmr_cls_input0")
+    run([cli("fairseq-preprocess"), "--only-source", "--trainpref", "raw/train.script.label",
+         "--validpref", "raw/valid.script.label", "--destdir", "bin/xlmr_cls/label",
+         "--workers", "1"], work, "preprocess_xlmr_cls_label")
+    return work / "bin" / "xlmr_cls"
+
+
+def choose_spm_samples(hub: Any, multilingual: fixture_text.MultilingualCorpora,
+                       ) -> dict[str, Any]:
+    """Texts of s0, s2, s3 and the padded batch for the sentencepiece models."""
+    first_lines = {}
+    for language, text in multilingual.held_out:
+        first_lines.setdefault(language, text)
+    s3_languages = ["de", "ru", "el", "ar", "hi", "ja", "ko", "he", "th", "ka"]
+    return {
+        "s0": "Return a new list.",
+        # Accents, Cyrillic, a run of CJK characters the model does not know, not in dict.txt
+        # (<unk>), an emoji (the same) and an Armenian word (unknown to the model, in dict.txt).
+        "s2": "Café, Привет! 東京 😀 է",
+        # All 64 positions, <s> and </s> included: position ids up to 65, the table's last row.
+        "s3": fill_up(hub, " ".join(first_lines[lang] for lang in s3_languages).split(),
+                      MAX_POSITIONS),
+        "batch": check_batch(hub, ["世界", "мир", "Γεια"]),
+    }
+
+
+def spm_encode_lines(corpora: fixture_text.Corpora,
+                     multilingual: fixture_text.MultilingualCorpora,
+                     ) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+    """Single lines, pairs and masked sentences for the sentencepiece ground truth."""
+    rng = random.Random(SEED)
+    held_out = [text for _, text in multilingual.held_out]
+    long_text = " ".join(held_out[1::9][:6])  # several scripts, over 64 pieces
+    lines = (held_out + fixture_text.EDGE_CASES + fixture_text.SPM_EDGE_CASES + [long_text]
+             + [random_text(rng) for _ in range(20)])
+    # Word-masking needs spaces between words.
+    spaced = [text for language, text in multilingual.held_out
+              if language not in ("ja", "zh_CN", "th", *fixture_text.UNSEEN_LANGUAGES)]
+    pairs = [(held_out[i], held_out[-1 - i]) for i in range(0, 100, 4)]
+    pairs += [("", ""), ("", "Привет"), ("東京", ""), (" ☃ ", "☃☃"), ("\tleading", "trailing\n")]
+    return lines, pairs, masked_sentences(spaced[3::5], rng)
+
+
+def record_spm_encode_cases(folder: Path, hub: Any, spm_model: Path, model: str,
+                            corpora: fixture_text.Corpora,
+                            multilingual: fixture_text.MultilingualCorpora) -> dict[str, int]:
+    """encode_cases.json of the sentencepiece tokenizer, with `model`'s dict.txt."""
+    import fairseq
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(spm_model))
+    dictionary = hub.task.source_dictionary
+    lines, pairs, masked = spm_encode_lines(corpora, multilingual)
+
+    def case(text: str) -> dict[str, Any]:
+        pieces = sp.EncodeAsPieces(text)
+        assert hub.bpe.encode(text) == " ".join(pieces)
+        return {"text": text, "pieces": pieces,
+                "spm_unknown": [i for i, spm_id in enumerate(sp.EncodeAsIds(text))
+                                if spm_id == sp.unk_id()],
+                "ids": hub.encode(text).tolist()}
+
+    single = [case(text) for text in lines]
+    spec = fixture_spm.describe(spm_model.read_bytes())
+    normal_pieces = [piece for piece, _, kind in spec.pop("pieces") if kind == "normal"]
+    missing = [piece for piece in normal_pieces if dictionary.index(piece) == dictionary.unk()]
+    not_pieces = [symbol for symbol in dictionary.symbols[dictionary.nspecial:]
+                  if sp.PieceToId(symbol) == sp.unk_id() and symbol != "<mask>"
+                  and not symbol.startswith("madeupword")]
+
+    def split_again(c: dict[str, Any]) -> bool:  # fairseq's whitespace split changed the pieces
+        return len(c["ids"]) != len(c["pieces"]) + 2
+
+    def unknown_piece_in_dict(c: dict[str, Any]) -> bool:
+        return not split_again(c) and any(c["ids"][1 + i] != dictionary.unk()
+                                           for i in c["spm_unknown"])
+
+    def unknown_run(c: dict[str, Any]) -> bool:  # several unknown characters in one piece
+        return any(len(c["pieces"][i]) > 1 for i in c["spm_unknown"])
+
+    counts = {
+        "single": len(single),
+        "pairs": len(pairs),
+        "lines_with_pieces_missing_from_dict": sum(dictionary.unk() in c["ids"] for c in single),
+        "lines_with_unknown_pieces": sum(bool(c["spm_unknown"]) for c in single),
+        "lines_with_unknown_runs_of_2_or_more_characters": sum(map(unknown_run, single)),
+        "lines_with_unknown_pieces_found_in_dict": sum(map(unknown_piece_in_dict, single)),
+        "lines_where_fairseq_splits_or_drops_pieces": sum(map(split_again, single)),
+    }
+    data = {
+        "description": f"Ground truth from fairseq's RobertaHubInterface with {model}'s "
+                       f"dict.txt and the sentencepiece model {model}/{SPM_FILE}. `pieces` "
+                       "is sp.EncodeAsPieces(text) (SentencepieceBPE.encode joins them with "
+                       "spaces); `spm_unknown` holds the indices of the pieces the sentencepiece "
+                       "model itself maps to <unk> (a run of unknown characters is ONE such "
+                       "piece, spelled as the text); `ids` is roberta.encode(text...) (fairseq "
+                       "ids incl. <s>/</s>): fairseq splits the joined pieces again on "
+                       "whitespace (Python's \\s, which also matches U+0085 inside a piece) and "
+                       "looks each one up in dict.txt by its text, <unk> (3) if absent, so a run "
+                       "of unknown characters that dict.txt lists gets its own id. fill_mask: "
+                       "as in gpt2_bpe/encode_cases.json. Characters that are not printable are "
+                       "\\u-escaped; others are plain UTF-8.",
+        "fairseq_version": fairseq.__version__,
+        "sentencepiece_version": sentencepiece.__version__,
+        "model": model,
+        "sentencepiece_model": f"{model}/{SPM_FILE}",
+        "dict": f"{model}/dict.txt",
+        "special_ids": {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": hub.task.mask_idx},
+        "sentencepiece": spec,
+        "counts": counts,
+        "spm_pieces_missing_from_dict": missing,
+        "dict_symbols_that_are_no_spm_piece": not_pieces,
+        "single": single,
+        "pairs": [{"texts": [a, b], "ids": hub.encode(a, b).tolist()} for a, b in pairs],
+        "fill_mask_topk": FILL_MASK_TOPK,
+        "fill_mask": record_fill_mask(hub, masked),
+    }
+    folder.mkdir(exist_ok=True)
+    (folder / "encode_cases.json").write_text(compact_json(data, ascii_only=False),
+                                              encoding="utf-8")
+    return counts
+
+
 # --------------------------------------------------------------------------- main
 
 DESCRIPTIONS = {
@@ -663,17 +902,30 @@ DESCRIPTIONS = {
     "roberta_prenorm": "pre-norm masked LM (--arch roberta_prenorm: encoder_normalize_before, "
                        "no layernorm_embedding, final encoder layer_norm)",
 }
+# Models on sentencepiece pieces (XLM-R style), recorded with bpe="sentencepiece".
+SPM_DESCRIPTIONS = {
+    "xlmr_mlm": "post-norm masked LM on sentencepiece (unigram) pieces, folder laid out like "
+                "XLM-R's (with `sentencepiece.bpe.model`); dict.txt from other text "
+                f"than the model's (fairseq-preprocess --nwordssrc {XLMR_DICT_WORDS}: frequency "
+                "order, most of the model's pieces missing, two runs of unknown characters in)",
+    "xlmr_prenorm_cls": "pre-norm (--arch roberta_prenorm) sentence_prediction fine-tune on the "
+                        f"same pieces and dict.txt, 3 classes, head '{XLMR_HEAD}' (script family "
+                        "of the line), labels in fairseq-built (frequency-ordered) label dict",
+}
 SAME_OUTPUTS_AS_MLM = ("roberta_legacy_v09", "roberta_v010", "roberta_omegaconf")
 
 
 def assemble(name: str, checkpoint: Path, out: Path, dict_txt: Path,
-             sentence_prediction: bool = False, label_dict: Path | None = None) -> None:
+             sentence_prediction: bool = False, label_dict: Path | None = None,
+             spm_model: Path | None = None) -> None:
     """A released-model folder; fairseq's sentence_prediction loader wants input0/ (and label/
     unless it is a regression head)."""
     folder = out / name
     folder.mkdir()
     shutil.copy(checkpoint, folder / "model.pt")
     shutil.copy(dict_txt, folder / "dict.txt")
+    if spm_model is not None:
+        shutil.copy(spm_model, folder / SPM_FILE)
     if sentence_prediction:
         (folder / "input0").mkdir()
         shutil.copy(dict_txt, folder / "input0" / "dict.txt")
@@ -682,9 +934,15 @@ def assemble(name: str, checkpoint: Path, out: Path, dict_txt: Path,
         shutil.copy(label_dict, folder / "label" / "dict.txt")
 
 
-def write_readme(out: Path) -> None:
+def write_readme(out: Path, spm_counts: dict[str, int]) -> None:
     """A short index of the fixtures, regenerated with them."""
-    rows = "\n".join(f"| `{name}` | {text} |" for name, text in DESCRIPTIONS.items())
+    rows = "\n".join(f"| `{name}` | {text} |"
+                     for name, text in {**DESCRIPTIONS, **SPM_DESCRIPTIONS}.items())
+    lines, pairs = spm_counts["single"], spm_counts["pairs"]
+    missing = spm_counts["lines_with_pieces_missing_from_dict"]
+    unknown = spm_counts["lines_with_unknown_pieces"]
+    runs = spm_counts["lines_with_unknown_runs_of_2_or_more_characters"]
+    in_dict = spm_counts["lines_with_unknown_pieces_found_in_dict"]
     (out / "README.md").write_text(f"""# fairseq fixtures
 
 Generated by `tools/make_fixtures.py` with the real fairseq; do not edit by hand (see that
@@ -698,14 +956,26 @@ script's docstring for the venv it needs). Tiny RoBERTa models: {NUM_LAYERS} lay
 Every model folder holds `model.pt` and `dict.txt` (classifiers also `input0/dict.txt` and
 `label/dict.txt`, the regressor `input0/dict.txt`), plus fairseq's recorded outputs:
 `fairseq_outputs.safetensors` (tensors named `{{sample}}.input_ids`, `{{sample}}.hidden.{{i}}`,
-`{{sample}}.features`, `{{sample}}.mlm_logits`, `{{sample}}.head.{{name}}` for samples `s0`..`s3`
-and the right-padded `batch`) and `fairseq_outputs.json` (texts, head names and labels, what
-each tensor is).
+`{{sample}}.features`, `{{sample}}.mlm_logits`, `{{sample}}.head.{{name}}` for the samples `s0`,
+`s2`, `s3` and the right-padded `batch`; there is no `s1`) and `fairseq_outputs.json` (texts, head
+names and labels, the tokenizer files, what each tensor is). The samples are short to keep
+tests/fixtures under 5 MB; `s3` of the xlmr_* models fills all {MAX_POSITIONS} positions.
 
 `gpt2_bpe/` holds a GPT-2-format byte-level BPE (`encoder.json`, `vocab.bpe`; trained here, not
-OpenAI's) shared by all models; the model folders deliberately do not contain it. Some of its
-tokens are not in `dict.txt` (listed in `encode_cases.json`, which also holds fairseq's
+OpenAI's) shared by the roberta_* models; the model folders deliberately do not contain it. Some
+of its tokens are not in `dict.txt` (listed in `encode_cases.json`, which also holds fairseq's
 `roberta.encode` and `roberta.fill_mask` results with `roberta_mlm`).
+
+The xlmr_* models read sentencepiece pieces. `xlmr_mlm/{SPM_FILE}` is a UNIGRAM
+model (as is XLM-R's file of that name): {SPM_VOCAB_SIZE} pieces, `nmt_nfkc` normalization,
+character coverage {SPM_CHARACTER_COVERAGE}. It is the only copy (its NFKC table alone is
+240 KB): `xlmr_prenorm_cls` uses the same model but does not ship it.
+
+`spm_unigram/encode_cases.json` holds fairseq's `roberta.encode` ids with xlmr_mlm's dict.txt and
+the sentencepiece pieces for {lines} lines and {pairs} pairs, the pieces missing from dict.txt
+and `roberta.fill_mask` results. In {missing} lines some piece is not in dict.txt (<unk>);
+{unknown} lines have characters unknown to the sentencepiece model ({runs} a run of several in
+one piece; in {in_dict} such a piece is a symbol of dict.txt).
 """, encoding="utf-8")
 
 
@@ -758,15 +1028,45 @@ def main() -> None:
         make_two_heads(out)
         make_derived(out)
 
+        print("sentencepiece models, fairseq-preprocess ...", flush=True)
+        multilingual = fixture_text.load_multilingual(corpora, seed=0)
+        spm_model = train_sentencepiece(multilingual, "unigram", work / "spm_unigram")
+        spm = make_spm_encoder(spm_model)
+        xlmr_bin = preprocess_xlmr_data(multilingual, spm, work)
+        xlmr_dict = xlmr_bin / "dict.txt"
+        xlmr_cls_bin = preprocess_script_data(multilingual, spm, xlmr_dict, work)
+
+        print("fairseq-train (3 runs, sentencepiece) ...", flush=True)
+        xlmr = train_mlm(work, "xlmr_mlm", [], data="bin/xlmr")
+        xlmr_prenorm = train_mlm(work, "xlmr_prenorm_mlm", [], arch="roberta_prenorm",
+                                 data="bin/xlmr")
+        xlmr_cls = finetune(work, "xlmr_prenorm_cls", "bin/xlmr_cls", xlmr_prenorm,
+                            ["--num-classes", "3", "--classification-head-name", XLMR_HEAD],
+                            keep_optimizer=False, arch="roberta_prenorm")
+        assemble("xlmr_mlm", xlmr, out, xlmr_dict, spm_model=spm_model)
+        assemble("xlmr_prenorm_cls", xlmr_cls, out, xlmr_dict, sentence_prediction=True,
+                 label_dict=xlmr_cls_bin / "label" / "dict.txt")
+
         print("recording fairseq outputs ...", flush=True)
-        mlm_hub = load_hub(out / "roberta_mlm", bpe_dir)
+        gpt2 = gpt2_tokenizer(bpe_dir)
+        mlm_hub = load_hub(out / "roberta_mlm", gpt2)
         samples = choose_samples(mlm_hub, corpora.held_out)
         examples = classification_examples(corpora.held_out[:200], bpe)
-        outputs = {name: record_outputs(name, out / name, bpe_dir, samples, description, examples)
+        outputs = {name: record_outputs(name, out / name, gpt2, samples, description, examples)
                    for name, description in DESCRIPTIONS.items()}
         check_outputs(outputs)
         record_encode_cases(mlm_hub, corpora, bpe_dir)
-        write_readme(out)
+
+        spm_files = spm_tokenizer(out / "xlmr_mlm" / SPM_FILE)  # the only copy, see README
+        xlmr_hub = load_hub(out / "xlmr_mlm", spm_files)
+        spm_samples = choose_spm_samples(xlmr_hub, multilingual)
+        spm_examples = script_examples(multilingual.held_out, spm)
+        for name, description in SPM_DESCRIPTIONS.items():
+            record_outputs(name, out / name, spm_files, spm_samples, description, spm_examples)
+        counts = record_spm_encode_cases(out / "spm_unigram", xlmr_hub, spm_model, "xlmr_mlm",
+                                         corpora, multilingual)
+        print("sentencepiece encode cases:", json.dumps(counts))
+        write_readme(out, counts)
 
         if FIXTURES.exists():
             shutil.rmtree(FIXTURES)

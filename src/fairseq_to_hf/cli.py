@@ -30,6 +30,22 @@ CONVERT_EXAMPLES = """examples:
 """
 
 
+def _add_source_options(parser: argparse.ArgumentParser, tokenizer_purpose: str, checkpoint_extra: str = "") -> None:
+    """SRC and the flags that locate its files, the same for every command."""
+    parser.add_argument("src", metavar="SRC", help="fairseq model folder (or the checkpoint file itself)")
+    parser.add_argument("--checkpoint", metavar="FILE",
+                        help=f"checkpoint file in SRC (default: model.pt, or the only .pt file){checkpoint_extra}")
+    parser.add_argument("--dict", dest="dictionary", metavar="FILE",
+                        help="fairseq token dictionary (default: SRC/dict.txt or SRC/input0/dict.txt)")
+    parser.add_argument("--encoder-json", metavar="FILE",
+                        help=f"GPT-2 BPE encoder.json {tokenizer_purpose} (default: SRC/encoder.json if present)")
+    parser.add_argument("--vocab-bpe", metavar="FILE",
+                        help=f"GPT-2 BPE vocab.bpe {tokenizer_purpose} (default: SRC/vocab.bpe if present)")
+    parser.add_argument("--sentencepiece-model", metavar="FILE",
+                        help=f"sentencepiece model {tokenizer_purpose} "
+                        "(default: SRC/sentencepiece.bpe.model if present)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fairseq-to-hf",
@@ -50,21 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=CONVERT_EXAMPLES + "\n" + EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    convert.add_argument("src", metavar="SRC", help="fairseq model folder (or the checkpoint file itself)")
+    _add_source_options(convert, "for the tokenizer", "; a quoted pattern such as 'checkpoint*.pt' converts "
+                        "each match into OUT/<name>/")
     convert.add_argument("out", metavar="OUT", help="output folder; must not exist unless --force")
-    convert.add_argument("--checkpoint", metavar="FILE",
-                         help="checkpoint file in SRC (default: model.pt, or the only .pt file); a quoted pattern "
-                         "such as 'checkpoint*.pt' converts each match into OUT/<name>/")
-    convert.add_argument("--dict", dest="dictionary", metavar="FILE",
-                         help="fairseq token dictionary (default: SRC/dict.txt or SRC/input0/dict.txt)")
     convert.add_argument("--label-dict", metavar="FILE",
                          help="label dictionary of a classifier (default: SRC/label/dict.txt if present)")
-    convert.add_argument("--encoder-json", metavar="FILE",
-                         help="GPT-2 BPE encoder.json (default: SRC/encoder.json if present)")
-    convert.add_argument("--vocab-bpe", metavar="FILE",
-                         help="GPT-2 BPE vocab.bpe (default: SRC/vocab.bpe if present)")
-    convert.add_argument("--sentencepiece-model", metavar="FILE",
-                         help="sentencepiece model (default: SRC/sentencepiece.bpe.model if present)")
     convert.add_argument("--head", metavar="NAME",
                          help=f"classification head to convert, or '{LM_HEAD}' for the masked-LM head "
                          "(default: the only classification head, else the masked-LM head)")
@@ -107,13 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         "exit codes: 0 the folder matches, 1 it does not, 2 bad input",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    verify.add_argument("src", metavar="SRC", help="fairseq model folder (or the checkpoint file itself)")
+    _add_source_options(verify, "to check the tokenizer")
     verify.add_argument("out", metavar="OUT", help="the Transformers folder to check")
-    verify.add_argument("--checkpoint", metavar="FILE", help="checkpoint file in SRC (default: model.pt)")
-    verify.add_argument("--dict", dest="dictionary", metavar="FILE", help="fairseq token dictionary")
-    verify.add_argument("--encoder-json", metavar="FILE", help="GPT-2 BPE encoder.json, to check the tokenizer")
-    verify.add_argument("--vocab-bpe", metavar="FILE", help="GPT-2 BPE vocab.bpe, to check the tokenizer")
-    verify.add_argument("--sentencepiece-model", metavar="FILE", help="sentencepiece model, to check the tokenizer")
     verify.add_argument("--head", metavar="NAME", help="fairseq classification head the folder was made from")
     verify.add_argument("--verify-text", metavar="FILE", help="also check the tokenizer on every line of FILE")
     verify.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="X",
@@ -131,12 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  fairseq-to-hf inspect roberta.base/\n  fairseq-to-hf inspect my-finetune/ --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    inspect.add_argument("src", metavar="SRC", help="fairseq model folder (or the checkpoint file itself)")
-    inspect.add_argument("--checkpoint", metavar="FILE", help="checkpoint file in SRC (default: model.pt)")
-    inspect.add_argument("--dict", dest="dictionary", metavar="FILE", help="fairseq token dictionary")
-    inspect.add_argument("--encoder-json", metavar="FILE", help="GPT-2 BPE encoder.json")
-    inspect.add_argument("--vocab-bpe", metavar="FILE", help="GPT-2 BPE vocab.bpe")
-    inspect.add_argument("--sentencepiece-model", metavar="FILE", help="sentencepiece model")
+    _add_source_options(inspect, "to look for")
     inspect.add_argument("--json", action="store_true", help="print JSON for scripts")
     return parser
 

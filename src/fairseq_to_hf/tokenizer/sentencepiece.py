@@ -26,6 +26,7 @@ from .vocab import TokenVocabulary, assign_ids
 SPIECE_UNDERLINE = "▁"
 UNK_PENALTY = 10.0  # sentencepiece scores an unknown character at (lowest piece score - 10)
 UNREACHABLE_SCORE = -1e6  # specials and placeholders: never chosen by the lattice over real pieces
+PYTHON_WHITESPACE = tuple(chr(code) for code in range(0x3001) if chr(code).isspace())  # none above U+3000
 
 
 def prepare_sentencepiece(files, dictionary: Dictionary, model_rows: int):
@@ -57,9 +58,14 @@ def prepare_sentencepiece(files, dictionary: Dictionary, model_rows: int):
     for run in runs:
         # Longer runs score slightly better than their parts, so a whole run found in dict.txt wins.
         scores[run] = unknown_score * len(run) + 0.1 * (len(run) - 1)
+    for char in special_token_characters_unknown_to(scores):
+        # Text such as "<s>" must segment as sentencepiece does even when "<" is unknown to the model:
+        # without a piece of its own, the lattice would pick the special's vocabulary entry over unknown
+        # characters. Such a piece gets its dict.txt id, or an alias of <unk> as fairseq gives it.
+        scores[char] = unknown_score
     segment_tokens = [(piece, piece) for piece in scores]
     vocabulary = assign_ids(dictionary, model_rows, segment_tokens, needed=set(scores))
-    tokenizer = build_sentencepiece_tokenizer(vocabulary, scores, settings)
+    tokenizer = build_sentencepiece_tokenizer(vocabulary, scores, settings, whitespace_kept_by(processor))
 
     def reference_bpe(text: str) -> str:
         return " ".join(processor.EncodeAsPieces(text))
@@ -88,8 +94,23 @@ def unknown_runs_in(dictionary: Dictionary, pieces: dict[str, float], *, single_
     return runs
 
 
+def special_token_characters_unknown_to(pieces: dict[str, float]) -> list[str]:
+    known = {char for piece in pieces for char in piece}
+    return sorted({char for symbol in (*SPECIAL_SYMBOLS, MASK) for char in symbol} - known)
+
+
+def whitespace_kept_by(processor) -> list[str]:
+    """Characters Python counts as whitespace that the model's normaliser leaves in pieces (e.g. U+0085).
+
+    fairseq joins the pieces with spaces and splits them again with str.split(), so such a character
+    ends a token and disappears: the tokenizer splits the text at it and drops it, to match.
+    """
+    return [char for char in PYTHON_WHITESPACE
+            if any(char in piece for piece in processor.EncodeAsPieces(f"a{char}b"))]
+
+
 def build_sentencepiece_tokenizer(vocabulary: TokenVocabulary, scores: dict[str, float],
-                                  settings: SpmSettings) -> Tokenizer:
+                                  settings: SpmSettings, separators: list[str] = ()) -> Tokenizer:
     by_id = sorted(vocabulary.ids.items(), key=lambda item: item[1])
     if settings.model_type == "unigram":
         table = [(token, scores.get(token, UNREACHABLE_SCORE)) for token, _ in by_id]
@@ -99,9 +120,14 @@ def build_sentencepiece_tokenizer(vocabulary: TokenVocabulary, scores: dict[str,
                            fuse_unk=True, byte_fallback=settings.byte_fallback)
     tokenizer = Tokenizer(model)
     tokenizer.normalizer = normalizers.Sequence(_normalizers(settings))
+    steps = []
     if settings.add_dummy_prefix:
-        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPIECE_UNDERLINE, prepend_scheme="always",
-                                                           split=False)
+        steps.append(pre_tokenizers.Metaspace(replacement=SPIECE_UNDERLINE, prepend_scheme="always", split=False))
+    if separators:
+        pattern = "[" + "".join(f"\\x{{{ord(char):x}}}" for char in separators) + "]"
+        steps.append(pre_tokenizers.Split(Regex(pattern), behavior="removed"))
+    if steps:
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(steps)
     tokenizer.decoder = decoders.Sequence([decoders.Replace(SPIECE_UNDERLINE, " "), decoders.Fuse(),
                                            decoders.Strip(content=" ", left=1 if settings.add_dummy_prefix else 0)])
     # <s> A </s> and <s> A </s> </s> B </s>, as RobertaHubInterface.encode frames sentences.
