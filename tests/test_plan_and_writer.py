@@ -1,0 +1,99 @@
+"""Pure pieces of planning and writing, checked on exact outputs."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from conftest import FIXTURES
+from fairseq_to_hf.arch.fairseq_keys import normalise_key, unsupported_layouts
+from fairseq_to_hf.arch.families import POST_NORM_ROWS, PRE_NORM_ROWS, compile_rows, match_rows
+from fairseq_to_hf.errors import ConversionError
+from fairseq_to_hf.plan import TensorPlan
+from fairseq_to_hf.writer import parse_size, plan_shards, safetensors_header, shard_file_names
+
+
+@pytest.mark.parametrize("stored,normalised", [
+    ("decoder.sentence_encoder.emb_layer_norm.weight", "encoder.sentence_encoder.layernorm_embedding.weight"),
+    ("decoder.lm_head.dense.bias", "encoder.lm_head.dense.bias"),
+    ("encoder.sentence_encoder.layers.3.layer_norms.0.bias",
+     "encoder.sentence_encoder.layers.3.self_attn_layer_norm.bias"),
+    ("encoder.sentence_encoder.layers.3.layer_norms.1.weight",
+     "encoder.sentence_encoder.layers.3.final_layer_norm.weight"),
+    ("classification_heads.decoder.dense.weight", "classification_heads.decoder.dense.weight"),
+])
+def test_key_generations_normalise_to_fairseq_012_names(stored: str, normalised: str) -> None:
+    assert normalise_key(stored) == normalised
+
+
+def test_layer_norms_map_to_each_familys_names() -> None:
+    post, pre = compile_rows(POST_NORM_ROWS), compile_rows(PRE_NORM_ROWS)
+    name = "encoder.sentence_encoder.layers.7.final_layer_norm.bias"
+    assert match_rows(name, post) == ["roberta.encoder.layer.7.output.LayerNorm.bias"]
+    assert match_rows(name, pre) == ["roberta.encoder.layer.7.LayerNorm.bias"]
+    assert match_rows("encoder.sentence_encoder.layer_norm.weight", pre) == ["roberta.encoder.LayerNorm.weight"]
+    assert match_rows("encoder.sentence_encoder.layer_norm.weight", post) == []
+
+
+def test_unsupported_variants_are_named() -> None:
+    found = unsupported_layouts([
+        "encoder.sentence_encoder.layers.0.adapter_modules.en_XX.fc1.weight",
+        "encoder.sentence_encoder.layers.0.self_attn.compress_k.weight",
+        "encoder.sentence_encoder.layers.0.fc1.weight",
+    ])
+    assert found == {"X-MOD language adapters": ["encoder.sentence_encoder.layers.0.adapter_modules.en_XX.fc1.weight"],
+                     "Linformer projections": ["encoder.sentence_encoder.layers.0.self_attn.compress_k.weight"]}
+
+
+def _planned(name: str, numel: int) -> TensorPlan:
+    return TensorPlan(name, (numel,), torch.float32, None, "zeros")
+
+
+def test_shards_split_greedily_in_writing_order() -> None:
+    tensors = [_planned("a", 10), _planned("b", 10), _planned("c", 30), _planned("d", 5)]
+    shards = plan_shards(tensors, max_shard_bytes=80)
+    assert [[t.target for t in shard] for shard in shards] == [["a", "b"], ["c"], ["d"]]
+    assert shard_file_names(3) == ["model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
+                                   "model-00003-of-00003.safetensors"]
+    assert shard_file_names(1) == ["model.safetensors"]
+
+
+def test_header_is_what_safetensors_reads(tmp_path: Path) -> None:
+    tensors = [_planned("x", 3), TensorPlan("y", (2, 2), torch.float16, None, "zeros")]
+    header = safetensors_header(tensors, {"format": "pt"})
+    (length,) = struct.unpack("<Q", header[:8])
+    assert length % 8 == 0 and len(header) == 8 + length
+    assert json.loads(header[8:]) == {"__metadata__": {"format": "pt"},
+                                      "x": {"dtype": "F32", "shape": [3], "data_offsets": [0, 12]},
+                                      "y": {"dtype": "F16", "shape": [2, 2], "data_offsets": [12, 20]}}
+    path = tmp_path / "t.safetensors"
+    path.write_bytes(header + bytes(20))
+    with safe_open(path, "pt") as handle:
+        assert handle.get_tensor("y").shape == (2, 2)
+
+
+def test_sharded_output_loads_with_from_pretrained(tmp_path: Path) -> None:
+    from transformers import AutoModelForMaskedLM
+
+    from fairseq_to_hf import convert
+
+    report = convert(FIXTURES / "roberta_mlm", tmp_path / "out", max_shard_size="40KB")
+    files = report.outputs[0].files
+    assert "model.safetensors.index.json" in files and "model-00001-of-00004.safetensors" in files
+    assert report.verified
+    AutoModelForMaskedLM.from_pretrained(tmp_path / "out")
+
+
+@pytest.mark.parametrize("text,size", [("5GB", 5 * 10**9), ("500MB", 5 * 10**8), ("2GiB", 2 * 2**30), ("1000", 1000)])
+def test_sizes_read_like_the_hub(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_unreadable_size_is_a_clear_error() -> None:
+    with pytest.raises(ConversionError, match="write it like 5GB"):
+        parse_size("five gigs")
