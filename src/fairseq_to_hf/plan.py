@@ -308,7 +308,8 @@ def _dims(source: dict[str, SourceTensor], hparams: dict[str, Any], problems: Pr
     # The configured size if some layer has it, else the layers' majority: a damaged layer is then
     # reported as such rather than blamed on all the others.
     ffn_sizes = Counter(shape(f"{E}.layers.{i}.fc1.weight")[:1] for i in layers)
-    configured = (hparams.get("encoder_ffn_embed_dim"),)
+    ffn_dim = hparams.get("encoder_ffn_embed_dim")
+    configured = (ffn_dim,) if isinstance(ffn_dim, int) and not isinstance(ffn_dim, bool) else ()
     ffn = configured if configured in ffn_sizes else max(ffn_sizes, key=ffn_sizes.__getitem__, default=())
     heads = hparams.get("encoder_attention_heads")
     if not isinstance(heads, int) or heads <= 0:
@@ -383,8 +384,8 @@ def _check_options(hparams: dict[str, Any], head: HeadInfo | None, family: Famil
                    source: dict[str, SourceTensor], problems: ProblemList) -> None:
     """fairseq options that change what the model computes, checked against what the target can do."""
     activation = hparams.get("activation_fn", "gelu")
-    if activation not in ACTIVATIONS:
-        problems.add(f"activation_fn {activation!r} has no Transformers equivalent")
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        problems.add(f"activation_fn {activation!r:.80} has no Transformers equivalent")
     elif head is None and activation != "gelu":
         problems.add(
             f"activation_fn is {activation!r}: the encoder converts exactly, but Transformers' masked-LM head "
@@ -463,6 +464,12 @@ def expected_shapes(family: Family, dims: Dims, head: HeadInfo | None, tie: bool
     return out
 
 
+def _probability(hparams: dict[str, Any], name: str, default: float) -> float:
+    """Dropout does not change inference: a value of the wrong type falls back to the default."""
+    value = hparams.get(name, default)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+
 def build_config(plan: ConversionPlan, hparams: dict[str, Any], tie: bool, dtype: torch.dtype,
                  labels: list[str] | None, alias_rows: int = 0) -> dict[str, Any]:
     dims = plan.dims
@@ -475,8 +482,8 @@ def build_config(plan: ConversionPlan, hparams: dict[str, Any], tie: bool, dtype
         "num_attention_heads": dims.num_heads,
         "intermediate_size": dims.ffn_size,
         "hidden_act": ACTIVATIONS[hparams.get("activation_fn", "gelu")],
-        "hidden_dropout_prob": float(hparams.get("dropout", 0.1)),
-        "attention_probs_dropout_prob": float(hparams.get("attention_dropout", 0.1)),
+        "hidden_dropout_prob": _probability(hparams, "dropout", 0.1),
+        "attention_probs_dropout_prob": _probability(hparams, "attention_dropout", 0.1),
         "max_position_embeddings": dims.positions,
         "type_vocab_size": 1,
         "initializer_range": 0.02,
@@ -490,7 +497,7 @@ def build_config(plan: ConversionPlan, hparams: dict[str, Any], tie: bool, dtype
     }
     head = plan.head
     if head is not None:
-        config["classifier_dropout"] = float(hparams.get("pooler_dropout", 0.0))
+        config["classifier_dropout"] = _probability(hparams, "pooler_dropout", 0.0)
         config["num_labels"] = head.num_classes
         if head.num_classes == 1:
             config["problem_type"] = "regression"

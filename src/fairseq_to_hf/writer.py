@@ -184,6 +184,9 @@ def staged_output(out: Path, *, force: bool = False) -> Iterator[Path]:
     parent = check_output_target(out, force=force)
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it 0700; OUT gets the usual permissions
     except OSError as error:
         raise OutputError(f"cannot create a folder beside it ({error.strerror})", path=out,
                           hint="choose a folder you can write to") from None

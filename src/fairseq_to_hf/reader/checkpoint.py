@@ -1,31 +1,41 @@
 """Opens a fairseq checkpoint: its state dict as lazy tensors, its hyper-parameters as plain data.
 
-Both torch formats are read without torch.load:
+Both torch formats are read without torch.load (see unpickle.py for how the pickles are read):
 - zip (torch >= 1.6): `<archive>/data.pkl` plus one stored entry per storage; the zip directory tells
-  where each storage's bytes are, so no tensor data is read to open the file.
+  where each storage's bytes are, so no tensor data is read to open the file. data.pkl's CRC-32 is
+  checked when it is read, a storage's when a tensor reads all of it.
 - legacy (older files): magic number, protocol, system info and the main pickle, then a pickled list
   of storage keys, then each storage as an int64 element count followed by its bytes. Skipping from
-  one count to the next maps every storage without reading its data either.
+  one count to the next maps every storage without reading its data either. The pickles are read
+  straight from the file, each with a byte budget, so no length field can allocate beyond it.
 """
 
 from __future__ import annotations
 
 import io
-import pickle
+import os
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..errors import CheckpointFormatError, UnsafeCheckpointError
 from .tensors import LazyTensor, StorageIndex
-from .unpickle import load_pickle, to_plain
+from .unpickle import STORAGE_KEY, load_pickle, printable, to_plain
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 ZIP_LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
 ZIP_LOCAL_HEADER_SIGNATURE = 0x04034B50
-MAX_PICKLE_BYTES = 1 << 30
+ZIP_FLAG_ENCRYPTED = 0x1
+ZIP_FLAG_UTF8 = 0x800
+# Real fairseq pickles are kilobytes to a few megabytes (tensor bytes live outside the pickle); the
+# interpreter's memory is a small multiple of the pickle's size, so this bounds it too.
+MAX_PICKLE_BYTES = 256 << 20
+# The legacy header pickles hold a number, a number and a small dict.
+MAX_HEADER_PICKLE_BYTES = 1 << 16
+MAX_SMALL_ENTRY_BYTES = 64  # zip entries such as byteorder and version
 
 
 @dataclass
@@ -45,6 +55,7 @@ class Checkpoint:
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Opens a checkpoint without running anything from it; raises ConversionError subclasses only."""
     path = Path(path)
     try:
         with open(path, "rb") as file:
@@ -65,48 +76,119 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     return _interpret(path, root, index, format_name)
 
 
+# ---- zip format ----------------------------------------------------------------------------------
+
 def _read_zip(path: Path) -> tuple[Any, StorageIndex, str]:
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as error:
-        raise CheckpointFormatError(
-            f"is not a complete zip-format checkpoint ({error})", path=path,
-            hint="the file may be truncated; copy or download it again",
-        ) from None
-    with archive:
-        names = archive.namelist()
-        pickles = [name for name in names if name.endswith("/data.pkl") and name.count("/") == 1]
-        if len(pickles) != 1:
-            raise CheckpointFormatError("is a zip file but not a torch checkpoint (no data.pkl)", path=path)
-        prefix = pickles[0][: -len("data.pkl")]
-        byteorder = f"{prefix}byteorder"
-        if byteorder in names and archive.read(byteorder).strip() not in (b"little", b""):
+    """zipfile parses the central directory; every entry's bytes are then read (or mapped) directly."""
+    entries = _zip_directory(path)
+    pickle_entry, prefix = _find_data_pkl(entries, path)
+    _check_zip_names(entries, prefix, path)
+    file_size = path.stat().st_size
+    with open(path, "rb") as raw:
+        byteorder = next((e for e in entries if e.filename == f"{prefix}byteorder"), None)
+        if byteorder is not None and _read_entry(raw, byteorder, MAX_SMALL_ENTRY_BYTES, file_size, path).strip() \
+                not in (b"little", b""):
             raise CheckpointFormatError("stores big-endian tensors, which this tool does not read", path=path)
-        info = archive.getinfo(pickles[0])
-        if info.file_size > MAX_PICKLE_BYTES:
-            raise UnsafeCheckpointError("its data.pkl is implausibly large", path=path)
-        pickle_bytes = archive.read(info)
-        index = StorageIndex(str(path))
-        file_size = path.stat().st_size
-        with open(path, "rb") as raw:
-            for entry in archive.infolist():
-                if not entry.filename.startswith(f"{prefix}data/"):
-                    continue
-                key = entry.filename[len(f"{prefix}data/"):]
-                if entry.compress_type != zipfile.ZIP_STORED:
-                    raise CheckpointFormatError(f"storage {key!r} is compressed, which torch never writes", path=path)
-                start = _zip_data_start(raw, entry, path)
-                if start + entry.file_size > file_size:
-                    raise CheckpointFormatError(
-                        f"storage {key!r} runs past the end of the file", path=path,
-                        hint="the file is truncated; copy or download it again",
-                    )
-                index.locations[key] = (start, entry.file_size)
-    root = load_pickle(io.BytesIO(pickle_bytes), index, legacy=False)
+        pickle_bytes = _read_entry(raw, pickle_entry, MAX_PICKLE_BYTES, file_size, path)
+        index = _map_zip_storages(raw, entries, prefix, file_size, path)
+    root = load_pickle(io.BytesIO(pickle_bytes), index, legacy=False, path=path, limit=len(pickle_bytes))
     return root, index, "zip"
 
 
-def _zip_data_start(raw: io.BufferedReader, entry: zipfile.ZipInfo, path: Path) -> int:
+def _zip_directory(path: Path) -> list[zipfile.ZipInfo]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.infolist()
+    except Exception as error:  # zipfile raises many types on a damaged directory; all mean "damaged"
+        raise CheckpointFormatError(
+            f"is not a complete zip-format checkpoint ({type(error).__name__}: {error})"[:300], path=path,
+            hint="the file may be truncated; copy or download it again",
+        ) from None
+
+
+def _find_data_pkl(entries: list[zipfile.ZipInfo], path: Path) -> tuple[zipfile.ZipInfo, str]:
+    """torch writes every entry inside one folder, `<folder>/data.pkl` among them."""
+    pickles = [e for e in entries if e.filename.endswith("/data.pkl") and e.filename.count("/") == 1]
+    if len(pickles) != 1:
+        raise CheckpointFormatError("is a zip file but not a torch checkpoint (no single data.pkl)", path=path)
+    return pickles[0], pickles[0].filename[: -len("data.pkl")]
+
+
+def _check_zip_names(entries: list[zipfile.ZipInfo], prefix: str, path: Path) -> None:
+    """Refuses entries outside the archive's folder and repeated names.
+
+    Nothing is ever extracted, but two parsers can disagree about such archives (which of two entries
+    of one name counts, what `../` means), and torch never writes them.
+    """
+    seen: set[str] = set()
+    for entry in entries:
+        name = entry.filename
+        parts = name[len(prefix):].split("/") if name.startswith(prefix) else []
+        if not parts or "" in parts[:-1] or ".." in parts or "." in parts or "\\" in name or "\0" in name:
+            raise UnsafeCheckpointError(
+                f"refused to load: its zip entry {printable(name)!r} lies outside the archive's folder "
+                f"{prefix!r}", path=path)
+        if name in seen:
+            raise UnsafeCheckpointError(f"refused to load: it has two zip entries named {printable(name)!r}",
+                                        path=path)
+        seen.add(name)
+
+
+def _stored_range(raw: BinaryIO, entry: zipfile.ZipInfo, file_size: int, what: str, path: Path) -> tuple[int, int]:
+    """(offset, size) of an uncompressed entry's bytes in the file; torch stores every entry so."""
+    if entry.compress_type != zipfile.ZIP_STORED or entry.flag_bits & ZIP_FLAG_ENCRYPTED \
+            or entry.compress_size != entry.file_size:
+        raise CheckpointFormatError(f"{what} is compressed or encrypted, which torch never writes", path=path)
+    start = _zip_data_start(raw, entry, path)
+    if start + entry.file_size > file_size:
+        raise CheckpointFormatError(f"{what} runs past the end of the file", path=path,
+                                    hint="the file is truncated; copy or download it again")
+    return start, entry.file_size
+
+
+def _read_entry(raw: BinaryIO, entry: zipfile.ZipInfo, limit: int, file_size: int, path: Path) -> bytes:
+    """Reads a small entry (data.pkl, byteorder) after checking its size, then checks its CRC-32.
+
+    torch >= 2.5 can save without CRCs (`set_crc32_options(False)` writes 0); such entries are read
+    unchecked, as torch.load reads them.
+    """
+    what = f"its zip entry {printable(entry.filename)!r}"
+    if entry.file_size > limit:
+        raise UnsafeCheckpointError(f"refused to load: {what} is implausibly large ({entry.file_size} bytes)",
+                                    path=path)
+    start, size = _stored_range(raw, entry, file_size, what, path)
+    raw.seek(start)
+    data = raw.read(size)
+    if len(data) != size or (entry.CRC and zlib.crc32(data) != entry.CRC):
+        raise CheckpointFormatError(f"{what} is damaged (its CRC-32 does not match)", path=path,
+                                    hint="copy or download the file again")
+    return data
+
+
+def _map_zip_storages(raw: BinaryIO, entries: list[zipfile.ZipInfo], prefix: str, file_size: int,
+                      path: Path) -> StorageIndex:
+    """Where each `<prefix>data/<key>` entry's bytes are, from the zip headers alone."""
+    index = StorageIndex(str(path))
+    folder = f"{prefix}data/"
+    for entry in entries:
+        if not entry.filename.startswith(folder):
+            continue
+        key = entry.filename[len(folder):]
+        if not key:
+            continue  # a folder entry, as generic zip tools add; torch itself writes none
+        if not STORAGE_KEY.fullmatch(key):
+            raise UnsafeCheckpointError(f"refused to load: its zip entry {printable(entry.filename)!r} is "
+                                        "not a storage torch would write", path=path)
+        index.locations[key] = _stored_range(raw, entry, file_size, f"storage {key!r}", path)
+        if entry.CRC:
+            index.checksums[key] = entry.CRC  # checked when a tensor reads the whole storage
+    return index
+
+
+def _zip_data_start(raw: BinaryIO, entry: zipfile.ZipInfo, path: Path) -> int:
+    """The entry's data offset, after checking its local header matches the central directory."""
+    if entry.header_offset < 0:
+        raise CheckpointFormatError(f"its zip entry {entry.filename!r} has a negative offset", path=path)
     raw.seek(entry.header_offset)
     header = raw.read(ZIP_LOCAL_HEADER.size)
     if len(header) != ZIP_LOCAL_HEADER.size:
@@ -115,64 +197,71 @@ def _zip_data_start(raw: io.BufferedReader, entry: zipfile.ZipInfo, path: Path) 
     if fields[0] != ZIP_LOCAL_HEADER_SIGNATURE:
         raise CheckpointFormatError(f"its zip entry {entry.filename!r} is damaged", path=path)
     name_length, extra_length = fields[9], fields[10]
+    encoding = "utf-8" if entry.flag_bits & ZIP_FLAG_UTF8 else "cp437"
+    if raw.read(name_length) != entry.orig_filename.encode(encoding, "replace"):
+        # A local name that differs from the directory's is how archives show different files to
+        # different readers; torch writes the same name twice.
+        raise UnsafeCheckpointError(f"refused to load: its zip entry {printable(entry.filename)!r} has "
+                                    "another name in its local header", path=path)
     return entry.header_offset + ZIP_LOCAL_HEADER.size + name_length + extra_length
 
 
-class _NoGlobals(pickle.Unpickler):
-    """For the legacy header pickles, which hold only numbers, strings, lists and dicts."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise UnsafeCheckpointError(f"refused to load: the file's header asks for `{module}.{name}`")
-
-
-def _read_small_pickle(file: io.BufferedReader, path: Path) -> Any:
-    try:
-        return _NoGlobals(file).load()
-    except UnsafeCheckpointError:
-        raise
-    except Exception:
-        raise CheckpointFormatError("is not a torch checkpoint (unreadable legacy header)", path=path) from None
-
+# ---- legacy format -------------------------------------------------------------------------------
 
 def _read_legacy(path: Path) -> tuple[Any, StorageIndex, str]:
+    """Magic number, protocol, system info, the main pickle, the storage keys, then the storages.
+
+    Every pickle is read from the file with a byte budget, so no length field can make the reader
+    allocate more than the file (and the budget) holds.
+    """
     index = StorageIndex(str(path))
-    file_size = path.stat().st_size
     with open(path, "rb") as file:
-        magic = _read_small_pickle(file, path)
-        if magic != LEGACY_MAGIC:
+        file_size = os.fstat(file.fileno()).st_size
+
+        def small_pickle(limit: int) -> Any:
+            return load_pickle(file, None, legacy=True, path=path, limit=min(limit, file_size - file.tell()))
+
+        if small_pickle(MAX_HEADER_PICKLE_BYTES) != LEGACY_MAGIC:
             raise CheckpointFormatError(
                 "is a pickle but not a torch checkpoint", path=path,
                 hint="pass the fairseq model file (usually model.pt)",
             )
-        _read_small_pickle(file, path)  # protocol version
-        sys_info = _read_small_pickle(file, path)
+        small_pickle(MAX_HEADER_PICKLE_BYTES)  # protocol version
+        sys_info = small_pickle(MAX_HEADER_PICKLE_BYTES)
         if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
             raise CheckpointFormatError("stores big-endian tensors, which this tool does not read", path=path)
-        root = load_pickle(file, index, legacy=True)
-        keys = _read_small_pickle(file, path)
+        root = load_pickle(file, index, legacy=True, path=path,
+                           limit=min(MAX_PICKLE_BYTES, file_size - file.tell()))
+        keys = small_pickle(MAX_PICKLE_BYTES)
         if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
             raise CheckpointFormatError("its list of storages is damaged", path=path)
-        position = file.tell()
-        for key in keys:
-            storage = index.refs.get(key)
-            if storage is None:
-                raise CheckpointFormatError(f"lists storage {key!r} that its pickle never uses", path=path)
-            file.seek(position)
-            count_bytes = file.read(8)
-            if len(count_bytes) != 8:
-                raise CheckpointFormatError(
-                    f"ends before storage {key!r}", path=path, hint="the file is truncated; copy it again"
-                )
-            (count,) = struct.unpack("<q", count_bytes)
-            nbytes = count * storage.dtype.itemsize
-            if count < 0 or position + 8 + nbytes > file_size:
-                raise CheckpointFormatError(
-                    f"storage {key!r} runs past the end of the file", path=path,
-                    hint="the file is truncated; copy it again",
-                )
-            index.locations[key] = (position + 8, nbytes)
-            position += 8 + nbytes
+        _map_legacy_storages(file, keys, index, file_size, path)
     return root, index, "legacy"
+
+
+def _map_legacy_storages(file: BinaryIO, keys: list[str], index: StorageIndex, file_size: int,
+                         path: Path) -> None:
+    """Each storage is an int64 element count then its bytes: skipping from count to count maps them."""
+    position = file.tell()
+    for key in keys:
+        storage = index.refs.get(key)
+        if storage is None:
+            raise CheckpointFormatError(f"lists storage {printable(key)!r} that its pickle never uses", path=path)
+        file.seek(position)
+        count_bytes = file.read(8)
+        if len(count_bytes) != 8:
+            raise CheckpointFormatError(
+                f"ends before storage {key!r}", path=path, hint="the file is truncated; copy it again"
+            )
+        (count,) = struct.unpack("<q", count_bytes)
+        nbytes = count * storage.dtype.itemsize
+        if count < 0 or position + 8 + nbytes > file_size:
+            raise CheckpointFormatError(
+                f"storage {key!r} runs past the end of the file", path=path,
+                hint="the file is truncated; copy it again",
+            )
+        index.locations[key] = (position + 8, nbytes)
+        position += 8 + nbytes
 
 
 def _interpret(path: Path, root: Any, index: StorageIndex, format_name: str) -> Checkpoint:
@@ -182,12 +271,13 @@ def _interpret(path: Path, root: Any, index: StorageIndex, format_name: str) -> 
             hint="fairseq checkpoints hold a dict with 'model' and 'args' or 'cfg'",
         )
     state = root["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, LazyTensor) for v in state.values()):
-        raise CheckpointFormatError("its 'model' entry is not a state dict of tensors", path=path)
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, LazyTensor)
+                                              for k, v in state.items()):
+        raise CheckpointFormatError("its 'model' entry is not a state dict of named tensors", path=path)
     missing = sorted(key for key, tensor in state.items() if tensor.storage.key not in index.locations)
     if missing:
         raise CheckpointFormatError(
-            "tensors have no data in the file: " + ", ".join(missing[:5]), path=path,
+            "tensors have no data in the file: " + ", ".join(map(printable, missing[:5])), path=path,
             hint="the file is truncated or damaged",
         )
     short = sorted(key for key, tensor in state.items() if not tensor.fits_storage() or
@@ -195,7 +285,7 @@ def _interpret(path: Path, root: Any, index: StorageIndex, format_name: str) -> 
                    > index.locations[tensor.storage.key][1])
     if short:
         raise CheckpointFormatError(
-            "tensors run past the end of their data: " + ", ".join(short[:5]), path=path,
+            "tensors run past the end of their data: " + ", ".join(map(printable, short[:5])), path=path,
             hint="the file is truncated or damaged; copy it again",
         )
     hparams, source = _hyper_parameters(root)
@@ -205,7 +295,7 @@ def _interpret(path: Path, root: Any, index: StorageIndex, format_name: str) -> 
         tensors=dict(state),
         hparams=hparams,
         hparams_source=source,
-        top_level_keys=[str(key) for key in root],
+        top_level_keys=[printable(str(key)) for key in root],
     )
 
 

@@ -24,7 +24,16 @@ class SourceFiles:
     tokenizer: TokenizerFiles
 
 
-def find_source_files(
+def find_source_files(src: str | Path, **options: str | Path | None) -> SourceFiles:
+    """The checkpoint, dict.txt, label dict and tokenizer files of SRC, by the options or by their usual names."""
+    try:
+        return _find_source_files(src, **options)
+    except PermissionError as error:
+        raise ConversionError(f"cannot be read ({error.strerror})", path=error.filename or src,
+                              hint="check the permissions of SRC and the files in it") from None
+
+
+def _find_source_files(
     src: str | Path,
     *,
     checkpoint: str | Path | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import zlib
 from dataclasses import dataclass, field
 
 import torch
@@ -99,6 +100,7 @@ class StorageIndex:
     path: str
     locations: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (file offset, nbytes)
     refs: dict[str, StorageRef] = field(default_factory=dict)
+    checksums: dict[str, int] = field(default_factory=dict)  # key -> CRC-32 from the zip directory
 
     def ref(self, key: str, dtype: torch.dtype, numel: int) -> StorageRef:
         known = self.refs.get(key)
@@ -115,26 +117,44 @@ class StorageIndex:
 
     def read(self, storage: StorageRef, offset: int, count: int) -> torch.Tensor:
         """Reads `count` elements starting `offset` elements into `storage`."""
-        file_offset, available = self.locations[storage.key]
+        location = self.locations.get(storage.key)
+        if location is None:
+            raise CheckpointFormatError(f"storage {storage.key!r} has no data in the file", path=self.path,
+                                        hint="the file is truncated or damaged; copy it again")
+        file_offset, available = location
         itemsize = storage.dtype.itemsize
         start = file_offset + (storage.element_offset + offset) * itemsize
         nbytes = count * itemsize
-        if (storage.element_offset + offset) * itemsize + nbytes > available:
+        if offset < 0 or count < 0 or (storage.element_offset + offset) * itemsize + nbytes > available:
             raise CheckpointFormatError(
                 f"storage {storage.key!r} is shorter than its tensors need", path=self.path,
                 hint="the file is truncated or damaged; copy it again",
             )
-        out = torch.empty(count, dtype=storage.dtype)
-        buffer = memoryview(out.view(torch.uint8).numpy()) if nbytes else memoryview(b"")
+        # Raw bytes first: a bool storage may hold any byte, and torch expects bools to be 0 or 1.
+        raw = torch.empty(nbytes, dtype=torch.uint8)
+        buffer = memoryview(raw.numpy()) if nbytes else memoryview(b"")
+        self._read_into(buffer, start)
+        expected = self.checksums.get(storage.key)
+        whole = storage.element_offset + offset == 0 and nbytes == available
+        if expected is not None and whole and zlib.crc32(buffer) != expected:
+            raise CheckpointFormatError(f"storage {storage.key!r} is damaged (its CRC-32 does not match)",
+                                        path=self.path, hint="copy or download the file again")
+        if storage.dtype == torch.bool:
+            return raw != 0
+        return raw.view(storage.dtype)
+
+    def _read_into(self, buffer: memoryview, start: int) -> None:
         done = 0
-        with open(self.path, "rb", buffering=0) as file:
-            fd = file.fileno()
-            while done < nbytes:
-                got = os.preadv(fd, [buffer[done:]], start + done)
-                if got <= 0:
-                    raise CheckpointFormatError(
-                        "the file ends in the middle of a tensor", path=self.path,
-                        hint="the file is truncated; copy it again",
-                    )
-                done += got
-        return out
+        try:
+            with open(self.path, "rb", buffering=0) as file:
+                fd = file.fileno()
+                while done < len(buffer):
+                    got = os.preadv(fd, [buffer[done:]], start + done)
+                    if got <= 0:
+                        raise CheckpointFormatError(
+                            "the file ends in the middle of a tensor", path=self.path,
+                            hint="the file is truncated; copy it again",
+                        )
+                    done += got
+        except OSError as error:  # the file went away or became unreadable since it was opened
+            raise CheckpointFormatError(f"cannot be read ({error.strerror})", path=self.path) from None

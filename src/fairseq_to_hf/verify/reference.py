@@ -89,7 +89,9 @@ class FairseqReference:
 
     def _attention(self, x: torch.Tensor, name: str, pad_mask: torch.Tensor) -> torch.Tensor:
         batch, length, dim = x.shape
-        heads = int(self.hparams.get("encoder_attention_heads") or max(dim // 64, 1))
+        heads = self.hparams.get("encoder_attention_heads")
+        if not isinstance(heads, int) or heads <= 0:
+            heads = max(dim // 64, 1)  # RoBERTa's convention when the checkpoint does not say
         head_dim = dim // heads
 
         def split(t: torch.Tensor) -> torch.Tensor:
