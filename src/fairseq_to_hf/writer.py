@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import shutil
 import struct
@@ -98,6 +99,21 @@ def materialise(tensor: TensorPlan) -> torch.Tensor:
     return values
 
 
+def has_non_finite(values: torch.Tensor, chunk: int = 1 << 22) -> bool:
+    """NaN or Inf anywhere in a floating-point tensor.
+
+    A sum is NaN or Inf when some value is, and costs one vectorised pass with no temporaries (half
+    precision is summed in float32, where it cannot overflow). Only a non-finite sum, which a float32
+    overflow could also cause, leads to the exact check, chunk by chunk.
+    """
+    if not values.is_floating_point() or not values.numel():
+        return False
+    accumulate = torch.float32 if values.element_size() < 4 else values.dtype
+    if math.isfinite(float(values.sum(dtype=accumulate))):
+        return False
+    return any(not bool(torch.isfinite(part).all()) for part in values.reshape(-1).split(chunk))
+
+
 def write_safetensors(path: Path, tensors: list[TensorPlan], progress: Progress | None = None,
                       non_finite: list[str] | None = None) -> None:
     """Streams `tensors` into one file; names of tensors holding NaN or Inf go into `non_finite`."""
@@ -108,7 +124,7 @@ def write_safetensors(path: Path, tensors: list[TensorPlan], progress: Progress 
             if tuple(values.shape) != tuple(planned.shape) or values.dtype != planned.dtype:
                 raise AssertionError(f"{planned.target}: planned {planned.shape} {planned.dtype}, "
                                      f"got {tuple(values.shape)} {values.dtype}")
-            if non_finite is not None and values.is_floating_point() and not bool(torch.isfinite(values).all()):
+            if non_finite is not None and has_non_finite(values):
                 non_finite.append(planned.source_name)
             if values.numel():
                 file.write(memoryview(values.contiguous().view(torch.uint8).numpy()))

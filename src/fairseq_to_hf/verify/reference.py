@@ -9,6 +9,7 @@ Tensors are fetched one at a time through `weight()`, so a forward pass holds on
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,7 @@ class FairseqReference:
         self.hparams = hparams
         self.round_to = round_to  # the output dtype when the converter casts; the reference rounds alike
         self.prefix = "decoder" if any(k.startswith("decoder.sentence_encoder.") for k in state) else "encoder"
+        self._cache: dict[str, torch.Tensor] | None = None
 
     # ---- finding fairseq tensors under any generation's names --------------------------------------
 
@@ -51,13 +53,18 @@ class FairseqReference:
         return self._lookup(name) is not None
 
     def weight(self, name: str) -> torch.Tensor:
+        if self._cache is not None and name in self._cache:
+            return self._cache[name]
         found = self._lookup(name)
         if found is None:
             raise KeyError(name)
         value = found() if callable(found) else found.load()
         if self.round_to is not None and value.is_floating_point():
             value = value.to(self.round_to)
-        return value.to(torch.float32)
+        value = value.to(torch.float32)
+        if self._cache is not None:
+            self._cache[name] = value
+        return value
 
     def _lookup(self, name: str):
         name = name.replace("encoder.", f"{self.prefix}.", 1) if name.startswith("encoder.") else name
@@ -112,45 +119,75 @@ class FairseqReference:
             count += 1
         return count
 
-    @torch.no_grad()
+    @contextmanager
+    def stage(self):
+        """Within a stage every tensor is read once, however many batches use it; then it is freed."""
+        self._cache = {}
+        try:
+            yield
+        finally:
+            self._cache = None
+
     def forward(self, tokens: torch.Tensor, head: str | None) -> ReferenceOutputs:
+        return self.forward_many([tokens], head)[0]
+
+    @torch.no_grad()
+    def forward_many(self, batches: list[torch.Tensor], head: str | None) -> list[ReferenceOutputs]:
+        """fairseq's forward pass on each batch, stage by stage, so weights are read once for all batches."""
         enc = "encoder.sentence_encoder"
         activation = ACTIVATIONS[self.hparams.get("activation_fn", "gelu")]
-        pad_mask = tokens.eq(PAD)
+        pad_masks = [tokens.eq(PAD) for tokens in batches]
+        pre_norm = self.has(f"{enc}.layer_norm.weight")
+        with self.stage():
+            xs = [self._embed(tokens, pad_mask) for tokens, pad_mask in zip(batches, pad_masks)]
+        hiddens = [[x] for x in xs]
+        for i in range(self.num_layers()):
+            with self.stage():
+                xs = [self._layer(f"{enc}.layers.{i}", x, pad_mask, pre_norm, activation)
+                      for x, pad_mask in zip(xs, pad_masks)]
+            for hidden, x in zip(hiddens, xs):
+                hidden.append(x)
+        if pre_norm:
+            with self.stage():
+                xs = [self._layer_norm(x, f"{enc}.layer_norm") for x in xs]
+        with self.stage():
+            outputs = []
+            for x, hidden, pad_mask in zip(xs, hiddens, pad_masks):
+                mlm = self._lm_logits(x[~pad_mask], activation) if head is None else None
+                head_logits = self._head_logits(x[:, 0, :], head) if head is not None else None
+                outputs.append(ReferenceOutputs(hidden, x, mlm, head_logits))
+        return outputs
+
+    def _embed(self, tokens: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        enc = "encoder.sentence_encoder"
         not_pad = (~pad_mask).long()
         positions = torch.cumsum(not_pad, dim=1) * not_pad + PAD  # fairseq.utils.make_positions
         x = F.embedding(tokens, self.weight(f"{enc}.embed_tokens.weight"))
         x = x + F.embedding(positions, self.weight(f"{enc}.embed_positions.weight"))
-        pre_norm = self.has(f"{enc}.layer_norm.weight")
         if self.has(f"{enc}.layernorm_embedding.weight"):
             x = self._layer_norm(x, f"{enc}.layernorm_embedding")
-        x = x * not_pad.unsqueeze(-1).to(x.dtype)
-        hidden = [x]
-        for i in range(self.num_layers()):
-            layer = f"{enc}.layers.{i}"
-            if pre_norm:
-                x = x + self._attention(self._layer_norm(x, f"{layer}.self_attn_layer_norm"), f"{layer}.self_attn", pad_mask)
-                y = self._layer_norm(x, f"{layer}.final_layer_norm")
-                x = x + self._linear(activation(self._linear(y, f"{layer}.fc1")), f"{layer}.fc2")
-            else:
-                x = self._layer_norm(x + self._attention(x, f"{layer}.self_attn", pad_mask), f"{layer}.self_attn_layer_norm")
-                y = self._linear(activation(self._linear(x, f"{layer}.fc1")), f"{layer}.fc2")
-                x = self._layer_norm(x + y, f"{layer}.final_layer_norm")
-            hidden.append(x)
+        return x * not_pad.unsqueeze(-1).to(x.dtype)  # fairseq zeroes the pad positions
+
+    def _layer(self, layer: str, x: torch.Tensor, pad_mask: torch.Tensor, pre_norm: bool, activation) -> torch.Tensor:
         if pre_norm:
-            x = self._layer_norm(x, f"{enc}.layer_norm")
-        mlm = head_logits = None
-        if head is None:
-            y = activation(self._linear(x[~pad_mask], "encoder.lm_head.dense"))
-            y = self._layer_norm(y, "encoder.lm_head.layer_norm")
-            projection = (self.weight("encoder.lm_head.weight") if self.has("encoder.lm_head.weight")
-                          else self.weight(f"{enc}.embed_tokens.weight"))
-            mlm = F.linear(y, projection) + self.weight("encoder.lm_head.bias")
-        else:
-            pooler = ACTIVATIONS[self.hparams.get("pooler_activation_fn", "tanh")]
-            y = pooler(self._linear(x[:, 0, :], f"classification_heads.{head}.dense"))
-            head_logits = self._linear(y, f"classification_heads.{head}.out_proj")
-        return ReferenceOutputs(hidden, x, mlm, head_logits)
+            x = x + self._attention(self._layer_norm(x, f"{layer}.self_attn_layer_norm"), f"{layer}.self_attn", pad_mask)
+            y = self._layer_norm(x, f"{layer}.final_layer_norm")
+            return x + self._linear(activation(self._linear(y, f"{layer}.fc1")), f"{layer}.fc2")
+        x = self._layer_norm(x + self._attention(x, f"{layer}.self_attn", pad_mask), f"{layer}.self_attn_layer_norm")
+        y = self._linear(activation(self._linear(x, f"{layer}.fc1")), f"{layer}.fc2")
+        return self._layer_norm(x + y, f"{layer}.final_layer_norm")
+
+    def _lm_logits(self, x: torch.Tensor, activation) -> torch.Tensor:
+        y = activation(self._linear(x, "encoder.lm_head.dense"))
+        y = self._layer_norm(y, "encoder.lm_head.layer_norm")
+        projection = (self.weight("encoder.lm_head.weight") if self.has("encoder.lm_head.weight")
+                      else self.weight("encoder.sentence_encoder.embed_tokens.weight"))
+        return F.linear(y, projection) + self.weight("encoder.lm_head.bias")
+
+    def _head_logits(self, first_token: torch.Tensor, head: str) -> torch.Tensor:
+        pooler = ACTIVATIONS[self.hparams.get("pooler_activation_fn", "tanh")]
+        y = pooler(self._linear(first_token, f"classification_heads.{head}.dense"))
+        return self._linear(y, f"classification_heads.{head}.out_proj")
 
 
 def sample_inputs(vocab_size: int, max_tokens: int, *, seed: int = 0) -> dict[str, torch.Tensor]:
