@@ -47,8 +47,6 @@ class StreamedModel:
             self.model = getattr(transformers, architecture)(config).eval()
         self.config = config
         self.files = _weight_files(folder)
-        self._stack = ExitStack()
-        self._handles: dict[Path, object] = {}
         # Every name of every parameter, and the names that share one Parameter (ties).
         aliases: dict[int, list[str]] = defaultdict(list)
         for name, parameter in self.model.named_parameters(remove_duplicate=False):
@@ -69,13 +67,17 @@ class StreamedModel:
         return warnings
 
     def __enter__(self) -> StreamedModel:
+        self._hooks = []
         for name, module, whole in self._blocks():
-            module.register_forward_pre_hook(lambda module, args, name=name, whole=whole: self._load(name, module, whole))
-            module.register_forward_hook(lambda module, args, output, whole=whole: self._drop(module, whole))
+            self._hooks.append(module.register_forward_pre_hook(
+                lambda module, args, name=name, whole=whole: self._load(name, module, whole)))
+            self._hooks.append(module.register_forward_hook(
+                lambda module, args, output, whole=whole: self._drop(module, whole)))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stack.close()
+        for hook in self._hooks:
+            hook.remove()
 
     def _blocks(self) -> list[tuple[str, nn.Module, bool]]:
         """(name, module, whole): the embeddings and each encoder layer load whole; every other module
@@ -88,24 +90,28 @@ class StreamedModel:
                 blocks.append((name, module, False))
         return blocks
 
-    def _tensor(self, name: str) -> torch.Tensor:
+    def _tensor(self, name: str, handles: ExitStack, opened: dict[Path, object]) -> torch.Tensor:
         stored = next((alias for alias in self.aliases.get(name, [name]) if alias in self.files), None)
         if stored is None:
             raise KeyError(f"{name} is not in the output folder")
         path = self.files[stored]
-        if path not in self._handles:
-            self._handles[path] = self._stack.enter_context(safe_open(path, "pt"))
-        return self._handles[path].get_tensor(stored).to(torch.float32)
+        if path not in opened:
+            opened[path] = handles.enter_context(safe_open(path, "pt"))
+        # A copy: a view would keep the file's pages mapped, and counted as resident, for the whole pass.
+        return opened[path].get_tensor(stored).to(torch.float32, copy=True)
 
     def _load(self, prefix: str, block: nn.Module, whole: bool) -> None:
-        for module_name, module in (block.named_modules() if whole else [("", block)]):
-            full = f"{prefix}.{module_name}" if module_name else prefix
-            for name in list(module._parameters):
-                if module._parameters[name] is not None:
-                    module._parameters[name] = nn.Parameter(self._tensor(f"{full}.{name}"), requires_grad=False)
-            for name, buffer in list(module._buffers.items()):
-                if buffer is not None and buffer.is_meta:
-                    module._buffers[name] = self._buffer(name, buffer)
+        with ExitStack() as handles:  # the files are unmapped again once the block is loaded
+            opened: dict[Path, object] = {}
+            for module_name, module in (block.named_modules() if whole else [("", block)]):
+                full = f"{prefix}.{module_name}" if module_name else prefix
+                for name in list(module._parameters):
+                    if module._parameters[name] is not None:
+                        value = self._tensor(f"{full}.{name}", handles, opened)
+                        module._parameters[name] = nn.Parameter(value, requires_grad=False)
+                for name, buffer in list(module._buffers.items()):
+                    if buffer is not None and buffer.is_meta:
+                        module._buffers[name] = self._buffer(name, buffer)
 
     def _buffer(self, name: str, buffer: torch.Tensor) -> torch.Tensor:
         # Non-persistent index buffers of the embeddings, recomputed as Transformers' __init__ does.
