@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -162,6 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fairseq-to-hf: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Whoever read stdout stopped (`... --json | head`); the work itself is done.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     return EXIT_OK
 
 
@@ -191,18 +196,7 @@ def _verify(args: argparse.Namespace, log) -> int:
     return EXIT_OK if report["passed"] else EXIT_VERIFY_FAILED
 
 
-def _convert_batch(args: argparse.Namespace, log, convert_batch, card) -> int:
-    from .progress import WriteProgress
-
-    results = convert_batch(
-        args.src, args.out, args.checkpoint, force=args.force, log=log,
-        progress=None if args.quiet else WriteProgress(sys.stderr),
-        dictionary=args.dictionary, label_dict=args.label_dict, encoder_json=args.encoder_json,
-        vocab_bpe=args.vocab_bpe, sentencepiece_model=args.sentencepiece_model,
-        head=args.head, all_heads=args.all_heads, model_type=args.model_type, dtype=args.dtype, verify=args.verify,
-        verify_text=args.verify_text, tolerance=args.tolerance, max_shard_size=args.max_shard_size, card=card,
-        allow_non_finite=args.allow_non_finite,
-    )
+def _report_batch(args: argparse.Namespace, log, results) -> int:
     failed = [(path, outcome) for path, outcome in results if isinstance(outcome, ConversionError)]
     log(f"converted {len(results) - len(failed)} of {len(results)} checkpoints into {args.out}")
     for path, error in failed:
@@ -229,33 +223,18 @@ def _convert(args: argparse.Namespace, log) -> int:
     from .convert import convert, convert_batch
     from .progress import WriteProgress
 
-    if args.checkpoint and any(char in args.checkpoint for char in "*?["):
-        return _convert_batch(args, log, convert_batch, CardOptions(language=args.language, license=args.license,
-                                                                     base_model=args.base_model))
-    report = convert(
-        args.src,
-        args.out,
-        checkpoint=args.checkpoint,
-        dictionary=args.dictionary,
-        label_dict=args.label_dict,
-        encoder_json=args.encoder_json,
-        vocab_bpe=args.vocab_bpe,
-        sentencepiece_model=args.sentencepiece_model,
-        head=args.head,
-        all_heads=args.all_heads,
-        model_type=args.model_type,
-        dtype=args.dtype,
-        verify=args.verify,
-        dry_run=args.dry_run,
-        verify_text=args.verify_text,
-        tolerance=args.tolerance,
-        force=args.force,
-        max_shard_size=args.max_shard_size,
+    options = dict(
+        dictionary=args.dictionary, label_dict=args.label_dict, encoder_json=args.encoder_json,
+        vocab_bpe=args.vocab_bpe, sentencepiece_model=args.sentencepiece_model, head=args.head,
+        all_heads=args.all_heads, model_type=args.model_type, dtype=args.dtype, verify=args.verify,
+        verify_text=args.verify_text, tolerance=args.tolerance, max_shard_size=args.max_shard_size,
         card=CardOptions(language=args.language, license=args.license, base_model=args.base_model),
-        allow_non_finite=args.allow_non_finite,
-        log=log,
+        allow_non_finite=args.allow_non_finite, force=args.force, log=log,
         progress=None if args.quiet else WriteProgress(sys.stderr),
     )
+    if args.checkpoint and any(char in args.checkpoint for char in "*?["):
+        return _report_batch(args, log, convert_batch(args.src, args.out, args.checkpoint, **options))
+    report = convert(args.src, args.out, checkpoint=args.checkpoint, dry_run=args.dry_run, **options)
     if args.dry_run:
         if args.json:
             print(json.dumps(report.as_dict(), indent=2))
