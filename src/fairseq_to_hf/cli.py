@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import signal
@@ -14,6 +15,8 @@ from .arch.families import FAMILIES
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_VERIFY_FAILED, ConversionError
 from .plan import LM_HEAD, OUTPUT_DTYPES
 from .verify.compare import DEFAULT_TOLERANCE
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 EXIT_CODES_HELP = """exit codes:
   0    converted (and verified, unless --no-verify)
@@ -138,12 +141,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _return_freed_memory_promptly() -> None:
+    """Have glibc serve allocations of 1 MiB and more with mmap, so freeing them returns the memory.
+
+    By default glibc raises that threshold up to 32 MiB as large blocks are freed, after which
+    layer-sized tensors come from the heap and stay resident once freed: converting and verifying
+    tensor after tensor then grows the process by the heap's fragmentation (2.1 GB instead of 0.9 GB
+    peak for a 355M-parameter model).
+    """
+    try:
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):
+        pass  # not glibc: its allocator has its own policy
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _return_freed_memory_promptly()
     signal.signal(signal.SIGTERM, _raise_interrupt)  # clean up staged output as on Ctrl-C
 
     def log(message: str) -> None:

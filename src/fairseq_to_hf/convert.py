@@ -26,7 +26,7 @@ from .writer import (DEFAULT_MAX_SHARD_BYTES, check_output_target, parse_size, p
 
 Log = Callable[[str], None]
 # Above this size the converted model is verified block by block instead of loaded whole.
-STREAMED_VERIFY_BYTES = 256 << 20
+STREAMED_VERIFY_BYTES = 64 << 20
 NO_TOKENIZER = ("no tokenizer written: SRC has neither encoder.json + vocab.bpe (GPT-2 BPE) nor a sentencepiece "
                 "model; pass --encoder-json and --vocab-bpe, or --sentencepiece-model, to write one")
 
