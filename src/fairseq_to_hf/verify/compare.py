@@ -15,7 +15,7 @@ from .streamed_model import StreamedModel
 
 # Allowed max abs difference, relative to the output's own scale (max |value|, at least 1).
 DEFAULT_TOLERANCE = 1e-5
-STREAMED_MAX_TOKENS = 128  # longest input of a block-by-block verification
+STREAMED_MAX_TOKENS = 64  # longest input of a block-by-block verification
 
 
 @dataclass
