@@ -118,7 +118,9 @@ def verify_weights(
         if streamed:
             streamed_model = stack.enter_context(StreamedModel(folder, architecture))
             model, warnings = streamed_model.model, streamed_model.loading_warnings
-            inputs = group_for_streaming(inputs)
+            # One batch: the weights are read once, and with inputs of at most STREAMED_MAX_TOKENS
+            # the padding costs little compute.
+            inputs = {"all_inputs_as_one_batch": pad_together(list(inputs.values()))}
         else:
             model, warnings = load_transformers_model(folder, architecture)
         result = WeightsVerification(loading_warnings=warnings,
@@ -135,20 +137,6 @@ def max_abs_diff(want: torch.Tensor, have: torch.Tensor) -> float:
     both_nan = want.isnan() & have.isnan()
     difference = torch.where(both_nan, 0.0, torch.nan_to_num(difference, nan=float("inf")))
     return float(difference.max())
-
-
-def group_for_streaming(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Two batches: the longest input alone, every other row padded together.
-
-    Each batch costs one read of the weights; padding short rows to the longest length would cost
-    far more compute than the second read.
-    """
-    longest = max(inputs, key=lambda name: inputs[name].shape[1])
-    others = [tokens for name, tokens in inputs.items() if name != longest]
-    grouped = {longest: inputs[longest]}
-    if others:
-        grouped["other_inputs_as_one_batch"] = pad_together(others)
-    return grouped
 
 
 def pad_together(batches: list[torch.Tensor]) -> torch.Tensor:
