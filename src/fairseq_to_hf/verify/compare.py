@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..reader.tensors import LazyTensor
-from .reference import PAD, FairseqReference, sample_inputs, scale_of
+from .reference import PAD, FairseqReference, ReferenceOutputs, sample_inputs, scale_of
 from .streamed_model import StreamedModel
 
 # Allowed max abs difference, relative to the output's own scale (max |value|, at least 1).
@@ -148,9 +148,28 @@ def pad_together(batches: list[torch.Tensor]) -> torch.Tensor:
     return padded
 
 
+def _flatten_rows(outputs: list[ReferenceOutputs]) -> ReferenceOutputs:
+    """Reference outputs of single unpadded rows, as the real positions of their batch (N x ...)."""
+    def cat(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
+        return None if tensors[0] is None else torch.cat(tensors)
+
+    layers = len(outputs[0].hidden_states)
+    return ReferenceOutputs(
+        hidden_states=[torch.cat([out.hidden_states[i][0] for out in outputs]) for i in range(layers)],
+        last_hidden_state=torch.cat([out.last_hidden_state[0] for out in outputs]),
+        mlm_logits=cat([out.mlm_logits for out in outputs]),
+        head_logits=cat([out.head_logits for out in outputs]),
+    )
+
+
 def _compare(model, reference: FairseqReference, inputs: dict[str, torch.Tensor], head: str | None,
              vocab_size: int, tolerance: float, result: WeightsVerification) -> None:
-    references = reference.forward_many(list(inputs.values()), head)
+    # The reference runs every row on its own, without pads: fairseq's outputs at real positions do
+    # not depend on padding, and pads would only cost compute. Its rows are then flattened in the
+    # order of the padded batch's real positions.
+    rows = {name: [row[row.ne(PAD)].unsqueeze(0) for row in tokens] for name, tokens in inputs.items()}
+    per_row = iter(reference.forward_many([row for batch in rows.values() for row in batch], head))
+    references = [_flatten_rows([next(per_row) for _ in rows[name]]) for name in inputs]
     for (name, tokens), expected in zip(inputs.items(), references):
         result.inputs[name] = list(tokens.shape)
         real = tokens.ne(PAD)  # fairseq zeroes pad positions; only real tokens are compared
@@ -168,9 +187,9 @@ def _compare(model, reference: FairseqReference, inputs: dict[str, torch.Tensor]
             raise AssertionError("layer counts differ between the reference and the converted model")
         # Transformers' last hidden state is the encoder output: for pre-norm models, after the final
         # LayerNorm, where fairseq's last inner state is before it.
-        pairs = [(f"hidden_states[{i}]", e[real], g[real])
+        pairs = [(f"hidden_states[{i}]", e, g[real])
                  for i, (e, g) in enumerate(zip(expected.hidden_states[:-1], got.hidden_states[:-1]))]
-        pairs.append(("last_hidden_state", expected.last_hidden_state[real], got.hidden_states[-1][real]))
+        pairs.append(("last_hidden_state", expected.last_hidden_state, got.hidden_states[-1][real]))
         if head is None:
             # Columns past the fairseq vocabulary are tokenizer aliases of <unk>: never predicted.
             pairs.append(("mlm_logits", expected.mlm_logits, logits[:, :vocab_size]))
