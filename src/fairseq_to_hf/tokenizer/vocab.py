@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..reader.dictionary import MASK, SPECIAL_SYMBOLS, UNK_ID, Dictionary
+from ..reader.dictionary import MASK, SPECIAL_SYMBOLS, Dictionary
 
 
 @dataclass
@@ -28,13 +28,6 @@ class TokenVocabulary:
     @property
     def size(self) -> int:
         return self.model_rows + len(self.aliases)
-
-    def alias_ids(self) -> range:
-        return range(self.model_rows, self.size)
-
-    def as_fairseq_id(self, token_id: int) -> int:
-        """An id as fairseq would have produced it: aliases are <unk>."""
-        return UNK_ID if token_id >= self.model_rows else token_id
 
 
 def assign_ids(

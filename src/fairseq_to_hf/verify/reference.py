@@ -128,9 +128,6 @@ class FairseqReference:
         finally:
             self._cache = None
 
-    def forward(self, tokens: torch.Tensor, head: str | None) -> ReferenceOutputs:
-        return self.forward_many([tokens], head)[0]
-
     @torch.no_grad()
     def forward_many(self, batches: list[torch.Tensor], head: str | None) -> list[ReferenceOutputs]:
         """fairseq's forward pass on each batch, stage by stage, so weights are read once for all batches."""
