@@ -17,7 +17,7 @@ from .progress import WriteProgress
 from .plan import OUTPUT_DTYPES, ConversionPlan, PlanOptions, describe_heads, list_heads, make_plan
 from .reader.checkpoint import Checkpoint, read_checkpoint
 from .reader.dictionary import Dictionary, read_dictionary
-from .reader.folder import SourceFiles, find_source_files
+from .reader.folder import SourceFiles, find_source_files, read_text_lines
 from .report import REPORT_FILE, ConversionReport, OutputReport
 from .tokenizer import PreparedTokenizer, prepare_tokenizer, write_tokenizer
 from .verify.compare import DEFAULT_TOLERANCE
@@ -168,7 +168,7 @@ def _options(head=None, all_heads=False, model_type=None, dtype=None, verify=Tru
         raise ConversionError(f"unknown dtype {dtype!r}; choose from {', '.join(OUTPUT_DTYPES)}")
     return ConvertOptions(
         head=head, all_heads=all_heads, model_type=model_type, dtype=dtype, verify=verify,
-        verify_streamed=verify_streamed, verify_lines=tuple(_read_lines(verify_text)) if verify_text else (),
+        verify_streamed=verify_streamed, verify_lines=tuple(read_text_lines(verify_text)) if verify_text else (),
         tolerance=tolerance,
         max_shard_bytes=parse_size(max_shard_size) if isinstance(max_shard_size, str) else int(max_shard_size),
         card=card or CardOptions(), strict_labels=strict_labels, allow_non_finite=allow_non_finite,
@@ -266,14 +266,6 @@ def format_plan(plan: ConversionPlan, out: Path, max_shard_bytes: int) -> str:
         lines.append(f"  left out {stored}: {reason}")
     lines += [f"  note: {note}" for note in plan.notes]
     return "\n".join(lines)
-
-
-def _read_lines(path: str | Path) -> list[str]:
-    try:
-        return Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConversionError(f"cannot be read as UTF-8 text ({error})", path=path,
-                              hint="--verify-text takes a text file, one line per sample") from None
 
 
 def _write_one(folder: Path, final_folder: Path, plan: ConversionPlan, tokenizer: PreparedTokenizer | None,

@@ -12,7 +12,7 @@ from .plan import LM_HEAD, ConversionPlan, PlanOptions, describe_heads, detect_h
 from .reader.checkpoint import read_checkpoint
 from .reader.dictionary import Dictionary, read_dictionary
 from .reader.folder import find_source_files
-from .writer import plan_shards, shard_file_names
+from .writer import DEFAULT_MAX_SHARD_BYTES, plan_shards, shard_file_names
 
 
 def inspect_source(src: str | Path, *, checkpoint: str | Path | None = None, dictionary: str | Path | None = None,
@@ -70,7 +70,7 @@ def _would_produce(source, dictionary: Dictionary, head: str | None) -> dict[str
     return {"plan": describe_plan(plan)}
 
 
-def describe_plan(plan: ConversionPlan, max_shard_bytes: int = 5 * 10**9) -> dict[str, Any]:
+def describe_plan(plan: ConversionPlan, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> dict[str, Any]:
     shards = plan_shards(plan.tensors, max_shard_bytes)
     dims = plan.dims
     return {

@@ -159,7 +159,7 @@ def make_plan(checkpoint: Checkpoint, dictionary: Dictionary, options: PlanOptio
     family = _family(pre_norm, embedding_norm, dictionary_kind(dictionary), options.model_type, path)
     heads = detect_heads(source)
     head = _select_head(heads, options.head, source, path)
-    _check_options(hparams, head, family, source, problems)
+    _check_options(hparams, head, source, problems)
     problems.raise_if_any(UnsupportedModelError, "cannot convert this checkpoint exactly", path=path)
 
     tie = not bool(hparams.get("untie_weights_roberta", False))
@@ -380,7 +380,7 @@ def _select_head(heads: list[HeadInfo], requested: str | None, source: dict[str,
     )
 
 
-def _check_options(hparams: dict[str, Any], head: HeadInfo | None, family: Family,
+def _check_options(hparams: dict[str, Any], head: HeadInfo | None,
                    source: dict[str, SourceTensor], problems: ProblemList) -> None:
     """fairseq options that change what the model computes, checked against what the target can do."""
     activation = hparams.get("activation_fn", "gelu")

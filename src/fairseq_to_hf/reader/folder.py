@@ -103,6 +103,15 @@ def _optional_file(folder: Path, given: str | Path | None, candidates: tuple[str
     return next((folder / name for name in candidates if (folder / name).is_file()), None)
 
 
+def read_text_lines(path: str | Path) -> list[str]:
+    """The lines of a UTF-8 text file given with --verify-text."""
+    try:
+        return Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConversionError(f"cannot be read as UTF-8 text ({error})", path=path,
+                              hint="--verify-text takes a text file, one line per sample") from None
+
+
 def _resolve(folder: Path, name: str | Path) -> Path:
     path = Path(name)
     return path if path.is_absolute() or path.exists() else folder / path

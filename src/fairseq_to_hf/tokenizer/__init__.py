@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from tokenizers import Tokenizer
 
 from ..reader.dictionary import BOS, EOS, MASK, PAD, UNK, Dictionary
 from .gpt2 import build_gpt2_tokenizer, gpt2_vocabulary, read_gpt2_files
+from ..writer import write_json
 from .vocab import TokenVocabulary
 
 # transformers 4.x and 5.x both load tokenizer.json as it is through this class; model-specific classes
@@ -92,10 +92,6 @@ def write_tokenizer(folder: Path, prepared: PreparedTokenizer, model_max_length:
     }
     if prepared.kind == "gpt2":
         config["add_prefix_space"] = False
-    _write_json(folder / "tokenizer_config.json", config)
-    _write_json(folder / "special_tokens_map.json", specials)
+    write_json(folder / "tokenizer_config.json", config)
+    write_json(folder / "special_tokens_map.json", specials)
     return ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
-
-
-def _write_json(path: Path, data: object) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

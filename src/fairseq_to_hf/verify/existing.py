@@ -12,7 +12,7 @@ from ..errors import ConversionError
 from ..plan import PlanOptions, list_heads, make_plan
 from ..reader.checkpoint import read_checkpoint
 from ..reader.dictionary import read_dictionary
-from ..reader.folder import find_source_files
+from ..reader.folder import find_source_files, read_text_lines
 from ..tokenizer import prepare_tokenizer
 from .compare import DEFAULT_TOLERANCE, verify_weights
 from .tokenizer_check import verify_tokenizer
@@ -64,7 +64,7 @@ def verify_folder(
     has_tokenizer_files = any((out / name).exists() for name in ("tokenizer.json", "vocab.json",
                                                                   "sentencepiece.bpe.model"))
     if tokenizer and has_tokenizer_files:
-        extra = Path(verify_text).read_text(encoding="utf-8").splitlines() if verify_text else []
+        extra = read_text_lines(verify_text) if verify_text else []
         tokens = verify_tokenizer(out, tokenizer.reference_bpe, token_dictionary, dims.vocab_size,
                                   int(config.get("vocab_size", dims.vocab_size)), extra, tokenizer.unknown_run_quirk)
         report["tokenizer_verification"] = tokens.as_dict()
