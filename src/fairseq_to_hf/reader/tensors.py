@@ -101,6 +101,8 @@ class StorageIndex:
     locations: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (file offset, nbytes)
     refs: dict[str, StorageRef] = field(default_factory=dict)
     checksums: dict[str, int] = field(default_factory=dict)  # key -> CRC-32 from the zip directory
+    # Storages whose CRC-32 matched once: a later read (the verification's) need not pay for it again.
+    checked: set[str] = field(default_factory=set)
 
     def ref(self, key: str, dtype: torch.dtype, numel: int) -> StorageRef:
         known = self.refs.get(key)
@@ -136,9 +138,11 @@ class StorageIndex:
         self._read_into(buffer, start)
         expected = self.checksums.get(storage.key)
         whole = storage.element_offset + offset == 0 and nbytes == available
-        if expected is not None and whole and zlib.crc32(buffer) != expected:
-            raise CheckpointFormatError(f"storage {storage.key!r} is damaged (its CRC-32 does not match)",
-                                        path=self.path, hint="copy or download the file again")
+        if expected is not None and whole and storage.key not in self.checked:
+            if zlib.crc32(buffer) != expected:
+                raise CheckpointFormatError(f"storage {storage.key!r} is damaged (its CRC-32 does not match)",
+                                            path=self.path, hint="copy or download the file again")
+            self.checked.add(storage.key)
         if storage.dtype == torch.bool:
             return raw != 0
         return raw.view(storage.dtype)

@@ -4,7 +4,8 @@ This module deliberately shares no key mapping with the converter: it finds fair
 own names (any generation) and computes what fairseq's RobertaModel computes. If the converter mapped a
 tensor to the wrong place, the Transformers model and this reference disagree.
 
-Tensors are fetched one at a time through `weight()`, so a forward pass holds one layer's weights.
+Tensors are read stage by stage (embeddings, one layer, the head), so a forward pass holds one layer's
+weights, and the next one's as it arrives.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..reader.tensors import LazyTensor
+from ..prefetch import Prefetcher
 
 PAD = 1
 EPS = 1e-5
@@ -31,10 +33,24 @@ ACTIVATIONS = {
 
 @dataclass
 class ReferenceOutputs:
-    hidden_states: list[torch.Tensor]  # embeddings output, then each layer's output (B x T x C)
-    last_hidden_state: torch.Tensor
-    mlm_logits: torch.Tensor | None  # at the real (non-pad) positions only: N x vocab
-    head_logits: torch.Tensor | None
+    """fairseq's outputs for sequences packed end to end: one row per token, in sequence order."""
+
+    hidden_states: list[torch.Tensor]  # embeddings output, then each layer's output (N x C)
+    last_hidden_state: torch.Tensor  # N x C
+    mlm_logits: torch.Tensor | None  # N x vocab
+    head_logits: torch.Tensor | None  # one row per sequence
+
+    def select(self, tokens: slice, sequences: slice) -> ReferenceOutputs:
+        """The outputs of a run of consecutive sequences: their token rows and their head rows."""
+        return ReferenceOutputs(
+            hidden_states=[hidden[tokens] for hidden in self.hidden_states],
+            last_hidden_state=self.last_hidden_state[tokens],
+            mlm_logits=None if self.mlm_logits is None else self.mlm_logits[tokens],
+            head_logits=None if self.head_logits is None else self.head_logits[sequences],
+        )
+
+
+Stage = tuple[str, ...]  # prefixes of the fairseq tensor names a stage of the forward pass uses
 
 
 class FairseqReference:
@@ -45,7 +61,7 @@ class FairseqReference:
         self.hparams = hparams
         self.round_to = round_to  # the output dtype when the converter casts; the reference rounds alike
         self.prefix = "decoder" if any(k.startswith("decoder.sentence_encoder.") for k in state) else "encoder"
-        self._cache: dict[str, torch.Tensor] | None = None
+        self._stage_tensors: dict[str, torch.Tensor] = {}
 
     # ---- finding fairseq tensors under any generation's names --------------------------------------
 
@@ -53,21 +69,27 @@ class FairseqReference:
         return self._lookup(name) is not None
 
     def weight(self, name: str) -> torch.Tensor:
-        if self._cache is not None and name in self._cache:
-            return self._cache[name]
         found = self._lookup(name)
         if found is None:
             raise KeyError(name)
-        value = found() if callable(found) else found.load()
+        key, part = found
+        value = self._stage_tensors.get(key)
+        if value is None:  # not among the current stage's tensors: read it now
+            value = self._load(key)
+        return value if part is None else value.chunk(3, dim=0)[part]
+
+    def _load(self, key: str) -> torch.Tensor:
+        value = self.state[key].load()
         if self.round_to is not None and value.is_floating_point():
             value = value.to(self.round_to)
-        value = value.to(torch.float32)
-        if self._cache is not None:
-            self._cache[name] = value
-        return value
+        return value.to(torch.float32)
 
-    def _lookup(self, name: str):
-        name = name.replace("encoder.", f"{self.prefix}.", 1) if name.startswith("encoder.") else name
+    def _source_name(self, name: str) -> str:
+        return name.replace("encoder.", f"{self.prefix}.", 1) if name.startswith("encoder.") else name
+
+    def _lookup(self, name: str) -> tuple[str, int | None] | None:
+        """(fairseq key, which third of a fused q/k/v projection or None) holding `name`'s values."""
+        name = self._source_name(name)
         candidates = [name]
         if ".layernorm_embedding." in name:
             candidates.append(name.replace(".layernorm_embedding.", ".emb_layer_norm."))
@@ -77,14 +99,44 @@ class FairseqReference:
             candidates.append(name.replace(".final_layer_norm.", ".layer_norms.1."))
         for candidate in candidates:
             if candidate in self.state:
-                return self.state[candidate]
-        for projection, part in (("q_proj", 0), ("k_proj", 1), ("v_proj", 2)):
+                return candidate, None
+        for part, projection in enumerate(("q_proj", "k_proj", "v_proj")):
             marker = f".self_attn.{projection}."
             if marker in name:
-                fused = self.state.get(name.replace(f"{projection}.", "in_proj_"))
-                if fused is not None:
-                    return lambda fused=fused, part=part: fused.load().chunk(3, dim=0)[part]
+                fused = name.replace(f"{projection}.", "in_proj_")
+                if fused in self.state:
+                    return fused, part
         return None
+
+    # ---- reading weights stage by stage ------------------------------------------------------------
+
+    def _stages(self, layers: int, pre_norm: bool, head: str | None) -> list[Stage]:
+        enc = "encoder.sentence_encoder"
+        stages: list[Stage] = [(f"{enc}.embed_tokens.", f"{enc}.embed_positions.",
+                                f"{enc}.layernorm_embedding.", f"{enc}.emb_layer_norm.")]
+        stages += [(f"{enc}.layers.{i}.",) for i in range(layers)]
+        if pre_norm:
+            stages.append((f"{enc}.layer_norm.",))
+        if head is not None:
+            stages.append((f"classification_heads.{head}.",))
+        elif self.has("encoder.lm_head.weight"):
+            stages.append(("encoder.lm_head.",))
+        else:
+            stages.append(("encoder.lm_head.", f"{enc}.embed_tokens."))
+        return stages
+
+    def _load_stage(self, stage: Stage) -> dict[str, torch.Tensor]:
+        prefixes = tuple(self._source_name(prefix) for prefix in stage)
+        return {key: self._load(key) for key in self.state if key.startswith(prefixes)}
+
+    @contextmanager
+    def _using(self, tensors: dict[str, torch.Tensor]):
+        """Within the block, `weight()` serves these tensors; after it they are freed."""
+        self._stage_tensors = tensors
+        try:
+            yield
+        finally:
+            self._stage_tensors = {}
 
     # ---- the model ---------------------------------------------------------------------------------
 
@@ -94,24 +146,26 @@ class FairseqReference:
     def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
         return F.linear(x, self.weight(f"{name}.weight"), self.weight(f"{name}.bias"))
 
-    def _attention(self, x: torch.Tensor, name: str, pad_mask: torch.Tensor) -> torch.Tensor:
-        batch, length, dim = x.shape
+    def _attention(self, x: torch.Tensor, name: str, lengths: list[int]) -> torch.Tensor:
+        """Self-attention of each sequence over itself only (the rows of x are the packed sequences)."""
+        dim = x.shape[-1]
         heads = self.hparams.get("encoder_attention_heads")
         if not isinstance(heads, int) or heads <= 0:
             heads = max(dim // 64, 1)  # RoBERTa's convention when the checkpoint does not say
         head_dim = dim // heads
 
         def split(t: torch.Tensor) -> torch.Tensor:
-            return t.view(batch, length, heads, head_dim).transpose(1, 2)
+            return t.view(len(t), heads, head_dim).transpose(0, 1)
 
-        q = split(self._linear(x, f"{name}.q_proj") * head_dim**-0.5)
-        k = split(self._linear(x, f"{name}.k_proj"))
-        v = split(self._linear(x, f"{name}.v_proj"))
-        scores = q @ k.transpose(-1, -2)
-        scores = scores.masked_fill(pad_mask[:, None, None, :], float("-inf"))
-        context = torch.softmax(scores, dim=-1) @ v
-        context = context.transpose(1, 2).reshape(batch, length, dim)
-        return self._linear(context, f"{name}.out_proj")
+        q = self._linear(x, f"{name}.q_proj") * head_dim**-0.5
+        k = self._linear(x, f"{name}.k_proj")
+        v = self._linear(x, f"{name}.v_proj")
+        contexts = []
+        for q_seq, k_seq, v_seq in zip(q.split(lengths), k.split(lengths), v.split(lengths)):
+            scores = split(q_seq) @ split(k_seq).transpose(-1, -2)
+            context = torch.softmax(scores, dim=-1) @ split(v_seq)
+            contexts.append(context.transpose(0, 1).reshape(len(q_seq), dim))
+        return self._linear(torch.cat(contexts), f"{name}.out_proj")
 
     def num_layers(self) -> int:
         count = 0
@@ -119,58 +173,56 @@ class FairseqReference:
             count += 1
         return count
 
-    @contextmanager
-    def stage(self):
-        """Within a stage every tensor is read once, however many batches use it; then it is freed."""
-        self._cache = {}
-        try:
-            yield
-        finally:
-            self._cache = None
-
     @torch.no_grad()
-    def forward_many(self, batches: list[torch.Tensor], head: str | None) -> list[ReferenceOutputs]:
-        """fairseq's forward pass on each batch, stage by stage, so weights are read once for all batches."""
+    def forward(self, sequences: list[torch.Tensor], head: str | None) -> ReferenceOutputs:
+        """fairseq's forward pass on each sequence of token ids (no pads), all at once.
+
+        fairseq's outputs at a sequence's real positions do not depend on padding or on the other
+        sequences of its batch, so the sequences are packed end to end: every linear layer then runs
+        once on all tokens, and only attention looks at one sequence at a time. The weights are read
+        stage by stage (embeddings, each layer, the head), the next stage's while this one computes.
+        """
         enc = "encoder.sentence_encoder"
         activation = ACTIVATIONS[self.hparams.get("activation_fn", "gelu")]
-        pad_masks = [tokens.eq(PAD) for tokens in batches]
+        lengths = [len(sequence) for sequence in sequences]
+        tokens = torch.cat(sequences)
+        # fairseq.utils.make_positions: a sequence's positions count from padding_idx + 1.
+        positions = torch.cat([torch.arange(length) for length in lengths]) + PAD + 1
         pre_norm = self.has(f"{enc}.layer_norm.weight")
-        with self.stage():
-            xs = [self._embed(tokens, pad_mask) for tokens, pad_mask in zip(batches, pad_masks)]
-        hiddens = [[x] for x in xs]
-        for i in range(self.num_layers()):
-            with self.stage():
-                xs = [self._layer(f"{enc}.layers.{i}", x, pad_mask, pre_norm, activation)
-                      for x, pad_mask in zip(xs, pad_masks)]
-            for hidden, x in zip(hiddens, xs):
-                hidden.append(x)
-        if pre_norm:
-            with self.stage():
-                xs = [self._layer_norm(x, f"{enc}.layer_norm") for x in xs]
-        with self.stage():
-            outputs = []
-            for x, hidden, pad_mask in zip(xs, hiddens, pad_masks):
-                mlm = self._lm_logits(x[~pad_mask], activation) if head is None else None
-                head_logits = self._head_logits(x[:, 0, :], head) if head is not None else None
-                outputs.append(ReferenceOutputs(hidden, x, mlm, head_logits))
-        return outputs
+        layers = self.num_layers()
+        order = self._stages(layers, pre_norm, head)
+        stages = iter(order)
+        with Prefetcher(order, self._load_stage) as prefetch:
+            with self._using(prefetch.take(next(stages))):
+                x = self._embed(tokens, positions)
+            hidden_states = [x]
+            for i in range(layers):
+                with self._using(prefetch.take(next(stages))):
+                    x = self._layer(f"{enc}.layers.{i}", x, lengths, pre_norm, activation)
+                hidden_states.append(x)
+            if pre_norm:
+                with self._using(prefetch.take(next(stages))):
+                    x = self._layer_norm(x, f"{enc}.layer_norm")
+            with self._using(prefetch.take(next(stages))):
+                mlm = self._lm_logits(x, activation) if head is None else None
+                first_tokens = torch.tensor([0, *lengths[:-1]]).cumsum(0)
+                head_logits = self._head_logits(x[first_tokens], head) if head is not None else None
+        return ReferenceOutputs(hidden_states, x, mlm, head_logits)
 
-    def _embed(self, tokens: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+    def _embed(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         enc = "encoder.sentence_encoder"
-        not_pad = (~pad_mask).long()
-        positions = torch.cumsum(not_pad, dim=1) * not_pad + PAD  # fairseq.utils.make_positions
         x = F.embedding(tokens, self.weight(f"{enc}.embed_tokens.weight"))
         x = x + F.embedding(positions, self.weight(f"{enc}.embed_positions.weight"))
         if self.has(f"{enc}.layernorm_embedding.weight"):
             x = self._layer_norm(x, f"{enc}.layernorm_embedding")
-        return x * not_pad.unsqueeze(-1).to(x.dtype)  # fairseq zeroes the pad positions
+        return x
 
-    def _layer(self, layer: str, x: torch.Tensor, pad_mask: torch.Tensor, pre_norm: bool, activation) -> torch.Tensor:
+    def _layer(self, layer: str, x: torch.Tensor, lengths: list[int], pre_norm: bool, activation) -> torch.Tensor:
         if pre_norm:
-            x = x + self._attention(self._layer_norm(x, f"{layer}.self_attn_layer_norm"), f"{layer}.self_attn", pad_mask)
+            x = x + self._attention(self._layer_norm(x, f"{layer}.self_attn_layer_norm"), f"{layer}.self_attn", lengths)
             y = self._layer_norm(x, f"{layer}.final_layer_norm")
             return x + self._linear(activation(self._linear(y, f"{layer}.fc1")), f"{layer}.fc2")
-        x = self._layer_norm(x + self._attention(x, f"{layer}.self_attn", pad_mask), f"{layer}.self_attn_layer_norm")
+        x = self._layer_norm(x + self._attention(x, f"{layer}.self_attn", lengths), f"{layer}.self_attn_layer_norm")
         y = self._linear(activation(self._linear(x, f"{layer}.fc1")), f"{layer}.fc2")
         return self._layer_norm(x + y, f"{layer}.final_layer_norm")
 

@@ -1,37 +1,80 @@
 """The Transformers model of an output folder, run with one block's weights in memory at a time.
 
 The model is built on the meta device (no memory), then every block (the embeddings, each encoder
-layer, each remaining module with weights) loads its tensors from the folder's safetensors just before
-it runs and drops them right after. The forward pass is Transformers' own code, as after
-`from_pretrained`; only where the weights live differs. Tied parameters are found structurally (one
+layer, each remaining module with weights) gets its tensors from the folder's safetensors just before
+it runs (they are read while the block before it computes) and drops them right after. The forward
+pass is Transformers' own code, as after `from_pretrained`; only where the weights live differs. Tied parameters are found structurally (one
 Parameter under several names), so a tensor stored once serves every name, as in `from_pretrained`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import struct
 from collections import defaultdict
-from contextlib import ExitStack
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
-from ..writer import INDEX_FILE, SINGLE_FILE
+from ..errors import ConversionError
+from ..writer import INDEX_FILE, SAFETENSORS_DTYPES, SINGLE_FILE
+from ..prefetch import Prefetcher
 
+DTYPES_BY_NAME = {name: dtype for dtype, name in SAFETENSORS_DTYPES.items()}
 BLOCK = re.compile(r"^(?:[a-z_]+\.)?(?:embeddings|encoder\.layer\.\d+)$")
 
 
-def _weight_files(folder: Path) -> dict[str, Path]:
-    """Tensor name -> safetensors file, from the index when sharded."""
-    index = folder / INDEX_FILE
-    if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return {name: folder / file for name, file in weight_map.items()}
-    with safe_open(folder / SINGLE_FILE, "pt") as handle:
-        return {name: folder / SINGLE_FILE for name in handle.keys()}
+class StoredWeights:
+    """Where every tensor of a folder's safetensors files lies; reads one into fresh memory on demand.
+
+    safetensors' own loader maps the file, so a tensor copied out of it is counted twice (mapped
+    pages and copy) while the block is read. Reading a tensor's byte range with pread holds it once,
+    and a float32 tensor needs no copy at all.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        index = folder / INDEX_FILE
+        if index.exists():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        else:
+            files = [SINGLE_FILE]
+        # name -> (file, dtype, shape, offset in the file, byte count)
+        self.locations: dict[str, tuple[Path, torch.dtype, list[int], int, int]] = {}
+        for file in files:
+            if not (folder / file).is_file():
+                raise ConversionError("has no safetensors weights to run block by block", path=folder / file,
+                                      hint="convert the folder's weights to safetensors, or verify without --block-by-block")
+            self._read_header(folder / file)
+
+    def _read_header(self, path: Path) -> None:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > size - 8:
+                raise ConversionError("is not a complete safetensors file", path=path)
+            header = json.loads(handle.read(length))
+        header.pop("__metadata__", None)
+        for name, entry in header.items():
+            dtype = DTYPES_BY_NAME.get(entry["dtype"])
+            begin, end = entry["data_offsets"]
+            if dtype is None or not 0 <= begin <= end <= size - 8 - length:
+                raise ConversionError(f"describes tensor {name!r} in a way this tool cannot read", path=path)
+            self.locations[name] = (path, dtype, list(entry["shape"]), 8 + length + begin, end - begin)
+
+    def read_float32(self, name: str) -> torch.Tensor:
+        path, dtype, shape, offset, nbytes = self.locations[name]
+        raw = torch.empty(nbytes, dtype=torch.uint8)
+        with open(path, "rb", buffering=0) as handle:
+            view, done = memoryview(raw.numpy()), 0
+            while done < nbytes:
+                got = os.preadv(handle.fileno(), [view[done:]], offset + done)
+                if got <= 0:
+                    raise ConversionError("ends in the middle of a tensor", path=path)
+                done += got
+        return raw.view(dtype).reshape(shape).to(torch.float32)
 
 
 class StreamedModel:
@@ -46,7 +89,7 @@ class StreamedModel:
         with torch.device("meta"):
             self.model = getattr(transformers, architecture)(config).eval()
         self.config = config
-        self.files = _weight_files(folder)
+        self.stored = StoredWeights(folder)
         # Every name of every parameter, and the names that share one Parameter (ties).
         aliases: dict[int, list[str]] = defaultdict(list)
         for name, parameter in self.model.named_parameters(remove_duplicate=False):
@@ -56,7 +99,7 @@ class StreamedModel:
 
     def _loading_warnings(self) -> list[str]:
         expected = set(self.aliases)
-        stored = set(self.files)
+        stored = set(self.stored.locations)
         missing = sorted(name for name in expected - stored if not any(a in stored for a in self.aliases[name]))
         unexpected = sorted(stored - expected)
         warnings = []
@@ -67,10 +110,15 @@ class StreamedModel:
         return warnings
 
     def __enter__(self) -> StreamedModel:
+        blocks = self._blocks()
+        self._modules = {name: (module, whole) for name, module, whole in blocks}
+        # Blocks run in the order Transformers registers them; the next one is read during this one.
+        self._prefetch = Prefetcher([name for name, _, _ in blocks], self._read_block)
+        self._prefetch.__enter__()
         self._hooks = []
-        for name, module, whole in self._blocks():
+        for name, module, whole in blocks:
             self._hooks.append(module.register_forward_pre_hook(
-                lambda module, args, name=name, whole=whole: self._load(name, module, whole)))
+                lambda module, args, name=name: self._install(self._prefetch.take(name))))
             self._hooks.append(module.register_forward_hook(
                 lambda module, args, output, whole=whole: self._drop(module, whole)))
         return self
@@ -78,6 +126,7 @@ class StreamedModel:
     def __exit__(self, *exc: object) -> None:
         for hook in self._hooks:
             hook.remove()
+        self._prefetch.__exit__(*exc)
 
     def _blocks(self) -> list[tuple[str, nn.Module, bool]]:
         """(name, module, whole): the embeddings and each encoder layer load whole; every other module
@@ -90,28 +139,33 @@ class StreamedModel:
                 blocks.append((name, module, False))
         return blocks
 
-    def _tensor(self, name: str, handles: ExitStack, opened: dict[Path, object]) -> torch.Tensor:
-        stored = next((alias for alias in self.aliases.get(name, [name]) if alias in self.files), None)
+    def _tensor(self, name: str) -> torch.Tensor:
+        stored = next((alias for alias in self.aliases.get(name, [name]) if alias in self.stored.locations), None)
         if stored is None:
             raise KeyError(f"{name} is not in the output folder")
-        path = self.files[stored]
-        if path not in opened:
-            opened[path] = handles.enter_context(safe_open(path, "pt"))
-        # A copy: a view would keep the file's pages mapped, and counted as resident, for the whole pass.
-        return opened[path].get_tensor(stored).to(torch.float32, copy=True)
+        return self.stored.read_float32(stored)
 
-    def _load(self, prefix: str, block: nn.Module, whole: bool) -> None:
-        with ExitStack() as handles:  # the files are unmapped again once the block is loaded
-            opened: dict[Path, object] = {}
-            for module_name, module in (block.named_modules() if whole else [("", block)]):
-                full = f"{prefix}.{module_name}" if module_name else prefix
-                for name in list(module._parameters):
-                    if module._parameters[name] is not None:
-                        value = self._tensor(f"{full}.{name}", handles, opened)
-                        module._parameters[name] = nn.Parameter(value, requires_grad=False)
-                for name, buffer in list(module._buffers.items()):
-                    if buffer is not None and buffer.is_meta:
-                        module._buffers[name] = self._buffer(name, buffer)
+    def _read_block(self, prefix: str) -> list[tuple[nn.Module, str, torch.Tensor, bool]]:
+        """(module, name, value, is_parameter) for every tensor the block holds itself."""
+        block, whole = self._modules[prefix]
+        values = []
+        for module_name, module in (block.named_modules() if whole else [("", block)]):
+            full = f"{prefix}.{module_name}" if module_name else prefix
+            for name, parameter in module._parameters.items():
+                if parameter is not None:
+                    values.append((module, name, self._tensor(f"{full}.{name}"), True))
+            for name, buffer in module._buffers.items():
+                if buffer is not None and buffer.is_meta:
+                    values.append((module, name, self._buffer(name, buffer), False))
+        return values
+
+    @staticmethod
+    def _install(values: list[tuple[nn.Module, str, torch.Tensor, bool]]) -> None:
+        for module, name, value, is_parameter in values:
+            if is_parameter:
+                module._parameters[name] = nn.Parameter(value, requires_grad=False)
+            else:
+                module._buffers[name] = value
 
     def _buffer(self, name: str, buffer: torch.Tensor) -> torch.Tensor:
         # Non-persistent index buffers of the embeddings, recomputed as Transformers' __init__ does.

@@ -1,0 +1,103 @@
+"""The verification's fairseq reference reproduces what the real fairseq computed, from the source alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import FIXTURES, PAD_ID, TOLERANCE, recording
+from fairseq_to_hf.reader.checkpoint import read_checkpoint
+from fairseq_to_hf.prefetch import Prefetcher
+from fairseq_to_hf.verify.reference import FairseqReference
+
+# (fixture, classification head or None for the masked-LM head)
+CASES = [
+    ("roberta_mlm", None),
+    ("roberta_mlm_untied", None),
+    ("roberta_mlm_fp16", None),
+    ("roberta_legacy_v09", None),  # decoder.* names, fused in_proj, emb_layer_norm, legacy file
+    ("roberta_prenorm", None),
+    ("roberta_cls", "sentiment_head"),
+    ("roberta_reg", "sentence_classification_head"),
+    ("xlmr_mlm", None),
+    ("xlmr_prenorm_cls", "script_head"),
+]
+
+
+def _close(name: str, expected: torch.Tensor, actual: torch.Tensor) -> None:
+    assert expected.shape == actual.shape, name
+    diff = float((expected - actual).abs().max())
+    assert diff <= TOLERANCE * max(1.0, float(expected.abs().max())), f"{name}: max abs diff {diff:.3g}"
+
+
+@pytest.mark.parametrize(("fixture", "head"), CASES)
+def test_packed_reference_matches_fairseqs_recorded_outputs(fixture: str, head: str | None) -> None:
+    fairseq = recording(fixture)
+    source = read_checkpoint(FIXTURES / fixture / "model.pt")
+    reference = FairseqReference(source.tensors, source.hparams)
+    layers = fairseq.meta["num_layers"]
+    # Every sample's rows, pads removed, in one packed run (as the verification runs them).
+    batches = [fairseq[f"{sample}.input_ids"] for sample in fairseq.samples]
+    outputs = reference.forward([row[row.ne(PAD_ID)] for batch in batches for row in batch], head)
+    token_start = sequence_start = 0
+    for sample, tokens in zip(fairseq.samples, batches):
+        real = tokens.ne(PAD_ID)
+        count = int(real.sum())
+        got = outputs.select(slice(token_start, token_start + count),
+                             slice(sequence_start, sequence_start + len(tokens)))
+        token_start, sequence_start = token_start + count, sequence_start + len(tokens)
+        for i in range(layers):  # the last inner state of a pre-norm model precedes its final LayerNorm
+            _close(f"{sample} hidden {i}", fairseq[f"{sample}.hidden.{i}"][real], got.hidden_states[i])
+        _close(f"{sample} features", fairseq[f"{sample}.features"][real], got.last_hidden_state)
+        if head is None:
+            vocab = fairseq.meta["vocab_size"]
+            _close(f"{sample} mlm logits", fairseq[f"{sample}.mlm_logits"][real][:, :vocab], got.mlm_logits)
+        else:
+            _close(f"{sample} head logits", fairseq[f"{sample}.head.{head}"], got.head_logits)
+    assert token_start == len(outputs.last_hidden_state)
+
+
+def test_reference_notices_a_changed_weight() -> None:
+    fairseq = recording("roberta_mlm")
+    source = read_checkpoint(FIXTURES / "roberta_mlm" / "model.pt")
+    reference = FairseqReference(source.tensors, source.hparams)
+    name = "encoder.sentence_encoder.layers.1.fc2.bias"
+    original = reference._load
+
+    def load_with_one_value_changed(key: str) -> torch.Tensor:
+        value = original(key)
+        if key == name:
+            value[0] += 1e-3  # one coordinate: a LayerNorm would absorb a uniform shift
+        return value
+
+    reference._load = load_with_one_value_changed
+    tokens = fairseq["s0.input_ids"][0]
+    outputs = reference.forward([tokens], None)
+    diff = float((fairseq["s0.features"][0] - outputs.last_hidden_state).abs().max())
+    assert diff > 1e-4
+
+
+def test_prefetcher_serves_blocks_in_any_order() -> None:
+    loads: list[str] = []
+
+    def load(block: str) -> str:
+        loads.append(block)
+        return block.upper()
+
+    with Prefetcher(["a", "b", "c"], load) as prefetch:
+        assert prefetch.take("a") == "A"
+        assert prefetch.take("c") == "C"  # out of order: loaded on the spot, the guess "b" discarded
+        assert prefetch.take("b") == "B"
+    assert loads.count("a") == 1 and loads.count("c") == 1
+
+
+def test_prefetcher_passes_on_a_loading_error() -> None:
+    def load(block: str) -> str:
+        if block == "b":
+            raise ValueError("damaged")
+        return block
+
+    with Prefetcher(["a", "b"], load) as prefetch:
+        prefetch.take("a")
+        with pytest.raises(ValueError, match="damaged"):
+            prefetch.take("b")
