@@ -102,26 +102,22 @@ def test_tied_embeddings_are_stored_once(tmp_path: Path) -> None:
                                           ("roberta_cls", "sentiment_head")])
 def test_block_by_block_verification_agrees_with_from_pretrained(fixture: str, head: str | None,
                                                                   tmp_path: Path) -> None:
-    from fairseq_to_hf.reader import read_checkpoint
-    from fairseq_to_hf.verify.compare import verify_weights
+    from fairseq_to_hf.verify.existing import verify_folder
 
     report = convert(FIXTURES / fixture, tmp_path / "out", verify_streamed=True)
     assert report.verified and report.outputs[0].verification["loaded_with"] == "block by block"
-    source = read_checkpoint(FIXTURES / fixture / "model.pt")
-    meta = recording(fixture).meta
-    results = [verify_weights(tmp_path / "out", report.outputs[0].architecture, source.tensors, source.hparams,
-                              head=head, vocab_size=meta["vocab_size"], positions=meta["position_table_rows"],
-                              round_to=None, streamed=streamed) for streamed in (False, True)]
-    assert all(result.passed for result in results)
-    assert max(results[1].worst().values()) <= 1e-5
+    results = [verify_folder(FIXTURES / fixture, tmp_path / "out", head=head, streamed=streamed)["verification"]
+               for streamed in (False, True)]
+    assert [result["loaded_with"] for result in results] == ["from_pretrained", "block by block"]
+    assert all(result["passed"] for result in results)
+    assert max(results[1]["max_abs_diff"].values()) <= 1e-5
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["from_pretrained", "block-by-block"])
 def test_verification_catches_a_misplaced_tensor(tmp_path: Path, streamed: bool) -> None:
     from safetensors.torch import load_file, save_file
 
-    from fairseq_to_hf.reader import read_checkpoint
-    from fairseq_to_hf.verify.compare import verify_weights
+    from fairseq_to_hf.verify.existing import verify_folder
 
     out = tmp_path / "out"
     convert(FIXTURES / "roberta_mlm", out, verify=False)
@@ -130,9 +126,7 @@ def test_verification_catches_a_misplaced_tensor(tmp_path: Path, streamed: bool)
     key = "roberta.encoder.layer.1.attention.self.key.weight"
     weights[query], weights[key] = weights[key].clone(), weights[query].clone()
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
-    source = read_checkpoint(FIXTURES / "roberta_mlm" / "model.pt")
-    result = verify_weights(out, "RobertaForMaskedLM", source.tensors, source.hparams, head=None,
-                            vocab_size=345, positions=66, round_to=None, streamed=streamed)
-    assert not result.passed
-    failing = {check.name.split(" ", 1)[1] for check in result.checks if not check.passed}
+    result = verify_folder(FIXTURES / "roberta_mlm", out, streamed=streamed)["verification"]
+    assert not result["passed"]
+    failing = {check["output"].split(" ", 1)[1] for check in result["checks"] if not check["passed"]}
     assert "hidden_states[1]" not in failing and "last_hidden_state" in failing

@@ -20,9 +20,11 @@ from .reader.dictionary import Dictionary, read_dictionary
 from .reader.folder import SourceFiles, find_source_files, read_text_lines
 from .report import REPORT_FILE, ConversionReport, OutputReport
 from .tokenizer import PreparedTokenizer, prepare_tokenizer, write_tokenizer
-from .verify.compare import DEFAULT_TOLERANCE
-from .writer import (DEFAULT_MAX_SHARD_BYTES, check_output_target, parse_size, plan_shards, shard_file_names,
-                     staged_output, write_json, write_weights)
+from .verify.alongside import ReferenceAlongside
+from .verify.compare import DEFAULT_TOLERANCE, reference_rows, verification_inputs, verify_weights
+from .verify.reference import FairseqReference
+from .writer import (DEFAULT_MAX_SHARD_BYTES, OnRead, check_output_target, parse_size, plan_shards,
+                     shard_file_names, single_torch_thread, staged_output, write_json, write_weights)
 
 Log = Callable[[str], None]
 # Above this size the converted model is verified block by block instead of loaded whole.
@@ -228,12 +230,11 @@ def _write_and_verify(staging: Path, out: Path, source: Checkpoint, report: Conv
     for name, plan in plans.items():
         folder = staging / name if name else staging
         folder.mkdir(exist_ok=True)
-        output = _write_one(folder, out / name if name else out, plan, tokenizer, options, say, progress)
-        if options.verify:
-            streamed = (plan.total_bytes > STREAMED_VERIFY_BYTES if options.verify_streamed is None
-                        else options.verify_streamed)
-            output.verification = _verify_weights(folder, plan, source, options.dtype, options.tolerance,
-                                                  streamed, say)
+        final_folder = out / name if name else out
+        if not options.verify:
+            output = _write_one(folder, final_folder, plan, tokenizer, options, say, progress)
+        else:
+            output = _write_and_verify_one(folder, final_folder, plan, source, tokenizer, options, say, progress)
             if tokenizer:
                 output.tokenizer_verification = _verify_tokenizer(folder, tokenizer, list(options.verify_lines), say)
         report.outputs.append(output)
@@ -269,13 +270,14 @@ def format_plan(plan: ConversionPlan, out: Path, max_shard_bytes: int) -> str:
 
 
 def _write_one(folder: Path, final_folder: Path, plan: ConversionPlan, tokenizer: PreparedTokenizer | None,
-               options: ConvertOptions, say: Log, progress: WriteProgress | None) -> OutputReport:
+               options: ConvertOptions, say: Log, progress: WriteProgress | None,
+               on_read: OnRead | None = None) -> OutputReport:
     say(f"writing {plan.architecture} ({len(plan.tensors)} tensors, {plan.total_bytes / 1e6:.1f} MB)")
     if progress:
         progress.start("writing", len(plan.tensors), plan.total_bytes)
     files = write_weights(folder, plan, options.max_shard_bytes,
                           progress=(lambda t: progress.advance(t.nbytes)) if progress else None,
-                          allow_non_finite=options.allow_non_finite)
+                          allow_non_finite=options.allow_non_finite, on_read=on_read)
     if progress:
         progress.finish()
     write_json(folder / "config.json", plan.config)
@@ -302,22 +304,30 @@ def _write_one(folder: Path, final_folder: Path, plan: ConversionPlan, tokenizer
     )
 
 
-def _verify_weights(folder: Path, plan: ConversionPlan, source: Checkpoint, dtype: str | None,
-                    tolerance: float, streamed: bool, say: Log) -> dict:
-    from .verify.compare import verify_weights  # imports transformers: only when verifying
-
+def _write_and_verify_one(folder: Path, final_folder: Path, plan: ConversionPlan, source: Checkpoint,
+                          tokenizer: PreparedTokenizer | None, options: ConvertOptions, say: Log,
+                          progress: WriteProgress | None) -> OutputReport:
+    """Writes the output while the reference forward pass runs on the source tensors the writer reads
+    (so the source is read once), then runs the Transformers model from the folder against it."""
+    streamed = (plan.total_bytes > STREAMED_VERIFY_BYTES if options.verify_streamed is None
+                else options.verify_streamed)
+    head = plan.head.name if plan.head else None
+    inputs = verification_inputs(plan.dims.vocab_size, plan.dims.positions, streamed)
+    round_to: torch.dtype | None = OUTPUT_DTYPES[options.dtype] if options.dtype else None
+    reference = FairseqReference(source.tensors, source.hparams, round_to=round_to)
+    sources = [tensor.source for tensor in plan.tensors if tensor.source is not None]
+    # One torch thread for the reference too: the writer's reading and hashing threads need the cores.
+    with single_torch_thread(), ReferenceAlongside(reference, reference_rows(inputs), head, sources) as alongside:
+        output = _write_one(folder, final_folder, plan, tokenizer, options, say, progress, on_read=alongside.offer)
+        expected = alongside.result()
     say("verifying against a reference fairseq forward pass on the source tensors"
         + (" (Transformers model run block by block)" if streamed else ""))
-    round_to: torch.dtype | None = OUTPUT_DTYPES[dtype] if dtype else None
-    result = verify_weights(
-        folder, plan.architecture, source.tensors, source.hparams,
-        head=plan.head.name if plan.head else None,
-        vocab_size=plan.dims.vocab_size, positions=plan.dims.positions,
-        round_to=round_to, tolerance=tolerance, streamed=streamed,
-    )
+    result = verify_weights(folder, plan.architecture, inputs, expected, head=head,
+                            vocab_size=plan.dims.vocab_size, tolerance=options.tolerance, streamed=streamed)
     for kind, diff in result.worst().items():
         say(f"  max abs diff {kind:<18} {diff:.3g}")
-    return result.as_dict()
+    output.verification = result.as_dict()
+    return output
 
 
 def _verify_tokenizer(folder: Path, tokenizer: PreparedTokenizer, extra_lines: list[str], say: Log) -> dict:

@@ -22,6 +22,7 @@ import torch
 
 from .errors import ConversionError, OutputError
 from .plan import ConversionPlan, TensorPlan
+from .reader.tensors import LazyTensor
 from .prefetch import Prefetcher
 
 SAFETENSORS_DTYPES = {
@@ -34,6 +35,7 @@ INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # the Hub's "5GB"
 
 Progress = Callable[[TensorPlan], None]  # called after each tensor is written
+OnRead = Callable[[LazyTensor, torch.Tensor], None]  # called with each source tensor as it is read
 
 
 def parse_size(text: str) -> int:
@@ -86,11 +88,14 @@ def safetensors_header(tensors: list[TensorPlan], metadata: dict[str, str]) -> b
     return struct.pack("<Q", len(encoded)) + encoded
 
 
-def materialise(tensor: TensorPlan) -> torch.Tensor:
+def materialise(tensor: TensorPlan, on_read: OnRead | None = None) -> torch.Tensor:
     """The output values of one planned tensor, read from the checkpoint and cast."""
     if tensor.source is None:
         return torch.zeros(tensor.shape, dtype=tensor.dtype)
-    values = tensor.source.load().to(tensor.dtype)
+    loaded = tensor.source.load()
+    if on_read:
+        on_read(tensor.source, loaded)
+    values = loaded.to(tensor.dtype)
     if tensor.extra_rows:
         if tensor.copy_row is not None:
             extra = values[tensor.copy_row].expand(tensor.extra_rows, *values.shape[1:])
@@ -158,19 +163,20 @@ def check_ties(plan: ConversionPlan) -> None:
 
 
 def write_weights(folder: Path, plan: ConversionPlan, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-                  progress: Progress | None = None, *, allow_non_finite: bool = False) -> list[str]:
+                  progress: Progress | None = None, *, allow_non_finite: bool = False,
+                  on_read: OnRead | None = None) -> list[str]:
     """Writes model.safetensors, or shards plus model.safetensors.index.json; returns file names.
 
     Memory holds two tensors: the one being written and the next one, read meanwhile. NaN or Inf in
     a weight is refused (after the whole model was scanned, so the list is complete)
-    unless `allow_non_finite`.
+    unless `allow_non_finite`. `on_read` sees every source tensor as read, before any cast.
     """
     check_ties(plan)
     shards = plan_shards(plan.tensors, max_shard_bytes)
     names = shard_file_names(len(shards))
     non_finite: list[str] = []
     # The next tensor is read (and checked against its CRC-32) while this one is written.
-    with single_torch_thread(), Prefetcher(plan.tensors, materialise) as prefetch:
+    with single_torch_thread(), Prefetcher(plan.tensors, lambda tensor: materialise(tensor, on_read)) as prefetch:
         for name, shard in zip(names, shards):
             write_safetensors(folder / name, shard, progress, non_finite, prefetch.take)
     if non_finite and not allow_non_finite:

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..reader.tensors import LazyTensor
-from .reference import PAD, FairseqReference, sample_inputs, scale_of
+from .reference import PAD, ReferenceOutputs, sample_inputs, scale_of
 from .streamed_model import StreamedModel
 
 # Allowed max abs difference, relative to the output's own scale (max |value|, at least 1).
@@ -92,40 +91,53 @@ def load_transformers_model(folder: Path, architecture: str):
     return model.eval(), warnings
 
 
+def verification_inputs(vocab_size: int, positions: int, streamed: bool) -> dict[str, torch.Tensor]:
+    """Input name -> right-padded token ids.
+
+    `streamed` (a model run block by block): all inputs as one batch, so its weights are read once,
+    and capped at STREAMED_MAX_TOKENS, as the cost is compute (every position row is a verbatim copy
+    of the source table, checked by shape in the plan).
+    """
+    if not streamed:
+        return sample_inputs(vocab_size, positions - 2)
+    inputs = sample_inputs(vocab_size, min(positions - 2, STREAMED_MAX_TOKENS))
+    return {"all_inputs_as_one_batch": pad_together(list(inputs.values()))}
+
+
+def reference_rows(inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Every row of every input without its pads, in order: what the reference runs on.
+
+    fairseq's outputs at real positions do not depend on padding; the reference's token rows then
+    come in the order of the inputs' real positions.
+    """
+    return [row[row.ne(PAD)] for tokens in inputs.values() for row in tokens]
+
+
 def verify_weights(
     folder: Path,
     architecture: str,
-    state: dict[str, LazyTensor],
-    hparams: dict,
+    inputs: dict[str, torch.Tensor],
+    expected: ReferenceOutputs,
     *,
     head: str | None,
     vocab_size: int,
-    positions: int,
-    round_to: torch.dtype | None,
     tolerance: float = DEFAULT_TOLERANCE,
     streamed: bool = False,
 ) -> WeightsVerification:
-    """Compares the reference with the folder's model on several inputs.
+    """Compares the reference's outputs on `reference_rows(inputs)` with the folder's model on `inputs`.
 
-    `streamed`: run the Transformers model block by block (see streamed_model.py) on all inputs at
-    once, as one right-padded batch, so the weights are read once and memory holds one block.
+    `streamed`: run the Transformers model block by block (see streamed_model.py), so memory holds
+    one block of weights, not the model.
     """
-    reference = FairseqReference(state, hparams, round_to=round_to)
-    # Large models: the cost is compute, so the longest input is capped (every position row is a
-    # verbatim copy of the source table, checked by shape in the plan).
-    inputs = sample_inputs(vocab_size, min(positions - 2, STREAMED_MAX_TOKENS) if streamed else positions - 2)
     with ExitStack() as stack:
         if streamed:
             streamed_model = stack.enter_context(StreamedModel(folder, architecture))
             model, warnings = streamed_model.model, streamed_model.loading_warnings
-            # One batch: the weights are read once, and with inputs of at most STREAMED_MAX_TOKENS
-            # the padding costs little compute.
-            inputs = {"all_inputs_as_one_batch": pad_together(list(inputs.values()))}
         else:
             model, warnings = load_transformers_model(folder, architecture)
         result = WeightsVerification(loading_warnings=warnings,
                                      loaded_with="block by block" if streamed else "from_pretrained")
-        _compare(model, reference, inputs, head, vocab_size, tolerance, result)
+        _compare(model, expected, inputs, head, vocab_size, tolerance, result)
     return result
 
 
@@ -148,13 +160,9 @@ def pad_together(batches: list[torch.Tensor]) -> torch.Tensor:
     return padded
 
 
-def _compare(model, reference: FairseqReference, inputs: dict[str, torch.Tensor], head: str | None,
+def _compare(model, everything: ReferenceOutputs, inputs: dict[str, torch.Tensor], head: str | None,
              vocab_size: int, tolerance: float, result: WeightsVerification) -> None:
-    # The reference runs once on every row of every input without its pads (fairseq's outputs at real
-    # positions do not depend on padding); its token rows come in the order of the batches' real
-    # positions, so each input's outputs are a consecutive run of them.
-    rows = [row[row.ne(PAD)] for tokens in inputs.values() for row in tokens]
-    everything = reference.forward(rows, head)
+    # Each input's reference outputs are a consecutive run of the reference's rows.
     token_start = sequence_start = 0
     for name, tokens in inputs.items():
         token_count, sequence_count = int(tokens.ne(PAD).sum()), len(tokens)

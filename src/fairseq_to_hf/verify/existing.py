@@ -14,7 +14,8 @@ from ..reader.checkpoint import read_checkpoint
 from ..reader.dictionary import read_dictionary
 from ..reader.folder import find_source_files, read_text_lines
 from ..tokenizer import prepare_tokenizer
-from .compare import DEFAULT_TOLERANCE, verify_weights
+from .compare import DEFAULT_TOLERANCE, reference_rows, verification_inputs, verify_weights
+from .reference import FairseqReference
 from .tokenizer_check import verify_tokenizer
 
 SUPPORTED_SUFFIXES = ("ForMaskedLM", "ForSequenceClassification")
@@ -54,8 +55,10 @@ def verify_folder(
 
     # A folder saved in half precision is compared with the source rounded alike.
     stored_dtype = HALF_DTYPES.get(str(config.get("dtype") or config.get("torch_dtype")))
-    weights = verify_weights(out, architecture, source.tensors, source.hparams, head=head_name,
-                             vocab_size=dims.vocab_size, positions=dims.positions, round_to=stored_dtype,
+    inputs = verification_inputs(dims.vocab_size, dims.positions, streamed)
+    reference = FairseqReference(source.tensors, source.hparams, round_to=stored_dtype)
+    expected = reference.forward(reference_rows(inputs), head_name)
+    weights = verify_weights(out, architecture, inputs, expected, head=head_name, vocab_size=dims.vocab_size,
                              tolerance=tolerance, streamed=streamed)
     report["verification"] = weights.as_dict()
     passed = weights.passed

@@ -10,7 +10,8 @@ weights, and the next one's as it arrives.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -78,11 +79,14 @@ class FairseqReference:
             value = self._load(key)
         return value if part is None else value.chunk(3, dim=0)[part]
 
-    def _load(self, key: str) -> torch.Tensor:
-        value = self.state[key].load()
+    def prepare(self, value: torch.Tensor) -> torch.Tensor:
+        """A source tensor as the reference computes with it: rounded like the output, in float32."""
         if self.round_to is not None and value.is_floating_point():
             value = value.to(self.round_to)
         return value.to(torch.float32)
+
+    def _load(self, key: str) -> torch.Tensor:
+        return self.prepare(self.state[key].load())
 
     def _source_name(self, name: str) -> str:
         return name.replace("encoder.", f"{self.prefix}.", 1) if name.startswith("encoder.") else name
@@ -110,12 +114,13 @@ class FairseqReference:
 
     # ---- reading weights stage by stage ------------------------------------------------------------
 
-    def _stages(self, layers: int, pre_norm: bool, head: str | None) -> list[Stage]:
+    def stages(self, head: str | None) -> list[Stage]:
+        """The stages of the forward pass in the order they run."""
         enc = "encoder.sentence_encoder"
         stages: list[Stage] = [(f"{enc}.embed_tokens.", f"{enc}.embed_positions.",
                                 f"{enc}.layernorm_embedding.", f"{enc}.emb_layer_norm.")]
-        stages += [(f"{enc}.layers.{i}.",) for i in range(layers)]
-        if pre_norm:
+        stages += [(f"{enc}.layers.{i}.",) for i in range(self.num_layers())]
+        if self._pre_norm():
             stages.append((f"{enc}.layer_norm.",))
         if head is not None:
             stages.append((f"classification_heads.{head}.",))
@@ -125,9 +130,16 @@ class FairseqReference:
             stages.append(("encoder.lm_head.", f"{enc}.embed_tokens."))
         return stages
 
-    def _load_stage(self, stage: Stage) -> dict[str, torch.Tensor]:
+    def stage_keys(self, stage: Stage) -> list[str]:
+        """The fairseq keys of the tensors a stage uses."""
         prefixes = tuple(self._source_name(prefix) for prefix in stage)
-        return {key: self._load(key) for key in self.state if key.startswith(prefixes)}
+        return [key for key in self.state if key.startswith(prefixes)]
+
+    def _load_stage(self, stage: Stage) -> dict[str, torch.Tensor]:
+        return {key: self._load(key) for key in self.stage_keys(stage)}
+
+    def _pre_norm(self) -> bool:
+        return self.has("encoder.sentence_encoder.layer_norm.weight")
 
     @contextmanager
     def _using(self, tensors: dict[str, torch.Tensor]):
@@ -174,13 +186,16 @@ class FairseqReference:
         return count
 
     @torch.no_grad()
-    def forward(self, sequences: list[torch.Tensor], head: str | None) -> ReferenceOutputs:
+    def forward(self, sequences: list[torch.Tensor], head: str | None,
+                take_stage: Callable[[Stage], dict[str, torch.Tensor]] | None = None) -> ReferenceOutputs:
         """fairseq's forward pass on each sequence of token ids (no pads), all at once.
 
         fairseq's outputs at a sequence's real positions do not depend on padding or on the other
         sequences of its batch, so the sequences are packed end to end: every linear layer then runs
-        once on all tokens, and only attention looks at one sequence at a time. The weights are read
-        stage by stage (embeddings, each layer, the head), the next stage's while this one computes.
+        once on all tokens, and only attention looks at one sequence at a time.
+
+        `take_stage(stage)` supplies a stage's tensors (by fairseq key, prepared); by default they are
+        read from the checkpoint, the next stage's while this one computes.
         """
         enc = "encoder.sentence_encoder"
         activation = ACTIVATIONS[self.hparams.get("activation_fn", "gelu")]
@@ -188,22 +203,23 @@ class FairseqReference:
         tokens = torch.cat(sequences)
         # fairseq.utils.make_positions: a sequence's positions count from padding_idx + 1.
         positions = torch.cat([torch.arange(length) for length in lengths]) + PAD + 1
-        pre_norm = self.has(f"{enc}.layer_norm.weight")
-        layers = self.num_layers()
-        order = self._stages(layers, pre_norm, head)
-        stages = iter(order)
-        with Prefetcher(order, self._load_stage) as prefetch:
-            with self._using(prefetch.take(next(stages))):
+        pre_norm = self._pre_norm()
+        order = self.stages(head)
+        with ExitStack() as stack:
+            if take_stage is None:
+                take_stage = stack.enter_context(Prefetcher(order, self._load_stage)).take
+            stages = iter(order)
+            with self._using(take_stage(next(stages))):
                 x = self._embed(tokens, positions)
             hidden_states = [x]
-            for i in range(layers):
-                with self._using(prefetch.take(next(stages))):
+            for i in range(self.num_layers()):
+                with self._using(take_stage(next(stages))):
                     x = self._layer(f"{enc}.layers.{i}", x, lengths, pre_norm, activation)
                 hidden_states.append(x)
             if pre_norm:
-                with self._using(prefetch.take(next(stages))):
+                with self._using(take_stage(next(stages))):
                     x = self._layer_norm(x, f"{enc}.layer_norm")
-            with self._using(prefetch.take(next(stages))):
+            with self._using(take_stage(next(stages))):
                 mlm = self._lm_logits(x, activation) if head is None else None
                 first_tokens = torch.tensor([0, *lengths[:-1]]).cumsum(0)
                 head_logits = self._head_logits(x[first_tokens], head) if head is not None else None
