@@ -93,6 +93,22 @@ def test_verify_passes_a_correct_folder_and_flags_wrong_ones(classifier: Path, t
     assert report["verification"]["passed"] is True and report["tokenizer_verification"]["mismatch_count"] > 0
 
 
+@pytest.mark.parametrize("mode", [[], ["--block-by-block"]], ids=["from_pretrained", "block-by-block"])
+def test_verify_refuses_unreadable_weights_in_one_line(classifier: Path, tmp_path: Path, mode: list[str]) -> None:
+    damaged = tmp_path / "damaged"
+    shutil.copytree(classifier, damaged)
+    data = bytearray((damaged / "model.safetensors").read_bytes())
+    data[8:9] = b"["  # the JSON header no longer parses as an object
+    (damaged / "model.safetensors").write_bytes(bytes(data))
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(classifier, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    for folder in (damaged, no_weights):
+        result = run_cli("verify", FIXTURES / "roberta_cls", folder, *mode)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and str(folder) in result.stderr
+
+
 def test_batch_converts_every_checkpoint_and_reports_failures(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ConversionError
 from .reference import PAD, ReferenceOutputs, sample_inputs, scale_of
 from .streamed_model import StreamedModel
 
@@ -83,6 +84,10 @@ def load_transformers_model(folder: Path, architecture: str):
     transformers_logging.set_verbosity_error()  # its load report is collected below, not printed
     try:
         model, info = model_class.from_pretrained(folder, dtype=torch.float32, output_loading_info=True)
+    except Exception as error:  # whatever Transformers raises for a folder it cannot load
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConversionError(f"cannot be loaded by {architecture}.from_pretrained ({reason})", path=folder,
+                              hint="check that the folder holds the model's weights and config.json") from None
     finally:
         transformers_logging.set_verbosity(verbosity)
         logger.removeHandler(collector)

@@ -3,13 +3,15 @@
 The model is built on the meta device (no memory), then every block (the embeddings, each encoder
 layer, each remaining module with weights) gets its tensors from the folder's safetensors just before
 it runs (they are read while the block before it computes) and drops them right after. The forward
-pass is Transformers' own code, as after `from_pretrained`; only where the weights live differs. Tied parameters are found structurally (one
-Parameter under several names), so a tensor stored once serves every name, as in `from_pretrained`.
+pass is Transformers' own code, as after `from_pretrained`; only where the weights live differs. Tied
+parameters are found structurally (one Parameter under several names), so a tensor stored once serves
+every name, as in `from_pretrained`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import struct
@@ -20,10 +22,11 @@ import torch
 from torch import nn
 
 from ..errors import ConversionError
-from ..writer import INDEX_FILE, SAFETENSORS_DTYPES, SINGLE_FILE
 from ..prefetch import Prefetcher
+from ..writer import INDEX_FILE, SAFETENSORS_DTYPES, SINGLE_FILE
 
 DTYPES_BY_NAME = {name: dtype for dtype, name in SAFETENSORS_DTYPES.items()}
+MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit
 BLOCK = re.compile(r"^(?:[a-z_]+\.)?(?:embeddings|encoder\.layer\.\d+)$")
 
 
@@ -50,19 +53,26 @@ class StoredWeights:
             self._read_header(folder / file)
 
     def _read_header(self, path: Path) -> None:
+        unreadable = ConversionError("is not a safetensors file this tool can read", path=path,
+                                     hint="convert the checkpoint again")
         size = path.stat().st_size
         with open(path, "rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            if length > size - 8:
-                raise ConversionError("is not a complete safetensors file", path=path)
-            header = json.loads(handle.read(length))
-        header.pop("__metadata__", None)
-        for name, entry in header.items():
-            dtype = DTYPES_BY_NAME.get(entry["dtype"])
-            begin, end = entry["data_offsets"]
-            if dtype is None or not 0 <= begin <= end <= size - 8 - length:
-                raise ConversionError(f"describes tensor {name!r} in a way this tool cannot read", path=path)
-            self.locations[name] = (path, dtype, list(entry["shape"]), 8 + length + begin, end - begin)
+            prefix = handle.read(8)
+            length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else size
+            if length > min(size - 8, MAX_HEADER_BYTES):
+                raise unreadable
+            try:
+                header = json.loads(handle.read(length))
+                header.pop("__metadata__", None)
+                for name, entry in header.items():
+                    dtype = DTYPES_BY_NAME[entry["dtype"]]
+                    shape = [int(dim) for dim in entry["shape"]]
+                    begin, end = (int(offset) for offset in entry["data_offsets"])
+                    if not 0 <= begin <= end <= size - 8 - length or end - begin != math.prod(shape) * dtype.itemsize:
+                        raise ValueError(name)
+                    self.locations[name] = (path, dtype, shape, 8 + length + begin, end - begin)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise unreadable from None
 
     def read_float32(self, name: str) -> torch.Tensor:
         path, dtype, shape, offset, nbytes = self.locations[name]
