@@ -69,10 +69,9 @@ def test_a_failing_writer_stops_the_reference(tmp_path: Path) -> None:
     rows = [torch.tensor([0, 5, 6, 2])]
     first = source.tensors["encoder.sentence_encoder.embed_tokens.weight"]
     alongside = ReferenceAlongside(reference, rows, None, list(source.tensors.values()))
-    with pytest.raises(RuntimeError, match="disk full"):
-        with alongside:
-            alongside.offer(first, first.load())
-            raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError, match="disk full"), alongside:
+        alongside.offer(first, first.load())
+        raise RuntimeError("disk full")
     # Leaving the block returned, so the reference thread, which was waiting for tensors, has ended.
     assert not any(thread.name.startswith("reference") for thread in threading.enumerate())
 
@@ -81,7 +80,7 @@ def test_shared_reads_hold_up_the_writer_only_when_the_reference_is_not_waiting(
     a, b, c = (torch.zeros(1000) for _ in range(3))
     reads = SharedReads({id(a): ["a"], id(b): ["b"], id(c): ["c"]}, capacity=a.nbytes)
     reads.offer(a, a)  # at capacity: accepted
-    writer = threading.Thread(target=reads.offer, args=(b, b))
+    writer = threading.Thread(target=reads.offer, args=(b, b), daemon=True)
     writer.start()
     writer.join(0.3)
     assert writer.is_alive()  # over capacity while the reference computes: the writer waits
@@ -90,9 +89,23 @@ def test_shared_reads_hold_up_the_writer_only_when_the_reference_is_not_waiting(
     assert not writer.is_alive()
 
     # The reference waits for "c", still to come: the writer may go over capacity to deliver it.
-    taker = threading.Thread(target=reads.take, args=(["c"],))
+    taker = threading.Thread(target=reads.take, args=(["c"],), daemon=True)
     taker.start()
     reads.offer(c, c)  # returns although b and c together exceed the capacity
     taker.join(5)
     assert not taker.is_alive()
+    reads.stop()
+
+
+def test_a_tensor_read_twice_by_the_writer_is_held_once() -> None:
+    a = torch.zeros(1000)
+    reads = SharedReads({id(a): ["a"]}, capacity=a.nbytes)
+    reads.offer(a, a)
+    assert set(reads.take(["a"])) == {"a"}
+    done = threading.Event()
+    writer = threading.Thread(target=lambda: (reads.offer(a, a), reads.offer(a, a), done.set()), daemon=True)
+    writer.start()
+    writer.join(5)
+    assert done.is_set()  # not held again, so never over capacity
+    assert reads.take(["a"]) == {}
     reads.stop()

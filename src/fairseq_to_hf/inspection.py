@@ -8,7 +8,7 @@ from typing import Any
 
 from .arch.fairseq_keys import normalise_state_dict
 from .errors import ConversionError
-from .plan import LM_HEAD, ConversionPlan, PlanOptions, describe_heads, detect_heads, dictionary_kind, make_plan
+from .plan import LM_HEAD, ConversionPlan, PlanOptions, detect_heads, dictionary_kind, make_plan
 from .reader.checkpoint import read_checkpoint
 from .reader.dictionary import Dictionary, read_dictionary
 from .reader.folder import find_source_files

@@ -46,7 +46,9 @@ class SharedReads:
         if not keys:
             return
         with self._condition:
-            if self._stopped:
+            # Only keys still to come: a tensor the writer reads a second time is not held again.
+            keys = [key for key in keys if key in self._to_come]
+            if self._stopped or not keys:
                 return
             for key in keys:
                 self._arrived[key] = values
