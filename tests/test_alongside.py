@@ -25,9 +25,9 @@ def _count_reads(source) -> Counter:
     reads: Counter = Counter()
     read = index.read
 
-    def counting_read(storage, offset, count):
+    def counting_read(storage, offset, count, into=None):
         reads[storage.key] += 1
-        return read(storage, offset, count)
+        return read(storage, offset, count, into)
 
     index.read = counting_read
     return reads

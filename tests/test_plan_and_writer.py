@@ -97,3 +97,46 @@ def test_sizes_read_like_the_hub(text: str, size: int) -> None:
 def test_unreadable_size_is_a_clear_error() -> None:
     with pytest.raises(ConversionError, match="write it like 5GB"):
         parse_size("five gigs")
+
+
+def test_pooled_read_buffers_never_mix_up_tensors(tmp_path: Path) -> None:
+    """Tensors of 1-5 MiB are read into reused buffers; every one must still be written as stored."""
+    import argparse
+    from types import SimpleNamespace
+
+    from safetensors.torch import load_file
+
+    from fairseq_to_hf.reader.checkpoint import read_checkpoint
+    from fairseq_to_hf.writer import BufferPool, write_weights
+
+    generator = torch.Generator().manual_seed(0)
+    sizes = [(512, 1024), (300, 1024), (1280, 1024), (256, 1100), (700, 1024), (512, 1024)]
+    state = {f"t{i}": torch.randn(shape, generator=generator) for i, shape in enumerate(sizes)}
+    torch.save({"model": state, "args": argparse.Namespace()}, tmp_path / "model.pt")
+    source = read_checkpoint(tmp_path / "model.pt")
+    tensors = [TensorPlan(name, tuple(lazy.shape), torch.float32, lazy, name) for name, lazy in source.tensors.items()]
+    # A cast and alias rows make new tensors from the pooled buffer; it is released all the same.
+    tensors[2] = TensorPlan("t2", tensors[2].shape, torch.float16, tensors[2].source, "t2")
+    tensors[3] = TensorPlan("t3", (sizes[3][0] + 2, sizes[3][1]), torch.float32, tensors[3].source, "t3",
+                            extra_rows=2, copy_row=0)
+    plan = SimpleNamespace(tensors=tensors, tied_checks=[], total_bytes=sum(t.nbytes for t in tensors))
+    out = tmp_path / "out"
+    out.mkdir()
+    write_weights(out, plan)
+    written = load_file(out / "model.safetensors")
+    for name, values in state.items():
+        got = written[name]
+        if name == "t2":
+            assert torch.equal(got, values.half())
+        elif name == "t3":
+            assert torch.equal(got[:-2], values) and torch.equal(got[-2:], values[:1].expand(2, -1))
+        else:
+            assert torch.equal(got, values)
+
+    pool = BufferPool(keep=2)
+    small, large = pool.acquire(2 << 20), pool.acquire(5 << 20)
+    for buffer in (small, large, pool.acquire(3 << 20)):
+        pool.release(buffer)
+    assert pool.acquire(3 << 20) is not large  # the smallest buffer that fits, the 3 MiB one
+    assert pool.acquire(1 << 20) is large  # only the two largest were kept
+    assert pool.acquire(1000) is None  # small tensors are not pooled

@@ -85,9 +85,17 @@ class LazyTensor:
             and (self.offset, self.shape, self.stride) == (other.offset, other.shape, other.stride)
         )
 
-    def load(self) -> torch.Tensor:
-        """Reads this tensor's own bytes from the file and returns a contiguous CPU tensor."""
-        flat = self.storage.index.read(self.storage, self.offset, self.extent)
+    @property
+    def read_nbytes(self) -> int:
+        """Bytes `load()` reads: the span of the storage this view covers."""
+        return self.extent * self.dtype.itemsize
+
+    def load(self, into: torch.Tensor | None = None) -> torch.Tensor:
+        """Reads this tensor's own bytes from the file and returns a contiguous CPU tensor.
+
+        `into`: a uint8 buffer of at least `read_nbytes` to read into; the result may be a view of it.
+        """
+        flat = self.storage.index.read(self.storage, self.offset, self.extent, into)
         if self.numel == 0:
             return flat.new_empty(self.shape)
         return flat.as_strided(self.shape, self.stride).contiguous()
@@ -117,8 +125,8 @@ class StorageIndex:
             raise UnsafeCheckpointError(f"storage view {key!r} lies outside storage {root.key!r}")
         return StorageRef(root.key, root.dtype, numel, self, element_offset)
 
-    def read(self, storage: StorageRef, offset: int, count: int) -> torch.Tensor:
-        """Reads `count` elements starting `offset` elements into `storage`."""
+    def read(self, storage: StorageRef, offset: int, count: int, into: torch.Tensor | None = None) -> torch.Tensor:
+        """Reads `count` elements starting `offset` elements into `storage` (into `into` when given)."""
         location = self.locations.get(storage.key)
         if location is None:
             raise CheckpointFormatError(f"storage {storage.key!r} has no data in the file", path=self.path,
@@ -133,7 +141,7 @@ class StorageIndex:
                 hint="the file is truncated or damaged; copy it again",
             )
         # Raw bytes first: a bool storage may hold any byte, and torch expects bools to be 0 or 1.
-        raw = torch.empty(nbytes, dtype=torch.uint8)
+        raw = torch.empty(nbytes, dtype=torch.uint8) if into is None else into[:nbytes]
         buffer = memoryview(raw.numpy()) if nbytes else memoryview(b"")
         self._read_into(buffer, start)
         expected = self.checksums.get(storage.key)
