@@ -789,16 +789,16 @@ def _push_bytes(size_bytes: int) -> _Op:
     return lambda u: u.push(_counted(u, size_bytes))
 
 
-def _push_py2_string(size_bytes: int) -> _Op:
-    # Python 2 str: text for torch (which loads with encoding="utf-8"); Latin-1 if it is not UTF-8.
-    def push(u: SafeUnpickler) -> None:
-        data = _counted(u, size_bytes)
-        try:
-            u.push(data.decode("utf-8"))
-        except UnicodeDecodeError:
-            u.push(data.decode("latin-1"))
+def _py2_text(data: bytes) -> str:
+    """A Python 2 str as torch loads it (encoding="utf-8"), Latin-1 if it is not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
 
-    return push
+
+def _push_py2_string(size_bytes: int) -> _Op:
+    return lambda u: u.push(_py2_text(_counted(u, size_bytes)))
 
 
 _OPCODES[pickle.SHORT_BINUNICODE[0]] = _push_text(1)
@@ -816,11 +816,7 @@ def _binstring(u: SafeUnpickler) -> None:
     size = int.from_bytes(u.input.read(4), "little", signed=True)
     if size < 0:
         u.damaged("a negative BINSTRING size")
-    data = u.input.read(size)
-    try:
-        u.push(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        u.push(data.decode("latin-1"))
+    u.push(_py2_text(u.input.read(size)))
 
 
 @_opcode(pickle.STRING)
@@ -832,10 +828,7 @@ def _string(u: SafeUnpickler) -> None:
         data = codecs.escape_decode(line[1:-1])[0]
     except ValueError:
         u.damaged("a STRING with a bad escape")
-    try:
-        u.push(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        u.push(data.decode("latin-1"))
+    u.push(_py2_text(data))
 
 
 @_opcode(pickle.UNICODE)
