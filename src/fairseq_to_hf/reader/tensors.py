@@ -156,17 +156,22 @@ class StorageIndex:
         return raw.view(storage.dtype)
 
     def _read_into(self, buffer: memoryview, start: int) -> None:
-        done = 0
         try:
-            with open(self.path, "rb", buffering=0) as file:
-                fd = file.fileno()
-                while done < len(buffer):
-                    got = os.preadv(fd, [buffer[done:]], start + done)
-                    if got <= 0:
-                        raise CheckpointFormatError(
-                            "the file ends in the middle of a tensor", path=self.path,
-                            hint="the file is truncated; copy it again",
-                        )
-                    done += got
+            got = pread_fully(self.path, buffer, start)
         except OSError as error:  # the file went away or became unreadable since it was opened
             raise CheckpointFormatError(f"cannot be read ({error.strerror})", path=self.path) from None
+        if got < len(buffer):
+            raise CheckpointFormatError("the file ends in the middle of a tensor", path=self.path,
+                                        hint="the file is truncated; copy it again")
+
+
+def pread_fully(path: str | os.PathLike, buffer: memoryview, start: int) -> int:
+    """Fills `buffer` from `path` at byte `start`; returns the bytes read, fewer only at the end of the file."""
+    done = 0
+    with open(path, "rb", buffering=0) as file:
+        while done < len(buffer):
+            got = os.preadv(file.fileno(), [buffer[done:]], start + done)
+            if got <= 0:
+                break
+            done += got
+    return done

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import struct
 from collections import defaultdict
@@ -23,6 +22,7 @@ from torch import nn
 
 from ..errors import ConversionError
 from ..prefetch import Prefetcher
+from ..reader.tensors import pread_fully
 from ..writer import INDEX_FILE, SAFETENSORS_DTYPES, SINGLE_FILE
 
 DTYPES_BY_NAME = {name: dtype for dtype, name in SAFETENSORS_DTYPES.items()}
@@ -77,13 +77,12 @@ class StoredWeights:
     def read_float32(self, name: str) -> torch.Tensor:
         path, dtype, shape, offset, nbytes = self.locations[name]
         raw = torch.empty(nbytes, dtype=torch.uint8)
-        with open(path, "rb", buffering=0) as handle:
-            view, done = memoryview(raw.numpy()), 0
-            while done < nbytes:
-                got = os.preadv(handle.fileno(), [view[done:]], offset + done)
-                if got <= 0:
-                    raise ConversionError("ends in the middle of a tensor", path=path)
-                done += got
+        try:
+            got = pread_fully(path, memoryview(raw.numpy()), offset)
+        except OSError as error:
+            raise ConversionError(f"cannot be read ({error.strerror})", path=path) from None
+        if got < nbytes:
+            raise ConversionError("ends in the middle of a tensor", path=path)
         return raw.view(dtype).reshape(shape).to(torch.float32)
 
 
