@@ -7,6 +7,7 @@ import torch
 
 from conftest import FIXTURES, PAD_ID, TOLERANCE, recording
 from fairseq_to_hf.reader.checkpoint import read_checkpoint
+from fairseq_to_hf.verify.compare import outputs_per_input, reference_rows
 from fairseq_to_hf.prefetch import Prefetcher
 from fairseq_to_hf.verify.reference import FairseqReference
 
@@ -37,15 +38,10 @@ def test_packed_reference_matches_fairseqs_recorded_outputs(fixture: str, head: 
     reference = FairseqReference(source.tensors, source.hparams)
     layers = fairseq.meta["num_layers"]
     # Every sample's rows, pads removed, in one packed run (as the verification runs them).
-    batches = [fairseq[f"{sample}.input_ids"] for sample in fairseq.samples]
-    outputs = reference.forward([row[row.ne(PAD_ID)] for batch in batches for row in batch], head)
-    token_start = sequence_start = 0
-    for sample, tokens in zip(fairseq.samples, batches):
+    inputs = {sample: fairseq[f"{sample}.input_ids"] for sample in fairseq.samples}
+    outputs = reference.forward(reference_rows(inputs), head)
+    for (sample, tokens), got in zip(inputs.items(), outputs_per_input(outputs, inputs).values()):
         real = tokens.ne(PAD_ID)
-        count = int(real.sum())
-        got = outputs.select(slice(token_start, token_start + count),
-                             slice(sequence_start, sequence_start + len(tokens)))
-        token_start, sequence_start = token_start + count, sequence_start + len(tokens)
         for i in range(layers):  # the last inner state of a pre-norm model precedes its final LayerNorm
             _close(f"{sample} hidden {i}", fairseq[f"{sample}.hidden.{i}"][real], got.hidden_states[i])
         _close(f"{sample} features", fairseq[f"{sample}.features"][real], got.last_hidden_state)
@@ -54,7 +50,7 @@ def test_packed_reference_matches_fairseqs_recorded_outputs(fixture: str, head: 
             _close(f"{sample} mlm logits", fairseq[f"{sample}.mlm_logits"][real][:, :vocab], got.mlm_logits)
         else:
             _close(f"{sample} head logits", fairseq[f"{sample}.head.{head}"], got.head_logits)
-    assert token_start == len(outputs.last_hidden_state)
+    assert sum(int(tokens.ne(PAD_ID).sum()) for tokens in inputs.values()) == len(outputs.last_hidden_state)
 
 
 def test_reference_notices_a_changed_weight() -> None:

@@ -154,10 +154,9 @@ def has_non_finite(values: torch.Tensor, chunk: int = 1 << 22) -> bool:
     return any(not bool(torch.isfinite(part).all()) for part in values.reshape(-1).split(chunk))
 
 
-def write_safetensors(path: Path, tensors: list[TensorPlan], progress: Progress | None = None,
-                      non_finite: list[str] | None = None,
-                      values_of: Callable[[TensorPlan], Read] = lambda planned: (materialise(planned), None),
-                      written: Callable[[torch.Tensor], None] | None = None) -> None:
+def write_safetensors(path: Path, tensors: list[TensorPlan], values_of: Callable[[TensorPlan], Read],
+                      written: Callable[[torch.Tensor], None] | None, progress: Progress | None,
+                      non_finite: list[str]) -> None:
     """Streams `tensors` into one file; names of tensors holding NaN or Inf go into `non_finite`.
 
     `values_of` reads a tensor; the buffer it returns, if any, goes to `written` once written.
@@ -169,7 +168,7 @@ def write_safetensors(path: Path, tensors: list[TensorPlan], progress: Progress 
             if tuple(values.shape) != tuple(planned.shape) or values.dtype != planned.dtype:
                 raise AssertionError(f"{planned.target}: planned {planned.shape} {planned.dtype}, "
                                      f"got {tuple(values.shape)} {values.dtype}")
-            if non_finite is not None and has_non_finite(values):
+            if has_non_finite(values):
                 non_finite.append(planned.source_name)
             if values.numel():
                 file.write(memoryview(values.contiguous().view(torch.uint8).numpy()))
@@ -226,8 +225,8 @@ def write_weights(folder: Path, plan: ConversionPlan, max_shard_bytes: int = DEF
     # The next tensor is read (and checked against its CRC-32) while this one is written.
     with single_torch_thread(), Prefetcher(plan.tensors, read) as prefetch:
         for name, shard in zip(names, shards):
-            write_safetensors(folder / name, shard, progress, non_finite, prefetch.take,
-                              pool.release if pool else None)
+            write_safetensors(folder / name, shard, prefetch.take, pool.release if pool else None, progress,
+                              non_finite)
     if non_finite and not allow_non_finite:
         raise ConversionError(
             f"{len(non_finite)} source tensor{'s' if len(non_finite) > 1 else ''} hold NaN or Inf values",

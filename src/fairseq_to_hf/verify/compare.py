@@ -118,6 +118,17 @@ def reference_rows(inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     return [row[row.ne(PAD)] for tokens in inputs.values() for row in tokens]
 
 
+def outputs_per_input(everything: ReferenceOutputs, inputs: dict[str, torch.Tensor]) -> dict[str, ReferenceOutputs]:
+    """The reference's outputs on `reference_rows(inputs)`, split by input: each a consecutive run."""
+    split: dict[str, ReferenceOutputs] = {}
+    token_start = sequence_start = 0
+    for name, tokens in inputs.items():
+        token_end, sequence_end = token_start + int(tokens.ne(PAD).sum()), sequence_start + len(tokens)
+        split[name] = everything.select(slice(token_start, token_end), slice(sequence_start, sequence_end))
+        token_start, sequence_start = token_end, sequence_end
+    return split
+
+
 def verify_weights(
     folder: Path,
     architecture: str,
@@ -167,13 +178,7 @@ def pad_together(batches: list[torch.Tensor]) -> torch.Tensor:
 
 def _compare(model, everything: ReferenceOutputs, inputs: dict[str, torch.Tensor], head: str | None,
              vocab_size: int, tolerance: float, result: WeightsVerification) -> None:
-    # Each input's reference outputs are a consecutive run of the reference's rows.
-    token_start = sequence_start = 0
-    for name, tokens in inputs.items():
-        token_count, sequence_count = int(tokens.ne(PAD).sum()), len(tokens)
-        expected = everything.select(slice(token_start, token_start + token_count),
-                                     slice(sequence_start, sequence_start + sequence_count))
-        token_start, sequence_start = token_start + token_count, sequence_start + sequence_count
+    for (name, tokens), expected in zip(inputs.items(), outputs_per_input(everything, inputs).values()):
         result.inputs[name] = list(tokens.shape)
         real = tokens.ne(PAD)  # fairseq zeroes pad positions; only real tokens are compared
         with torch.no_grad():

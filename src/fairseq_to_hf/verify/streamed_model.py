@@ -48,8 +48,9 @@ class StoredWeights:
         self.locations: dict[str, tuple[Path, torch.dtype, list[int], int, int]] = {}
         for file in files:
             if not (folder / file).is_file():
-                raise ConversionError("has no safetensors weights to run block by block", path=folder / file,
-                                      hint="convert the folder's weights to safetensors, or verify without --block-by-block")
+                raise ConversionError(
+                    "has no safetensors weights to run block by block", path=folder / file,
+                    hint="convert the folder's weights to safetensors, or verify without --block-by-block")
             self._read_header(folder / file)
 
     def _read_header(self, path: Path) -> None:
