@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -23,13 +24,27 @@ def run_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedP
                           text=True, timeout=600, cwd=cwd)
 
 
+REPO_ID = "example-user/sentiment-model"
+
+
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("hub") / "sentiment-model"
     result = run_cli("convert", FIXTURES / "roberta_cls", out, *BPE_FLAGS, "--language", "en", "--license", "mit",
-                     "--base-model", "example/tiny-roberta")
+                     "--base-model", "example/tiny-roberta", "--repo-id", REPO_ID)
     assert result.returncode == 0, result.stderr
     return out
+
+
+def run_snippet_as_if_uploaded(folder: Path, repo_id: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """The card's snippet, run offline where `repo_id` resolves to the folder (as the Hub would serve it)."""
+    snippet = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.S).group(1)
+    hub = tmp_path / "as-uploaded"
+    (hub / repo_id).parent.mkdir(parents=True)
+    (hub / repo_id).symlink_to(folder)
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300, cwd=hub,
+                          env=environment)
 
 
 def test_model_card_parses_and_says_what_the_model_is(classifier: Path) -> None:
@@ -47,11 +62,52 @@ def test_model_card_parses_and_says_what_the_model_is(classifier: Path) -> None:
         assert f"| {label} |" in text
 
 
-def test_usage_snippet_runs_as_written(classifier: Path) -> None:
-    snippet = re.search(r"```python\n(.*?)```", (classifier / "README.md").read_text(), re.S).group(1)
-    result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300)
+def test_usage_snippet_runs_as_written_once_uploaded(classifier: Path, tmp_path: Path) -> None:
+    assert f'model="{REPO_ID}"' in (classifier / "README.md").read_text() or f"model='{REPO_ID}'" in (
+        classifier / "README.md").read_text()
+    result = run_snippet_as_if_uploaded(classifier, REPO_ID, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "'label': '" in result.stdout
+
+
+def test_no_local_path_in_any_file_of_out(tmp_path: Path) -> None:
+    """The folder goes to the Hub as it is: neither SRC's, the tokenizer files', nor OUT's location is in it."""
+    src = tmp_path / "private-location-7f3a" / "my-model"
+    shutil.copytree(FIXTURES / "roberta_cls", src)
+    bpe = tmp_path / "bpe-files-91c2"
+    shutil.copytree(GPT2_BPE, bpe)
+    out = tmp_path / "output-place-c0de" / "converted"
+    out.parent.mkdir()
+    result = run_cli("convert", src, out, "--encoder-json", bpe / "encoder.json", "--vocab-bpe", bpe / "vocab.bpe")
+    assert result.returncode == 0, result.stderr
+    for path in out.rglob("*"):
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        for secret in ("private-location-7f3a", "bpe-files-91c2", "output-place-c0de", str(tmp_path)):
+            assert secret not in text, f"{path.name} names the local path {secret}"
+    report = json.loads((out / "conversion_report.json").read_text())
+    assert report["source"]["checkpoint"] == "model.pt" and report["source"]["dictionary"] == "dict.txt"
+    assert report["tokenizer"]["source_files"] == {"encoder_json": "encoder.json", "vocab_bpe": "vocab.bpe"}
+
+
+def test_card_tells_how_to_train_on_with_alias_ids(tmp_path: Path) -> None:
+    """The card's one-line label mapping turns the tokenizer's ids into fairseq's labels."""
+    out = tmp_path / "mlm"
+    result = run_cli("convert", FIXTURES / "roberta_mlm", out, *BPE_FLAGS, "--no-verify")
+    assert result.returncode == 0, result.stderr
+    card = (out / "README.md").read_text()
+    mapping = re.search(r"^labels = labels\.masked_fill\(.*$", card, re.M).group(0)
+    from transformers import AutoTokenizer
+    import torch
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    cases = json.loads((GPT2_BPE / "encode_cases.json").read_text())["single"]
+    with_unknown = [case for case in cases if 3 in case["ids"]]
+    assert with_unknown
+    for case in with_unknown:
+        labels = torch.tensor(tokenizer(case["text"], split_special_tokens=True)["input_ids"])
+        scope = {"labels": labels}
+        exec(mapping, scope)
+        assert scope["labels"].tolist() == case["ids"], case["text"]
 
 
 def test_masked_lm_card_and_json_report_on_stdout(tmp_path: Path) -> None:
@@ -63,8 +119,8 @@ def test_masked_lm_card_and_json_report_on_stdout(tmp_path: Path) -> None:
     assert printed["tokenizer"]["alias_count"] == 25
     assert "verifying" in result.stderr
     assert ModelCard.load(out / "README.md").data.pipeline_tag == "fill-mask"
-    snippet = re.search(r"```python\n(.*?)```", (out / "README.md").read_text(), re.S).group(1)
-    assert subprocess.run([sys.executable, "-c", snippet], capture_output=True, timeout=300).returncode == 0
+    result = run_snippet_as_if_uploaded(out, f"your-username/{out.name}", tmp_path)
+    assert result.returncode == 0, result.stderr
 
 
 def test_verify_passes_a_correct_folder_and_flags_wrong_ones(classifier: Path, tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FIXTURES
+from conftest import FIXTURES, GPT2_BPE
 from fairseq_to_hf.reader import read_checkpoint
 
 MLM = FIXTURES / "roberta_mlm"
@@ -334,3 +334,254 @@ def test_interrupted_replacement_keeps_the_old_out(tmp_path: Path, big_source: P
     run.wait_until(lambda: run.staged_weights() is not None, "the new folder was being written")
     result = run.finish(signal.SIGINT)
     assert_failed_cleanly(result, out, EXIT_INTERRUPTED, "interrupted", previous=previous)
+
+
+# ---- OUT must never be an input, a link, or the folder the user is in ----------------------------------
+
+def source_copy(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    shutil.copytree(MLM, src)
+    return src
+
+
+@pytest.mark.parametrize("layout", ["src-as-out", "checkpoint-file-in-out", "out-holds-src", "dict-in-out"])
+def test_out_that_is_or_holds_an_input_is_refused_even_with_force(tmp_path: Path, layout: str) -> None:
+    src = source_copy(tmp_path)
+    before = snapshot(tmp_path)
+    args = {
+        "src-as-out": (src, src),
+        "checkpoint-file-in-out": (src / "model.pt", src),
+        "out-holds-src": (src, tmp_path),
+        "dict-in-out": (MLM, src, "--dict", src / "dict.txt"),
+    }[layout]
+    result = run_cli(*args, "--force", "--no-verify")
+    assert_one_message(result, EXIT_BAD_INPUT, "input of this conversion")
+    assert snapshot(tmp_path) == before, "an input was touched"
+
+
+def test_force_with_out_the_current_folder_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    previous = existing_out(out)
+    result = subprocess.run(command(MLM.resolve(), ".", "--force", "--no-verify"), capture_output=True, text=True,
+                            timeout=300, cwd=out)
+    assert_failed_cleanly(result, out, EXIT_OUTPUT, "current folder", previous=previous)
+
+
+def test_out_that_is_a_symbolic_link_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.symlink_to(tmp_path / "nowhere")  # dangling
+    result = run_cli(MLM, out, "--no-verify")
+    assert_one_message(result, EXIT_OUTPUT, "symbolic link")
+    assert out.is_symlink() and not (tmp_path / "nowhere").exists() and leftovers(out) == []
+    target = tmp_path / "elsewhere"
+    previous = existing_out(target)
+    out.unlink()
+    out.symlink_to(target)
+    result = run_cli(MLM, out, "--no-verify", "--force")
+    assert_one_message(result, EXIT_OUTPUT, "symbolic link")
+    assert out.is_symlink() and snapshot(target) == previous
+
+
+def test_names_too_long_for_the_filesystem(tmp_path: Path) -> None:
+    out = tmp_path / ("o" * 300)
+    result = run_cli(MLM, out, "--no-verify")
+    assert_one_message(result, EXIT_OUTPUT, "at most 255")
+    assert list(tmp_path.iterdir()) == []
+    result = run_cli(tmp_path / ("s" * 300), tmp_path / "out", "--no-verify")
+    assert_one_message(result, EXIT_BAD_INPUT)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def mount_point(tmp_path: Path):
+    """A real tmpfs mounted at tmp_path/mnt (root only); yields a function mounting it with a size."""
+    mounted: list[Path] = []
+
+    def mount(size: int, at: Path | None = None) -> Path:
+        where = at or tmp_path / "mnt"
+        where.mkdir(exist_ok=True)
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_force_on_an_out_that_cannot_be_moved(tmp_path: Path, mount_point) -> None:
+    out = mount_point(1 << 20, tmp_path / "out")  # a mount point: rename(2) refuses to move it
+    (out / "mine.txt").write_text("the user's previous conversion")
+    previous = snapshot(out)
+    result = run_cli(MLM, out, "--force", "--no-verify")
+    assert_failed_cleanly(result, out, EXIT_OUTPUT, "cannot be put in place", previous=previous)
+
+
+def output_files_in_writing_order(tmp_path: Path, *args: str | Path) -> list[tuple[str, int]]:
+    out = tmp_path / "reference-out"
+    result = run_cli(*args[:1], out, *args[1:])
+    assert result.returncode == 0, result.stderr
+    order = ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+             "conversion_report.json", "README.md"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(order)
+    return [(name, (out / name).stat().st_size) for name in order]
+
+
+def test_disk_full_at_every_file_of_the_output(tmp_path: Path, mount_point) -> None:
+    """A real tmpfs too small for the folder: whichever file fills it, exit 3 and nothing left behind."""
+    args = (MLM, "--no-verify", "--encoder-json", GPT2_BPE / "encoder.json", "--vocab-bpe", GPT2_BPE / "vocab.bpe")
+    files = output_files_in_writing_order(tmp_path, *args)
+    page = 4096
+    pages_before = 0
+    for name, size in files:
+        disk = mount_point(max(pages_before, 1) * page, tmp_path / f"disk-{name}")
+        out = disk / "out"
+        result = run_cli(args[0], out, *args[1:])
+        assert_failed_cleanly(result, out, EXIT_OUTPUT, "disk filled up")
+        assert list(disk.iterdir()) == [], f"left on the disk when {name} did not fit"
+        pages_before += -(-size // page)
+
+
+# ---- whatever happens meanwhile, the final move clobbers nothing --------------------------------------
+
+def test_a_folder_that_appears_at_out_meanwhile_is_kept(tmp_path: Path, big_source: Path) -> None:
+    out = tmp_path / "out"
+    run = Watcher(big_source, out, "--no-verify")
+    run.wait_until(lambda: run.staged_weights() is not None, "the new folder was being written")
+    out.mkdir()  # empty: a plain rename(2) would replace it silently
+    code = run.process.wait(timeout=300)
+    run.reader.join(timeout=10)
+    result = subprocess.CompletedProcess(run.process.args, code, "", "\n".join(run.lines) + "\n")
+    assert_one_message(result, EXIT_OUTPUT, "appeared while converting")
+    assert out.is_dir() and list(out.iterdir()) == [] and leftovers(out) == []
+
+
+def test_two_conversions_to_one_out(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    runs = [subprocess.Popen(command(MLM, out, "--no-verify"), stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    codes = sorted(run.wait(timeout=300) for run in runs)
+    messages = [run.stderr.read() for run in runs]
+    assert codes[0] == 0, messages
+    assert codes[1] in (0, EXIT_OUTPUT), messages  # the second to finish is refused...
+    if codes[1] == EXIT_OUTPUT:
+        assert any("appeared while converting" in message or "already exists" in message for message in messages)
+    assert (out / "model.safetensors").exists() and leftovers(out) == []
+
+
+def test_force_does_not_replace_a_folder_it_did_not_check(tmp_path: Path, big_source: Path) -> None:
+    out = tmp_path / "out"
+    existing_out(out)
+    run = Watcher(big_source, out, "--no-verify", "--force")
+    run.wait_until(lambda: run.staged_weights() is not None, "the new folder was being written")
+    shutil.rmtree(out)
+    previous = existing_out(out)  # another folder in its place
+    code = run.process.wait(timeout=300)
+    run.reader.join(timeout=10)
+    result = subprocess.CompletedProcess(run.process.args, code, "", "\n".join(run.lines) + "\n")
+    assert_failed_cleanly(result, out, EXIT_OUTPUT, "replaced by another folder", previous=previous)
+
+
+# ---- signals ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGQUIT], ids=["SIGHUP", "SIGQUIT"])
+def test_hangup_and_quit_clean_up_like_ctrl_c(tmp_path: Path, big_source: Path, signum: int) -> None:
+    out = tmp_path / "out"
+    run = Watcher(big_source, out)
+    run.wait_until(lambda: run.staged_weights() is not None, "the new folder was being written")
+    result = run.finish(signum)
+    assert_failed_cleanly(result, out, EXIT_INTERRUPTED, "interrupted", "nothing was written")
+
+
+def test_repeated_ctrl_c_does_not_cut_the_cleanup_short(tmp_path: Path, big_source: Path) -> None:
+    out = tmp_path / "out"
+    run = Watcher(big_source, out, "--no-verify")
+
+    def well_into_the_weights() -> bool:
+        weights = run.staged_weights()
+        try:
+            return weights is not None and weights.stat().st_size >= 64 << 20
+        except FileNotFoundError:
+            return False
+
+    run.wait_until(well_into_the_weights, "64 MiB of model.safetensors were written")
+    deadline = time.monotonic() + 1.0
+    while run.process.poll() is None and time.monotonic() < deadline:  # an impatient user
+        run.process.send_signal(signal.SIGINT)
+        time.sleep(0.002)
+    result = run.finish(signal.SIGINT) if run.process.poll() is None else subprocess.CompletedProcess(
+        run.process.args, run.process.wait(), "", "")
+    run.reader.join(timeout=10)
+    result.stderr = "\n".join(run.lines) + "\n"
+    assert_failed_cleanly(result, out, EXIT_INTERRUPTED, "interrupted")
+
+
+@pytest.mark.parametrize("delay", [0.5, 1.0, 2.0])  # after the interpreter itself started
+def test_ctrl_c_during_start_up_is_one_line(tmp_path: Path, delay: float) -> None:
+    out = tmp_path / "out"
+    process = subprocess.Popen(command(MLM, out), stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    result = subprocess.CompletedProcess(process.args, process.returncode, "", stderr)
+    if process.returncode == 0:
+        pytest.skip("the conversion finished before the signal")  # a very fast machine
+    assert_failed_cleanly(result, out, EXIT_INTERRUPTED, "interrupted")
+
+
+# ---- options are checked before any work ----------------------------------------------------------------
+
+@pytest.mark.parametrize("option", [("--tolerance", "nan"), ("--tolerance", "-1"), ("--tolerance", "inf"),
+                                    ("--max-shard-size", "1e400"), ("--max-shard-size", "0"),
+                                    ("--max-shard-size", "-5GB"), ("--head", "x", "--all-heads"),
+                                    ("--repo-id", "not a repo id")])
+def test_impossible_options_are_refused_before_any_work(tmp_path: Path, option: tuple[str, ...]) -> None:
+    out = tmp_path / "out"
+    result = run_cli(MLM, out, *option)
+    assert_failed_cleanly(result, out, EXIT_BAD_INPUT, option[0].lstrip("-").split("-")[0])
+    assert not any(line.startswith("read ") for line in result.stderr.splitlines()), "work had started"
+
+
+# ---- batch mode ---------------------------------------------------------------------------------------
+
+def training_run(tmp_path: Path, checkpoints: dict[str, Path | bytes]) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(MLM / "dict.txt", run / "dict.txt")
+    for name, content in checkpoints.items():
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            (run / name).write_bytes(content)
+        else:
+            shutil.copy(content, run / name)
+    return run
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["new-out", "force"])
+def test_batch_where_every_checkpoint_fails_writes_nothing(tmp_path: Path, force: bool) -> None:
+    run = training_run(tmp_path, {"checkpoint1.pt": b"not a checkpoint", "checkpoint2.pt": b"nor this"})
+    out = tmp_path / "out"
+    previous = existing_out(out) if force else None
+    result = run_cli(run, out, "--checkpoint", "checkpoint*.pt", "--no-verify", *(["--force"] if force else []))
+    assert_failed_cleanly(result, out, EXIT_BAD_INPUT, "none of the 2 checkpoints converted", previous=previous)
+
+
+def test_batch_dry_run_writes_nothing(tmp_path: Path) -> None:
+    run = training_run(tmp_path, {"checkpoint1.pt": MLM / "model.pt", "checkpoint2.pt": MLM / "model.pt"})
+    out = tmp_path / "out"
+    result = run_cli(run, out, "--checkpoint", "checkpoint*.pt", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("plan for ") == 2 and not out.exists() and leftovers(out) == []
+
+
+def test_batch_with_an_absolute_pattern_and_checkpoints_sharing_a_name(tmp_path: Path) -> None:
+    run = training_run(tmp_path, {"run1/checkpoint_best.pt": MLM / "model.pt",
+                                  "run2/checkpoint_best.pt": FIXTURES / "roberta_mlm_fp16" / "model.pt"})
+    out = tmp_path / "out"
+    result = run_cli(run, out, "--checkpoint", str(run / "run*" / "checkpoint_best.pt"), "--no-verify")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    written = sorted(str(p.relative_to(out)) for p in out.glob("*/*/model.safetensors"))
+    assert written == ["run1/checkpoint_best/model.safetensors", "run2/checkpoint_best/model.safetensors"]

@@ -2,8 +2,16 @@
 
 __version__ = "0.1.0"
 
-from .convert import convert  # noqa: E402
-from .errors import ConversionError, VerificationError  # noqa: E402
-from .report import ConversionReport  # noqa: E402
+__all__ = ["ConversionError", "ConversionReport", "ConvertOptions", "VerificationError", "__version__", "convert"]
 
-__all__ = ["ConversionError", "ConversionReport", "VerificationError", "__version__", "convert"]
+_EXPORTS = {"convert": "pipeline", "ConvertOptions": "pipeline", "ConversionReport": "report",
+            "ConversionError": "errors", "VerificationError": "errors"}
+
+
+def __getattr__(name: str):
+    # Imported on first use: the command line must route signals before torch is imported.
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

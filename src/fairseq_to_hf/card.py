@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+REPO_PLACEHOLDER = "your-username"
+
 
 @dataclass(frozen=True)
 class CardOptions:
@@ -16,6 +18,7 @@ class CardOptions:
     license: str | None = None
     base_model: str | None = None
     model_name: str | None = None
+    repo_id: str | None = None  # where the folder will be uploaded: the usage snippet loads it from there
 
 
 def _yaml_value(value: Any) -> str:
@@ -35,13 +38,17 @@ def front_matter(pipeline_tag: str, model_type: str, options: CardOptions) -> st
     return "\n".join(lines)
 
 
-def model_card(report: dict[str, Any], output: dict[str, Any], options: CardOptions, model_path: str) -> str:
-    """Markdown for one output folder, from its conversion report (as written to conversion_report.json)."""
+def model_card(report: dict[str, Any], output: dict[str, Any], options: CardOptions) -> str:
+    """Markdown for one output folder, from its conversion report (as written to conversion_report.json).
+
+    It names no local path: the snippet loads `options.repo_id`, or a placeholder the reader replaces.
+    """
     source = report["source"]
     dims = source["dims"]
     classifier = output["head"] is not None
     pipeline_tag = "text-classification" if classifier else "fill-mask"
-    name = options.model_name or Path(output["folder"]).name
+    name = options.model_name or output["folder"]
+    model_id = options.repo_id or f"{REPO_PLACEHOLDER}/{name}"
     tokenizer = report.get("tokenizer")
     sections = [front_matter(pipeline_tag, output["model_type"], options), "", f"# {name}", ""]
 
@@ -57,10 +64,12 @@ def model_card(report: dict[str, Any], output: dict[str, Any], options: CardOpti
         sections += ["## Labels", "", "| id | label |", "| --- | --- |"]
         sections += [f"| {i} | {label} |" for i, label in enumerate(output["labels"])] + [""]
 
-    sections += ["## Usage", "", "```python", *usage_snippet(pipeline_tag, model_path, tokenizer is not None), "```", ""]
-    if model_path:
-        sections += [f"`{model_path}` is the folder this card was written into; after uploading, use the "
-                     "repository id instead.", ""]
+    sections += ["## Usage", "", "```python", *usage_snippet(pipeline_tag, model_id, tokenizer is not None), "```", ""]
+    if not options.repo_id:
+        sections += [f"Replace `{model_id}` with the repository this folder is uploaded to, or with the folder's "
+                     "local path.", ""]
+    if tokenizer and tokenizer["alias_count"] and not classifier:
+        sections += alias_training_note(tokenizer)
 
     sections += ["## Conversion", "",
                  f"- Converted with fairseq-to-hf {report['tool_version']}, without fairseq, from "
@@ -83,6 +92,18 @@ def model_card(report: dict[str, Any], output: dict[str, Any], options: CardOpti
     sections.append("")
     sections += verification_section(output)
     return "\n".join(sections).rstrip() + "\n"
+
+
+def alias_training_note(tokenizer: dict[str, Any]) -> list[str]:
+    """Alias ids are <unk> to the model's inputs, but as masked-LM labels their -30000 bias costs a loss of
+    about 30000 (fairseq's label there is <unk>, about 10): continued training must map them back."""
+    first_alias = tokenizer["fairseq_vocab_rows"]
+    return ["## Continued masked-LM training", "",
+            f"Token ids from {first_alias} up are aliases of `<unk>` (see Conversion below): the model embeds them as "
+            "`<unk>` and never predicts them. fairseq's label for such a token is `<unk>` (id 3); map them to it "
+            "before computing a masked-LM loss, or each one costs a loss of about 30000:", "",
+            "```python", f"labels = labels.masked_fill(labels >= {first_alias}, 3)  # alias ids -> <unk>, as in fairseq",
+            "```", ""]
 
 
 def usage_snippet(pipeline_tag: str, model_path: str, has_tokenizer: bool) -> list[str]:

@@ -1,20 +1,27 @@
-"""The `fairseq-to-hf` command: argument parsing, messages on stderr, exit codes."""
+"""The `fairseq-to-hf` command: argument parsing, messages on stderr, exit codes.
+
+This module imports nothing heavy at load time: signals are routed (interrupts.install) before torch
+and transformers are imported, so a Ctrl-C at any moment, start-up included, ends in one line.
+"""
 
 from __future__ import annotations
 
-import argparse
-import ctypes
-import json
-import os
-import signal
-import sys
-from collections.abc import Sequence
+from . import interrupts
 
-from . import __version__
-from .arch.families import FAMILIES
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_VERIFY_FAILED, ConversionError
-from .plan import LM_HEAD, OUTPUT_DTYPES
-from .verify.compare import DEFAULT_TOLERANCE
+interrupts.install(defer=True)  # first: a Ctrl-C while the rest loads is acted on in main()
+
+import argparse  # noqa: E402
+import ctypes  # noqa: E402
+import errno  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+from . import __version__  # noqa: E402
+from .errors import (EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_OUTPUT,  # noqa: E402
+                     EXIT_VERIFY_FAILED, ConversionError)
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
@@ -22,8 +29,10 @@ EXIT_CODES_HELP = """exit codes:
   0    converted (and verified, unless --no-verify)
   1    verification failed: the converted model differs from fairseq; nothing was written
   2    bad input: missing or wrong files, unsupported model, ambiguous head; nothing was written
-  3    OUT cannot be written: it exists (use --force), is not writable, or the disk filled up
-  130  interrupted; nothing was written
+  3    OUT cannot be written: it exists (use --force), is not writable, appeared or changed meanwhile,
+       or the disk filled up
+  70   internal error (a bug): one line, nothing written
+  130  interrupted (Ctrl-C, SIGTERM, SIGHUP, SIGQUIT); nothing was written
 """
 
 CONVERT_EXAMPLES = """examples:
@@ -32,6 +41,44 @@ CONVERT_EXAMPLES = """examples:
   fairseq-to-hf convert glue-mnli/ out/ --all-heads
   fairseq-to-hf convert xlmr.xl/ out/ --dtype bfloat16 --max-shard-size 2GB
 """
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in the tool's one-line form (exit code 2, as for any bad input)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"fairseq-to-hf: error: {message}; see '{self.prog} --help'", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number >= 0")
+    return value
+
+
+def _shard_size(text: str) -> str:
+    from .writer import parse_size
+
+    try:
+        parse_size(text)
+    except ConversionError as error:
+        raise argparse.ArgumentTypeError(error.message) from None
+    return text
+
+
+def _repo_id(text: str) -> str:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError as error:
+        raise argparse.ArgumentTypeError(str(error).splitlines()[0]) from None
+    return text
 
 
 def _add_source_options(parser: argparse.ArgumentParser, tokenizer_purpose: str, checkpoint_extra: str = "") -> None:
@@ -51,7 +98,11 @@ def _add_source_options(parser: argparse.ArgumentParser, tokenizer_purpose: str,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from .arch.families import FAMILIES
+    from .plan import LM_HEAD, OUTPUT_DTYPES
+    from .verify.compare import DEFAULT_TOLERANCE
+
+    parser = _Parser(
         prog="fairseq-to-hf",
         description="Convert fairseq RoBERTa-family checkpoints into verified Hugging Face Transformers folders, "
         "without fairseq and without running code from the checkpoint.",
@@ -75,22 +126,23 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("out", metavar="OUT", help="output folder; must not exist unless --force")
     convert.add_argument("--label-dict", metavar="FILE",
                          help="label dictionary of a classifier (default: SRC/label/dict.txt if present)")
-    convert.add_argument("--head", metavar="NAME",
-                         help=f"classification head to convert, or '{LM_HEAD}' for the masked-LM head "
-                         "(default: the only classification head, else the masked-LM head)")
-    convert.add_argument("--all-heads", action="store_true",
-                         help="write one folder per classification head under OUT")
+    which_head = convert.add_mutually_exclusive_group()
+    which_head.add_argument("--head", metavar="NAME",
+                            help=f"classification head to convert, or '{LM_HEAD}' for the masked-LM head "
+                            "(default: the only classification head, else the masked-LM head)")
+    which_head.add_argument("--all-heads", action="store_true",
+                            help="write one folder per classification head under OUT")
     convert.add_argument("--model-type", choices=sorted(FAMILIES),
                          help="Transformers model type (default: detected from the checkpoint)")
     convert.add_argument("--dtype", choices=sorted(OUTPUT_DTYPES),
                          help="cast floating-point weights (default: keep the checkpoint's dtype)")
-    convert.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
+    convert.add_argument("--max-shard-size", default="5GB", metavar="SIZE", type=_shard_size,
                          help="largest safetensors file before sharding (default: 5GB)")
     convert.add_argument("--no-verify", dest="verify", action="store_false",
                          help="skip the comparison with a reference fairseq forward pass")
     convert.add_argument("--verify-text", metavar="FILE",
                          help="also check the tokenizer against fairseq's encode on every line of FILE")
-    convert.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="X",
+    convert.add_argument("--tolerance", type=_tolerance, default=DEFAULT_TOLERANCE, metavar="X",
                          help="allowed max abs difference relative to each output's scale "
                          f"(default: {DEFAULT_TOLERANCE:g})")
     convert.add_argument("--force", action="store_true",
@@ -104,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="language of the model for the model card (repeatable), e.g. --language en")
     convert.add_argument("--license", metavar="ID", help="license for the model card, e.g. mit")
     convert.add_argument("--base-model", metavar="REPO", help="base model for the model card, e.g. FacebookAI/roberta-base")
+    convert.add_argument("--repo-id", metavar="NAME", type=_repo_id,
+                         help="Hub repository the folder will be uploaded to: the model card's snippet loads it")
     convert.add_argument("--json", action="store_true", help="print the conversion report as JSON on stdout")
     convert.add_argument("--quiet", action="store_true", help="print nothing but errors")
     verify = commands.add_parser(
@@ -121,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("out", metavar="OUT", help="the Transformers folder to check")
     verify.add_argument("--head", metavar="NAME", help="fairseq classification head the folder was made from")
     verify.add_argument("--verify-text", metavar="FILE", help="also check the tokenizer on every line of FILE")
-    verify.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="X",
+    verify.add_argument("--tolerance", type=_tolerance, default=DEFAULT_TOLERANCE, metavar="X",
                         help=f"allowed max abs difference relative to each output's scale (default: {DEFAULT_TOLERANCE:g})")
     verify.add_argument("--block-by-block", action="store_true",
                         help="run the folder's model one block at a time (for models larger than memory)")
@@ -155,37 +209,56 @@ def _return_freed_memory_promptly() -> None:
         pass  # not glibc: its allocator has its own policy
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _return_freed_memory_promptly()
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # clean up staged output as on Ctrl-C
-
-    def log(message: str) -> None:
-        if not getattr(args, "quiet", False):
-            print(message, file=sys.stderr, flush=True)
-
+    interrupts.install(defer=True)  # still deferred while torch is imported: a cut import fails obscurely later
     try:
-        if args.command == "convert":
-            return _convert(args, log)
-        if args.command == "inspect":
-            return _inspect(args)
-        if args.command == "verify":
-            return _verify(args, log)
+        args = build_parser().parse_args(argv)
+        interrupts.start()
+        return _run(args)
     except ConversionError as error:
         print(f"fairseq-to-hf: error: {error.render()}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
+        interrupts.ignore_from_now()
         print("fairseq-to-hf: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # Whoever read stdout stopped (`... --json | head`); the work itself is done.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    return EXIT_OK
+    except Exception as error:
+        if interrupts.interrupted():  # the failure is the interrupt's doing
+            interrupts.ignore_from_now()
+            print("fairseq-to-hf: interrupted; nothing was written", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        return _unexpected(error)
+
+
+def _unexpected(error: Exception) -> int:
+    """One line for an error nothing turned into a ConversionError; a traceback only when asked for."""
+    if isinstance(error, OSError):  # one that no reader or writer turned into a clearer message
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"fairseq-to-hf: error: {where}{error.strerror or error}", file=sys.stderr)
+        return EXIT_OUTPUT if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else EXIT_BAD_INPUT
+    if os.environ.get("FAIRSEQ_TO_HF_TRACEBACK"):  # a bug: still one line, and the staged output is gone
+        raise error
+    print(f"fairseq-to-hf: internal error: {type(error).__name__}: {str(error)[:300]} (please report it; "
+          "set FAIRSEQ_TO_HF_TRACEBACK=1 for the traceback); nothing was written", file=sys.stderr)
+    return EXIT_INTERNAL
+
+
+def _run(args: argparse.Namespace) -> int:
+    _return_freed_memory_promptly()
+
+    def log(message: str) -> None:
+        if not getattr(args, "quiet", False):
+            print(message, file=sys.stderr, flush=True)
+
+    if args.command == "convert":
+        return _convert(args, log)
+    if args.command == "inspect":
+        return _inspect(args)
+    return _verify(args, log)
 
 
 def _verify(args: argparse.Namespace, log) -> int:
@@ -238,28 +311,27 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace, log) -> int:
     from .card import CardOptions
-    from .convert import convert, convert_batch
+    from .pipeline import ConvertOptions, convert, convert_batch
     from .progress import WriteProgress
 
-    options = dict(
-        dictionary=args.dictionary, label_dict=args.label_dict, encoder_json=args.encoder_json,
-        vocab_bpe=args.vocab_bpe, sentencepiece_model=args.sentencepiece_model, head=args.head,
-        all_heads=args.all_heads, model_type=args.model_type, dtype=args.dtype, verify=args.verify,
-        verify_text=args.verify_text, tolerance=args.tolerance, max_shard_size=args.max_shard_size,
-        card=CardOptions(language=args.language, license=args.license, base_model=args.base_model),
-        allow_non_finite=args.allow_non_finite, force=args.force, log=log,
-        progress=None if args.quiet else WriteProgress(sys.stderr),
+    options = ConvertOptions(
+        checkpoint=args.checkpoint, dictionary=args.dictionary, label_dict=args.label_dict,
+        encoder_json=args.encoder_json, vocab_bpe=args.vocab_bpe, sentencepiece_model=args.sentencepiece_model,
+        head=args.head, all_heads=args.all_heads, model_type=args.model_type, dtype=args.dtype,
+        max_shard_size=args.max_shard_size,
+        card=CardOptions(language=args.language, license=args.license, base_model=args.base_model,
+                         repo_id=args.repo_id),
+        verify=args.verify, verify_text=args.verify_text, tolerance=args.tolerance,
+        allow_non_finite=args.allow_non_finite, force=args.force, dry_run=args.dry_run,
     )
+    progress = None if args.quiet else WriteProgress(sys.stderr)
     if args.checkpoint and any(char in args.checkpoint for char in "*?["):
-        return _report_batch(args, log, convert_batch(args.src, args.out, args.checkpoint, **options))
-    report = convert(args.src, args.out, checkpoint=args.checkpoint, dry_run=args.dry_run, **options)
-    if args.dry_run:
-        if args.json:
-            print(json.dumps(report.as_dict(), indent=2))
-        return EXIT_OK
-    for output in report.outputs:
-        status = "verified" if output.verification else "not verified (--no-verify)"
-        log(f"wrote {output.folder}: {output.architecture}, {output.tensors_written} tensors, {status}")
+        return _report_batch(args, log, convert_batch(args.src, args.out, options, log=log, progress=progress))
+    report = convert(args.src, args.out, options, log=log, progress=progress)
+    if not args.dry_run:
+        for output in report.outputs:
+            status = "verified" if output.verification else "not verified (--no-verify)"
+            log(f"wrote {output.folder}: {output.architecture}, {output.tensors_written} tensors, {status}")
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     return EXIT_OK

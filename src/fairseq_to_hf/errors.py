@@ -15,13 +15,14 @@ EXIT_OK = 0
 EXIT_VERIFY_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_OUTPUT = 3
+EXIT_INTERNAL = 70  # a bug, reported in one line like everything else
 EXIT_INTERRUPTED = 130
 
 
 class ConversionError(Exception):
     """A problem with the input or the request; nothing was written."""
 
-    exit_code = EXIT_BAD_INPUT
+    exit_code = EXIT_BAD_INPUT  # an instance may carry another (a batch ends with its first failure's)
 
     def __init__(
         self,

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import glob
+import math
+import os
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,8 +28,9 @@ from .tokenizer import PreparedTokenizer, prepare_tokenizer, write_tokenizer
 from .verify.alongside import ReferenceAlongside
 from .verify.compare import DEFAULT_TOLERANCE, reference_rows, verification_inputs, verify_weights
 from .verify.reference import FairseqReference
-from .writer import (DEFAULT_MAX_SHARD_BYTES, OnRead, check_output_target, parse_size, plan_shards,
-                     shard_file_names, single_torch_thread, staged_output, write_json, write_weights)
+from .staging import output_target, staged_output
+from .writer import (DEFAULT_MAX_SHARD_BYTES, OnRead, parse_size, plan_shards, shard_file_names,
+                     single_torch_thread, write_json, write_text, write_weights)
 
 Log = Callable[[str], None]
 # Above this size the converted model is verified block by block instead of loaded whole.
@@ -35,20 +41,49 @@ NO_TOKENIZER = ("no tokenizer written: SRC has neither encoder.json + vocab.bpe 
 
 @dataclass(frozen=True)
 class ConvertOptions:
-    """Everything about a conversion except which checkpoint and where to."""
+    """Everything about a conversion but SRC and OUT: one object from the command line to the pipeline."""
 
+    # SRC's files; None: their usual names in SRC. In convert_batch, `checkpoint` is a pattern.
+    checkpoint: str | Path | None = None
+    dictionary: str | Path | None = None
+    label_dict: str | Path | None = None
+    encoder_json: str | Path | None = None
+    vocab_bpe: str | Path | None = None
+    sentencepiece_model: str | Path | None = None
+    # What to write.
     head: str | None = None
     all_heads: bool = False
     model_type: str | None = None
     dtype: str | None = None
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_BYTES
+    card: CardOptions = field(default_factory=CardOptions)
+    # How to check it.
     verify: bool = True
     verify_streamed: bool | None = None  # None: block by block above STREAMED_VERIFY_BYTES
-    verify_lines: tuple[str, ...] = ()
+    verify_text: str | Path | None = None
     tolerance: float = DEFAULT_TOLERANCE
-    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
-    card: CardOptions = field(default_factory=CardOptions)
-    strict_labels: bool = False
     allow_non_finite: bool = False
+    # OUT.
+    force: bool = False
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dtype is not None and self.dtype not in OUTPUT_DTYPES:
+            raise ConversionError(f"unknown dtype {self.dtype!r}; choose from {', '.join(OUTPUT_DTYPES)}")
+        if self.head is not None and self.all_heads:
+            raise ConversionError("--head and --all-heads exclude each other", hint="pass one of them")
+        if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
+            raise ConversionError(f"the tolerance {self.tolerance!r} must be a finite number >= 0")
+        self.max_shard_bytes  # noqa: B018 -- refuse a bad size before any work
+
+    @property
+    def max_shard_bytes(self) -> int:
+        return parse_size(self.max_shard_size)
+
+    @property
+    def strict_labels(self) -> bool:
+        """A label dict given by name must fit the head; one found in SRC, or with --all-heads, may not."""
+        return self.label_dict is not None and not self.all_heads
 
 
 @dataclass
@@ -58,6 +93,7 @@ class SharedSources:
     files: SourceFiles
     dictionary: Dictionary
     label_dictionary: Dictionary | None
+    verify_lines: tuple[str, ...] = ()
     tokenizers: dict[int, PreparedTokenizer | None] = field(default_factory=dict)  # by model vocabulary rows
 
     def tokenizer(self, model_rows: int) -> PreparedTokenizer | None:
@@ -65,123 +101,115 @@ class SharedSources:
             self.tokenizers[model_rows] = prepare_tokenizer(self.files.tokenizer, self.dictionary, model_rows)
         return self.tokenizers[model_rows]
 
+    def inputs(self, options: ConvertOptions) -> list[Path]:
+        """Every file and folder this conversion reads: OUT must hold none of them."""
+        files = self.files
+        paths = [files.folder, files.checkpoint, files.dictionary, files.label_dictionary,
+                 *vars(files.tokenizer).values(), options.verify_text]
+        return [Path(path) for path in paths if path is not None]
 
-def convert(
-    src: str | Path,
-    out: str | Path,
-    *,
-    checkpoint: str | Path | None = None,
-    dictionary: str | Path | None = None,
-    label_dict: str | Path | None = None,
-    encoder_json: str | Path | None = None,
-    vocab_bpe: str | Path | None = None,
-    sentencepiece_model: str | Path | None = None,
-    head: str | None = None,
-    all_heads: bool = False,
-    model_type: str | None = None,
-    dtype: str | None = None,
-    verify: bool = True,
-    verify_streamed: bool | None = None,
-    dry_run: bool = False,
-    verify_text: str | Path | None = None,
-    tolerance: float = DEFAULT_TOLERANCE,
-    force: bool = False,
-    max_shard_size: str | int = DEFAULT_MAX_SHARD_BYTES,
-    card: CardOptions | None = None,
-    allow_non_finite: bool = False,
-    log: Log | None = None,
-    progress: WriteProgress | None = None,
-) -> ConversionReport:
+
+def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = None, *, log: Log | None = None,
+            progress: WriteProgress | None = None, **option_fields) -> ConversionReport:
     """Converts a fairseq RoBERTa-family checkpoint folder into a Transformers folder at `out`.
 
+    Options come as a ConvertOptions, or as its fields by keyword (`convert(src, out, head="mnli")`).
     Raises a ConversionError subclass (with nothing written) for bad input, and VerificationError
     (with nothing written) when the converted model or tokenizer does not reproduce fairseq.
     """
+    options = replace(options or ConvertOptions(), **option_fields)
     say = log or (lambda message: None)
-    out = Path(out)
-    options = _options(head, all_heads, model_type, dtype, verify, verify_streamed, verify_text, tolerance,
-                       max_shard_size, card, allow_non_finite, strict_labels=not all_heads and label_dict is not None)
-    check_output_target(out, force=force)
-    shared = _shared_sources(src, checkpoint, dictionary, label_dict, encoder_json, vocab_bpe, sentencepiece_model)
+    shared = _shared_sources(src, options, options.checkpoint)
+    target = output_target(out, force=options.force, inputs=shared.inputs(options))
     source = read_checkpoint(shared.files.checkpoint)
     report, plans, tokenizer = _prepare(source, shared, options, say)
-    if dry_run:
+    if options.dry_run:
         for name, plan in plans.items():
-            say(format_plan(plan, out / name if name else out, options.max_shard_bytes))
+            say(format_plan(plan, target.path / name if name else target.path, options.max_shard_bytes))
         return report
     checksum = sha256_in_background(shared.files.checkpoint)  # overlaps with the conversion
-    with staged_output(out, force=force) as staging:
-        _write_and_verify(staging, out, source, report, plans, tokenizer, options, checksum, say, progress)
+    with staged_output(target) as staging:
+        _write_and_verify(staging, target.path, source, report, plans, tokenizer, options, shared, checksum, say,
+                          progress)
     return report
 
 
-def convert_batch(
-    src: str | Path,
-    out: str | Path,
-    pattern: str,
-    *,
-    force: bool = False,
-    log: Log | None = None,
-    progress: WriteProgress | None = None,
-    dictionary: str | Path | None = None,
-    label_dict: str | Path | None = None,
-    encoder_json: str | Path | None = None,
-    vocab_bpe: str | Path | None = None,
-    sentencepiece_model: str | Path | None = None,
-    **convert_options,
-) -> list[tuple[Path, ConversionReport | ConversionError]]:
-    """Converts every checkpoint of SRC matching `pattern` into OUT/<checkpoint name>/.
+def convert_batch(src: str | Path, out: str | Path, options: ConvertOptions | None = None, *,
+                  log: Log | None = None, progress: WriteProgress | None = None,
+                  **option_fields) -> list[tuple[Path, ConversionReport | ConversionError]]:
+    """Converts every checkpoint matching the pattern `options.checkpoint` into OUT/<checkpoint name>/.
 
-    dict.txt and the tokenizer are read once. A failing checkpoint is recorded and the others go on;
-    OUT appears, with the checkpoints that converted, when all have been tried.
+    The pattern is relative to SRC unless absolute. dict.txt and the tokenizer are read once. A failing
+    checkpoint is recorded and the others go on; OUT appears, with the checkpoints that converted, when
+    all have been tried, and not at all when none did.
     """
+    options = replace(options or ConvertOptions(), **option_fields)
     say = log or (lambda message: None)
-    out = Path(out)
-    check_output_target(out, force=force)
-    checkpoints = sorted(path for path in Path(src).glob(pattern) if path.is_file())
-    if not checkpoints:
-        raise ConversionError(f"no checkpoint matches {pattern!r}", path=src, hint="check --checkpoint")
-    options = _options(**convert_options, strict_labels=label_dict is not None)
-    shared = _shared_sources(src, checkpoints[0], dictionary, label_dict, encoder_json, vocab_bpe, sentencepiece_model)
+    checkpoints = matching_checkpoints(src, str(options.checkpoint))
+    shared = _shared_sources(src, options, next(iter(checkpoints.values())))
+    target = output_target(out, force=options.force, inputs=[*shared.inputs(options), *checkpoints.values()])
     results: list[tuple[Path, ConversionReport | ConversionError]] = []
-    with staged_output(out, force=force) as staging:
-        for number, path in enumerate(checkpoints, start=1):
-            say(f"[{number}/{len(checkpoints)}] {path.name}")
-            target = staging / path.stem
+    with ExitStack() as stack:
+        staging = None if options.dry_run else stack.enter_context(staged_output(target))
+        for number, (name, path) in enumerate(checkpoints.items(), start=1):
+            say(f"[{number}/{len(checkpoints)}] {name}")
             try:
-                source = read_checkpoint(path)
-                report, plans, tokenizer = _prepare(source, replace(shared, files=replace(shared.files, checkpoint=path)),
-                                                    options, say)
-                target.mkdir()
-                _write_and_verify(target, out / path.stem, source, report, plans, tokenizer, options,
-                                  sha256_in_background(path), say, progress)
-                results.append((path, report))
+                results.append((path, _convert_one_of_batch(path, name, staging, target.path, shared, options,
+                                                            say, progress)))
             except ConversionError as error:
-                shutil.rmtree(target, ignore_errors=True)
-                say(f"[{number}/{len(checkpoints)}] {path.name} failed: {error.render()}")
+                if staging is not None:
+                    shutil.rmtree(staging / name, ignore_errors=True)
+                say(f"[{number}/{len(checkpoints)}] {name} failed: {error.render()}")
                 results.append((path, error))
+        failures = [outcome for _, outcome in results if isinstance(outcome, ConversionError)]
+        if len(failures) == len(results):
+            error = ConversionError(f"none of the {len(results)} checkpoints converted (each failure is said above); "
+                                    "nothing was written", path=target.path)
+            error.exit_code = failures[0].exit_code
+            raise error
     return results
 
 
-def _options(head=None, all_heads=False, model_type=None, dtype=None, verify=True, verify_streamed=None,
-             verify_text=None, tolerance=DEFAULT_TOLERANCE, max_shard_size=DEFAULT_MAX_SHARD_BYTES, card=None,
-             allow_non_finite=False, *, strict_labels: bool) -> ConvertOptions:
-    if dtype is not None and dtype not in OUTPUT_DTYPES:
-        raise ConversionError(f"unknown dtype {dtype!r}; choose from {', '.join(OUTPUT_DTYPES)}")
-    return ConvertOptions(
-        head=head, all_heads=all_heads, model_type=model_type, dtype=dtype, verify=verify,
-        verify_streamed=verify_streamed, verify_lines=tuple(read_text_lines(verify_text)) if verify_text else (),
-        tolerance=tolerance,
-        max_shard_bytes=parse_size(max_shard_size) if isinstance(max_shard_size, str) else int(max_shard_size),
-        card=card or CardOptions(), strict_labels=strict_labels, allow_non_finite=allow_non_finite,
-    )
+def _convert_one_of_batch(path: Path, name: str, staging: Path | None, out: Path, shared: SharedSources,
+                          options: ConvertOptions, say: Log, progress: WriteProgress | None) -> ConversionReport:
+    source = read_checkpoint(path)
+    report, plans, tokenizer = _prepare(source, replace(shared, files=replace(shared.files, checkpoint=path)),
+                                        options, say)
+    if staging is None:  # --dry-run
+        for head, plan in plans.items():
+            say(format_plan(plan, out / name / head if head else out / name, options.max_shard_bytes))
+        return report
+    folder = staging / name
+    folder.mkdir(parents=True)
+    _write_and_verify(folder, out / name, source, report, plans, tokenizer, options, shared,
+                      sha256_in_background(path), say, progress)
+    return report
 
 
-def _shared_sources(src, checkpoint, dictionary, label_dict, encoder_json, vocab_bpe, sentencepiece_model) -> SharedSources:
-    files = find_source_files(src, checkpoint=checkpoint, dictionary=dictionary, label_dictionary=label_dict,
-                              encoder_json=encoder_json, vocab_bpe=vocab_bpe, sentencepiece_model=sentencepiece_model)
+def matching_checkpoints(src: str | Path, pattern: str) -> dict[str, Path]:
+    """Output name -> checkpoint file, for the files matching `pattern` (relative to SRC unless absolute).
+
+    A checkpoint's output is named by its file name without `.pt`, or, where two matches share a file
+    name (`run*/checkpoint_best.pt`), by its path below the folder they have in common.
+    """
+    folder = Path(src) if Path(src).is_dir() else Path(src).parent
+    found = sorted(Path(p) for p in glob.glob(os.path.join(folder, pattern)) if Path(p).is_file())
+    if not found:
+        raise ConversionError(f"no checkpoint matches {pattern!r}", path=folder, hint="check --checkpoint")
+    stems = Counter(path.stem for path in found)
+    if max(stems.values()) == 1:
+        return {path.stem: path for path in found}
+    common = Path(os.path.commonpath([path.parent for path in found]))
+    return {str(path.relative_to(common).with_suffix("")): path for path in found}
+
+
+def _shared_sources(src: str | Path, options: ConvertOptions, checkpoint: str | Path | None) -> SharedSources:
+    files = find_source_files(src, checkpoint=checkpoint, dictionary=options.dictionary,
+                              label_dictionary=options.label_dict, encoder_json=options.encoder_json,
+                              vocab_bpe=options.vocab_bpe, sentencepiece_model=options.sentencepiece_model)
     labels = read_dictionary(files.label_dictionary) if files.label_dictionary else None
-    return SharedSources(files, read_dictionary(files.dictionary), labels)
+    lines = tuple(read_text_lines(options.verify_text)) if options.verify_text else ()
+    return SharedSources(files, read_dictionary(files.dictionary), labels, lines)
 
 
 def _prepare(source: Checkpoint, shared: SharedSources, options: ConvertOptions,
@@ -194,7 +222,6 @@ def _prepare(source: Checkpoint, shared: SharedSources, options: ConvertOptions,
         heads = [h.name for h in list_heads(source)]
         if not heads:
             raise ConversionError("has no classification heads for --all-heads", path=source.path)
-        base = replace(base, strict_labels=False)
     first = make_plan(source, shared.dictionary, replace(base, head=heads[0]))
     tokenizer = shared.tokenizer(first.dims.vocab_size)
     alias_rows = len(tokenizer.vocabulary.aliases) if tokenizer else 0
@@ -203,6 +230,7 @@ def _prepare(source: Checkpoint, shared: SharedSources, options: ConvertOptions,
                                                               replace(base, head=name, alias_rows=alias_rows))
              for name in heads}
     report = ConversionReport(
+        source_folder=shared.files.folder,
         source_checkpoint=source.path,
         source_dictionary=shared.files.dictionary,
         checkpoint_format=source.format,
@@ -225,7 +253,7 @@ def _prepare(source: Checkpoint, shared: SharedSources, options: ConvertOptions,
 
 def _write_and_verify(staging: Path, out: Path, source: Checkpoint, report: ConversionReport,
                       plans: dict[str, ConversionPlan], tokenizer: PreparedTokenizer | None,
-                      options: ConvertOptions, checksum: Future[str], say: Log,
+                      options: ConvertOptions, shared: SharedSources, checksum: Future[str], say: Log,
                       progress: WriteProgress | None) -> None:
     for name, plan in plans.items():
         folder = staging / name if name else staging
@@ -236,13 +264,12 @@ def _write_and_verify(staging: Path, out: Path, source: Checkpoint, report: Conv
         else:
             output = _write_and_verify_one(folder, final_folder, plan, source, tokenizer, options, say, progress)
             if tokenizer:
-                output.tokenizer_verification = _verify_tokenizer(folder, tokenizer, list(options.verify_lines), say)
+                output.tokenizer_verification = _verify_tokenizer(folder, tokenizer, list(shared.verify_lines), say)
         report.outputs.append(output)
         report.source_sha256 = checksum.result()
         document = report.as_dict(only=output)
         write_json(folder / REPORT_FILE, document)
-        card_text = model_card(document, document["outputs"][0], options.card, str(output.folder))
-        (folder / "README.md").write_text(card_text, encoding="utf-8")
+        write_text(folder / "README.md", model_card(document, document["outputs"][0], options.card))
         output.files += [REPORT_FILE, "README.md"]
     failures = [line for output in report.outputs for line in _failures(output)]
     if failures:

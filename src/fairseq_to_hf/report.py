@@ -11,6 +11,15 @@ from . import __version__
 REPORT_FILE = "conversion_report.json"
 
 
+def portable(path: Path, folder: Path) -> str:
+    """A source file as the report names it: relative to the model folder, never a local absolute path.
+
+    The report and card travel with OUT (to the Hub); a path of the converting machine would leak there.
+    """
+    path, folder = Path(path).absolute(), Path(folder).absolute()
+    return path.relative_to(folder).as_posix() if folder in path.parents else path.name
+
+
 @dataclass
 class OutputReport:
     """One Transformers folder written by a conversion."""
@@ -32,7 +41,7 @@ class OutputReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "folder": str(self.folder),
+            "folder": self.folder.name,
             "architecture": self.architecture,
             "model_type": self.model_type,
             "head": self.head,
@@ -51,6 +60,7 @@ class OutputReport:
 
 @dataclass
 class ConversionReport:
+    source_folder: Path
     source_checkpoint: Path
     source_dictionary: Path
     checkpoint_format: str
@@ -72,15 +82,21 @@ class ConversionReport:
             for out in self.outputs
         )
 
+    def _tokenizer_as_dict(self) -> dict[str, Any] | None:
+        if self.tokenizer is None:
+            return None
+        files = {kind: portable(path, self.source_folder) for kind, path in self.tokenizer["source_files"].items()}
+        return {**self.tokenizer, "source_files": files}
+
     def as_dict(self, only: OutputReport | None = None) -> dict[str, Any]:
         outputs = [only] if only is not None else self.outputs
         return {
             "tool": "fairseq-to-hf",
             "tool_version": __version__,
             "source": {
-                "checkpoint": str(self.source_checkpoint),
+                "checkpoint": portable(self.source_checkpoint, self.source_folder),
                 "sha256": self.source_sha256,
-                "dictionary": str(self.source_dictionary),
+                "dictionary": portable(self.source_dictionary, self.source_folder),
                 "checkpoint_format": self.checkpoint_format,
                 "key_generation": self.key_generation,
                 "hyper_parameters_from": self.hparams_source,
@@ -88,6 +104,6 @@ class ConversionReport:
                 "dims": self.dims,
                 "classification_heads": self.heads_in_checkpoint,
             },
-            "tokenizer": self.tokenizer,
+            "tokenizer": self._tokenizer_as_dict(),
             "outputs": [out.as_dict() for out in outputs],
         }

@@ -7,13 +7,9 @@ tensors are streamed after it: memory holds one tensor and the next, never the m
 
 from __future__ import annotations
 
-import errno
 import json
 import math
-import os
-import shutil
 import struct
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ConversionError, OutputError
+from .errors import ConversionError
 from .plan import ConversionPlan, TensorPlan
 from .reader.tensors import LazyTensor
 from .prefetch import Prefetcher
@@ -34,26 +30,26 @@ SAFETENSORS_DTYPES = {
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # the Hub's "5GB"
+MAX_SHARD_BYTES = 10**15
 
 Progress = Callable[[TensorPlan], None]  # called after each tensor is written
 OnRead = Callable[[LazyTensor, torch.Tensor], None]  # called with each source tensor as it is read
 Read = tuple[torch.Tensor, torch.Tensor | None]  # a tensor's values, and the pooled buffer they were read into
 
 
-def parse_size(text: str) -> int:
+def parse_size(size: str | int) -> int:
     """'5GB', '500MB', '2GiB' or a byte count -> bytes (decimal units as in huggingface_hub)."""
     units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-    value = text.strip().upper()
+    value = str(size).strip().upper()
     number = value.rstrip("KMGTIB")
-    unit = value[len(number):]
     try:
-        size = int(float(number) * units[unit])
+        amount = float(number) * units[value[len(number):]]
     except (ValueError, KeyError):
-        raise ConversionError(f"cannot read the size {text!r}; write it like 5GB or 500MB") from None
-    if size <= 0:
-        raise ConversionError(f"the shard size {text!r} must be positive")
-    return size
+        raise ConversionError(f"cannot read the size {size!r}; write it like 5GB or 500MB") from None
+    if not (1 <= amount <= MAX_SHARD_BYTES):  # also refuses nan and inf
+        raise ConversionError(f"the shard size {size!r} must be between 1 byte and 1PB")
+    return int(amount)
 
 
 def plan_shards(tensors: list[TensorPlan], max_shard_bytes: int) -> list[list[TensorPlan]]:
@@ -243,60 +239,11 @@ def write_weights(folder: Path, plan: ConversionPlan, max_shard_bytes: int = DEF
     return names
 
 
+def write_text(path: Path, text: str) -> None:
+    """Every text file of OUT is written here, so a full disk is an OSError wherever it strikes."""
+    with open(path, "w", encoding="utf-8") as file:
+        file.write(text)
+
+
 def write_json(path: Path, data: object) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def check_output_target(out: Path, *, force: bool) -> Path:
-    """Refuses an OUT that cannot be created; returns the folder the staging folder goes in."""
-    if out.exists() and not force:
-        raise OutputError("already exists", path=out, hint="choose a new folder or pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise OutputError("exists and is not a folder", path=out, hint="choose a folder path")
-    parent = out.parent
-    if not parent.is_dir():
-        raise OutputError("its parent folder does not exist", path=out, hint=f"create {parent} first")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write in {parent}", path=out, hint="choose a folder you can write to")
-    return parent
-
-
-@contextmanager
-def staged_output(out: Path, *, force: bool = False) -> Iterator[Path]:
-    """Yields an empty folder beside `out`; renames it onto `out` when the block completes.
-
-    On any error or interrupt the staging folder is removed and `out` is left as it was. With
-    `force`, an existing `out` is replaced only after the new folder is complete.
-    """
-    out = Path(out)
-    parent = check_output_target(out, force=force)
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it 0700; OUT gets the usual permissions
-    except OSError as error:
-        raise OutputError(f"cannot create a folder beside it ({error.strerror})", path=out,
-                          hint="choose a folder you can write to") from None
-    try:
-        try:
-            yield staging
-        except OSError as error:
-            if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                raise OutputError("the disk filled up while writing", path=out,
-                                  hint="free some space or write elsewhere; nothing was kept") from None
-            raise OutputError(f"writing failed ({error.strerror})", path=out) from None
-        _replace(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _replace(staging: Path, out: Path) -> None:
-    if not out.exists():
-        os.rename(staging, out)
-        return
-    previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.previous-", dir=out.parent))
-    os.rename(out, previous / out.name)
-    os.rename(staging, out)
-    shutil.rmtree(previous, ignore_errors=True)
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

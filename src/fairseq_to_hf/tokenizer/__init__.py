@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 
 from ..reader.dictionary import BOS, EOS, MASK, PAD, UNK, Dictionary
 from .gpt2 import build_gpt2_tokenizer, gpt2_vocabulary, read_gpt2_files
-from ..writer import write_json
+from ..writer import write_json, write_text
 from .vocab import TokenVocabulary
 
 # transformers 4.x and 5.x both load tokenizer.json as it is through this class; model-specific classes
@@ -51,7 +51,7 @@ class PreparedTokenizer:
         vocabulary = self.vocabulary
         return {
             "kind": self.kind,
-            "source_files": {k: str(v) for k, v in vars(self.files).items() if v is not None},
+            "source_files": {k: v for k, v in vars(self.files).items() if v is not None},
             "vocab_size": vocabulary.size,
             "fairseq_vocab_rows": vocabulary.model_rows,
             "alias_count": len(vocabulary.aliases),
@@ -79,7 +79,8 @@ def prepare_tokenizer(files: TokenizerFiles, dictionary: Dictionary, model_rows:
 
 
 def write_tokenizer(folder: Path, prepared: PreparedTokenizer, model_max_length: int) -> list[str]:
-    prepared.tokenizer.save(str(folder / "tokenizer.json"))
+    # Written by us, not Tokenizer.save, whose failures (a full disk) are a bare Exception.
+    write_text(folder / "tokenizer.json", prepared.tokenizer.to_str(pretty=True))
     specials = {"bos_token": BOS, "eos_token": EOS, "unk_token": UNK, "sep_token": EOS, "cls_token": BOS,
                 "pad_token": PAD}
     if prepared.vocabulary.mask_id is not None:
