@@ -268,7 +268,9 @@ def _verify(args: argparse.Namespace, log) -> int:
                            encoder_json=args.encoder_json, vocab_bpe=args.vocab_bpe,
                            sentencepiece_model=args.sentencepiece_model, head=args.head,
                            verify_text=args.verify_text, tolerance=args.tolerance, streamed=args.block_by_block)
-    weights = report["verification"]
+    for mismatch in report.get("config_mismatches", []):
+        log(f"  {mismatch}")
+    weights = report["verification"] or {"max_abs_diff": {}, "loading_warnings": []}
     for kind, diff in weights["max_abs_diff"].items():
         log(f"  max abs diff {kind:<18} {diff:.3g}")
     for warning in weights["loading_warnings"]:
