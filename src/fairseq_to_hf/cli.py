@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from . import __version__
 from .arch.families import FAMILIES
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_VERIFY_FAILED, ConversionError
-from .plan import LM_HEAD, OUTPUT_DTYPES
+from .hparams import SuppliedHyperParameters
+from .plan import ACTIVATIONS, LM_HEAD, OUTPUT_DTYPES
 from .verify.compare import DEFAULT_TOLERANCE
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
@@ -48,6 +49,31 @@ def _add_source_options(parser: argparse.ArgumentParser, tokenizer_purpose: str,
     parser.add_argument("--sentencepiece-model", metavar="FILE",
                         help=f"sentencepiece model {tokenizer_purpose} "
                         "(default: SRC/sentencepiece.bpe.model if present)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _add_hyper_parameter_options(parser: argparse.ArgumentParser) -> None:
+    """What the tensors cannot show, for checkpoints whose args/cfg lack it; never contradicting them."""
+    group = parser.add_argument_group("hyper-parameters the checkpoint lacks (refused if it says otherwise)")
+    group.add_argument("--num-heads", type=_positive_int, metavar="N",
+                       help="attention heads per layer (encoder_attention_heads)")
+    group.add_argument("--activation-fn", choices=sorted(ACTIVATIONS), metavar="NAME",
+                       help=f"fairseq activation_fn: {', '.join(ACTIVATIONS)}")
+    group.add_argument("--pooler-activation-fn", choices=sorted(ACTIVATIONS), metavar="NAME",
+                       help="fairseq pooler_activation_fn of the classification head (same names)")
+
+
+def _supplied(args: argparse.Namespace) -> SuppliedHyperParameters:
+    return SuppliedHyperParameters(args.num_heads, args.activation_fn, args.pooler_activation_fn)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--base-model", metavar="REPO", help="base model for the model card, e.g. FacebookAI/roberta-base")
     convert.add_argument("--json", action="store_true", help="print the conversion report as JSON on stdout")
     convert.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_hyper_parameter_options(convert)
     verify = commands.add_parser(
         "verify",
         help="check an existing Transformers folder against a fairseq checkpoint",
@@ -127,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run the folder's model one block at a time (for models larger than memory)")
     verify.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     verify.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_hyper_parameter_options(verify)
 
     inspect = commands.add_parser(
         "inspect",
@@ -138,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_source_options(inspect, "to look for")
     inspect.add_argument("--json", action="store_true", help="print JSON for scripts")
+    _add_hyper_parameter_options(inspect)
     return parser
 
 
@@ -194,7 +223,8 @@ def _verify(args: argparse.Namespace, log) -> int:
     report = verify_folder(args.src, args.out, checkpoint=args.checkpoint, dictionary=args.dictionary,
                            encoder_json=args.encoder_json, vocab_bpe=args.vocab_bpe,
                            sentencepiece_model=args.sentencepiece_model, head=args.head,
-                           verify_text=args.verify_text, tolerance=args.tolerance, streamed=args.block_by_block)
+                           verify_text=args.verify_text, tolerance=args.tolerance, streamed=args.block_by_block,
+                           hyper_parameters=_supplied(args))
     weights = report["verification"]
     for kind, diff in weights["max_abs_diff"].items():
         log(f"  max abs diff {kind:<18} {diff:.3g}")
@@ -231,7 +261,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
     description = inspect_source(args.src, checkpoint=args.checkpoint, dictionary=args.dictionary,
                                  encoder_json=args.encoder_json, vocab_bpe=args.vocab_bpe,
-                                 sentencepiece_model=args.sentencepiece_model)
+                                 sentencepiece_model=args.sentencepiece_model, hyper_parameters=_supplied(args))
     print(json.dumps(description, indent=2) if args.json else format_inspection(description))
     return EXIT_OK
 
@@ -247,7 +277,8 @@ def _convert(args: argparse.Namespace, log) -> int:
         all_heads=args.all_heads, model_type=args.model_type, dtype=args.dtype, verify=args.verify,
         verify_text=args.verify_text, tolerance=args.tolerance, max_shard_size=args.max_shard_size,
         card=CardOptions(language=args.language, license=args.license, base_model=args.base_model),
-        allow_non_finite=args.allow_non_finite, force=args.force, log=log,
+        allow_non_finite=args.allow_non_finite, num_heads=args.num_heads, activation_fn=args.activation_fn,
+        pooler_activation_fn=args.pooler_activation_fn, force=args.force, log=log,
         progress=None if args.quiet else WriteProgress(sys.stderr),
     )
     if args.checkpoint and any(char in args.checkpoint for char in "*?["):

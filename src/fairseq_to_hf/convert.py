@@ -13,6 +13,7 @@ import torch
 from .card import CardOptions, model_card
 from .errors import ConversionError, VerificationError
 from .hashing import sha256_in_background
+from .hparams import SuppliedHyperParameters
 from .progress import WriteProgress
 from .plan import OUTPUT_DTYPES, ConversionPlan, PlanOptions, describe_heads, list_heads, make_plan
 from .reader.checkpoint import Checkpoint, read_checkpoint
@@ -49,6 +50,7 @@ class ConvertOptions:
     card: CardOptions = field(default_factory=CardOptions)
     strict_labels: bool = False
     allow_non_finite: bool = False
+    hyper_parameters: SuppliedHyperParameters = field(default_factory=SuppliedHyperParameters)
 
 
 @dataclass
@@ -89,6 +91,9 @@ def convert(
     max_shard_size: str | int = DEFAULT_MAX_SHARD_BYTES,
     card: CardOptions | None = None,
     allow_non_finite: bool = False,
+    num_heads: int | None = None,
+    activation_fn: str | None = None,
+    pooler_activation_fn: str | None = None,
     log: Log | None = None,
     progress: WriteProgress | None = None,
 ) -> ConversionReport:
@@ -96,11 +101,13 @@ def convert(
 
     Raises a ConversionError subclass (with nothing written) for bad input, and VerificationError
     (with nothing written) when the converted model or tokenizer does not reproduce fairseq.
+    `num_heads`, `activation_fn`, `pooler_activation_fn`: hyper-parameters the checkpoint lacks.
     """
     say = log or (lambda message: None)
     out = Path(out)
     options = _options(head, all_heads, model_type, dtype, verify, verify_streamed, verify_text, tolerance,
-                       max_shard_size, card, allow_non_finite, strict_labels=not all_heads and label_dict is not None)
+                       max_shard_size, card, allow_non_finite, num_heads, activation_fn, pooler_activation_fn,
+                       strict_labels=not all_heads and label_dict is not None)
     check_output_target(out, force=force)
     shared = _shared_sources(src, checkpoint, dictionary, label_dict, encoder_json, vocab_bpe, sentencepiece_model)
     source = read_checkpoint(shared.files.checkpoint)
@@ -165,7 +172,8 @@ def convert_batch(
 
 def _options(head=None, all_heads=False, model_type=None, dtype=None, verify=True, verify_streamed=None,
              verify_text=None, tolerance=DEFAULT_TOLERANCE, max_shard_size=DEFAULT_MAX_SHARD_BYTES, card=None,
-             allow_non_finite=False, *, strict_labels: bool) -> ConvertOptions:
+             allow_non_finite=False, num_heads=None, activation_fn=None, pooler_activation_fn=None, *,
+             strict_labels: bool) -> ConvertOptions:
     if dtype is not None and dtype not in OUTPUT_DTYPES:
         raise ConversionError(f"unknown dtype {dtype!r}; choose from {', '.join(OUTPUT_DTYPES)}")
     return ConvertOptions(
@@ -174,6 +182,7 @@ def _options(head=None, all_heads=False, model_type=None, dtype=None, verify=Tru
         tolerance=tolerance,
         max_shard_bytes=parse_size(max_shard_size) if isinstance(max_shard_size, str) else int(max_shard_size),
         card=card or CardOptions(), strict_labels=strict_labels, allow_non_finite=allow_non_finite,
+        hyper_parameters=SuppliedHyperParameters(num_heads, activation_fn, pooler_activation_fn),
     )
 
 
@@ -188,7 +197,8 @@ def _prepare(source: Checkpoint, shared: SharedSources, options: ConvertOptions,
              say: Log) -> tuple[ConversionReport, dict[str, ConversionPlan], PreparedTokenizer | None]:
     """Every plan of this conversion (one per head with --all-heads), checked before anything is written."""
     base = PlanOptions(head=options.head, model_type=options.model_type, dtype=options.dtype,
-                       label_dictionary=shared.label_dictionary, strict_labels=options.strict_labels)
+                       label_dictionary=shared.label_dictionary, strict_labels=options.strict_labels,
+                       supplied=options.hyper_parameters)
     heads: list[str | None] = [options.head]
     if options.all_heads:
         heads = [h.name for h in list_heads(source)]
@@ -207,7 +217,7 @@ def _prepare(source: Checkpoint, shared: SharedSources, options: ConvertOptions,
         source_dictionary=shared.files.dictionary,
         checkpoint_format=source.format,
         key_generation=first.key_generation,
-        hparams_source=source.hparams_source,
+        hparams_source=first.hyper_parameters.source,
         layout="pre-norm" if first.family.pre_norm else "post-norm",
         dims=vars(first.dims).copy(),
         heads_in_checkpoint={h.name: h.num_classes for h in first.heads},
@@ -314,7 +324,7 @@ def _write_and_verify_one(folder: Path, final_folder: Path, plan: ConversionPlan
     head = plan.head.name if plan.head else None
     inputs = verification_inputs(plan.dims.vocab_size, plan.dims.positions, streamed)
     round_to: torch.dtype | None = OUTPUT_DTYPES[options.dtype] if options.dtype else None
-    reference = FairseqReference(source.tensors, source.hparams, round_to=round_to)
+    reference = FairseqReference(source.tensors, plan.hyper_parameters.values, round_to=round_to)
     sources = [tensor.source for tensor in plan.tensors if tensor.source is not None]
     # One torch thread for the reference too: the writer's reading and hashing threads need the cores.
     with single_torch_thread(), ReferenceAlongside(reference, reference_rows(inputs), head, sources) as alongside:
