@@ -228,6 +228,10 @@ def _verify(args: argparse.Namespace, log) -> int:
     weights = report["verification"]
     for kind, diff in weights["max_abs_diff"].items():
         log(f"  max abs diff {kind:<18} {diff:.3g}")
+    not_finite = [check["output"] for check in weights["checks"] if check["non_finite"]]
+    if not_finite:
+        log(f"  not finite (NaN or Inf), so not verified: {', '.join(not_finite[:3])}"
+            + (f" and {len(not_finite) - 3} more" if len(not_finite) > 3 else ""))
     for warning in weights["loading_warnings"]:
         log(f"  loading: {warning}")
     tokens = report["tokenizer_verification"]

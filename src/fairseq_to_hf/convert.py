@@ -30,6 +30,8 @@ from .writer import (DEFAULT_MAX_SHARD_BYTES, OnRead, check_output_target, parse
 Log = Callable[[str], None]
 # Above this size the converted model is verified block by block instead of loaded whole.
 STREAMED_VERIFY_BYTES = 64 << 20
+NOT_FINITE_HINT = ("its outputs are not finite (NaN or Inf), which no comparison can verify; a model converted "
+                   "with --allow-non-finite can only be written with --no-verify")
 NO_TOKENIZER = ("no tokenizer written: SRC has neither encoder.json + vocab.bpe (GPT-2 BPE) nor a sentencepiece "
                 "model; pass --encoder-json and --vocab-bpe, or --sentencepiece-model, to write one")
 
@@ -256,8 +258,11 @@ def _write_and_verify(staging: Path, out: Path, source: Checkpoint, report: Conv
         output.files += [REPORT_FILE, "README.md"]
     failures = [line for output in report.outputs for line in _failures(output)]
     if failures:
+        not_finite = any(check.get("non_finite") for output in report.outputs
+                         for check in (output.verification or {}).get("checks", []))
         raise VerificationError("the converted model does not reproduce fairseq; nothing was written",
-                                path=source.path, details=failures)
+                                path=source.path, details=failures,
+                                hint=NOT_FINITE_HINT if not_finite else None)
     if options.all_heads:
         write_json(staging / REPORT_FILE, report.as_dict())
 
@@ -359,7 +364,9 @@ def _failures(output: OutputReport) -> list[str]:
     lines = []
     weights = output.verification or {}
     failing = [c for c in weights.get("checks", []) if not c["passed"]]
-    lines += [f"{what}: {c['output']}: max abs diff {c['max_abs_diff']:.3g} > {c['tolerance']:.3g}"
+    lines += [f"{what}: {c['output']}: " + (f"not finite ({c['non_finite']} values are NaN or Inf)"
+                                             if c.get("non_finite") else
+                                             f"max abs diff {c['max_abs_diff']:.3g} > {c['tolerance']:.3g}")
               for c in failing[:4]]
     lines += [f"{what}: loading reported {warning}" for warning in weights.get("loading_warnings", [])]
     tokens = output.tokenizer_verification or {}
