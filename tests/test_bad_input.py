@@ -50,7 +50,8 @@ def test_dict_of_another_model(tmp_path: Path) -> None:
     with open(src / "dict.txt", "a") as dictionary:
         dictionary.writelines(f"{100000 + i} 1\n" for i in range(50))
     out = tmp_path / "out"
-    assert_refused(run_cli("convert", src, out), out, 2, "dict.txt gives", "embedding has only 345 rows")
+    assert_refused(run_cli("convert", src, out), out, 2, "gives 4 specials + 390 lines (+ <mask>) = 395 ids",
+                   "but the embedding has 345 rows; fairseq refuses this pair", "--dict")
 
 
 def test_not_a_checkpoint(tmp_path: Path) -> None:

@@ -22,7 +22,8 @@ from .arch.families import Family, compile_rows, match_rows
 from .errors import ConversionError, ProblemList, UnsupportedModelError
 from .hparams import HyperParameters, SuppliedHyperParameters, arch_name, resolve_hyper_parameters
 from .reader.checkpoint import Checkpoint
-from .reader.dictionary import BOS_ID, EOS_ID, PAD_ID, PADDING_SYMBOL_PREFIX, UNK_ID, Dictionary, labels_for_head
+from .reader.dictionary import (BOS_ID, EOS_ID, PAD_ID, PADDING_SYMBOL_PREFIX, UNK_ID, Dictionary, fit_embedding,
+                                labels_for_head)
 from .reader.tensors import LazyTensor
 
 E = families.E
@@ -213,12 +214,8 @@ def make_plan(checkpoint: Checkpoint, dictionary: Dictionary, options: PlanOptio
             problems.add(f"{planned.source_name} has shape {list(planned.shape)}, expected {list(shape)}")
     for target in sorted(set(mapped) - set(expected)):
         problems.add(f"{mapped[target].source_name} maps to {target}, which the model does not have")
-    if dims.vocab_size < len(dictionary):
-        problems.add(
-            f"dict.txt gives {len(dictionary)} symbols (4 specials + {dictionary.file_symbol_count} lines) "
-            f"but the embedding has only {dims.vocab_size} rows: it is not this model's dictionary"
-        )
     problems.raise_if_any(ConversionError, "the checkpoint does not fit the target layout", path=path)
+    fit = fit_embedding(dictionary, dims.vocab_size)
 
     plan = ConversionPlan(
         family=family,
@@ -236,11 +233,13 @@ def make_plan(checkpoint: Checkpoint, dictionary: Dictionary, options: PlanOptio
     if checkpoint.hparams_source == "none":
         plan.notes.append("the checkpoint holds no hyper-parameters: its token embeddings are taken to be "
                           "unscaled (no_scale_embedding, every RoBERTa arch's setting), which no tensor shows")
-    if dims.vocab_size > len(dictionary) + 1:
+    if fit.padding_rows:
         plan.notes.append(
-            f"the embedding has {dims.vocab_size} rows, {dims.vocab_size - len(dictionary) - 1} more than "
-            "dict.txt + <mask>; the extra rows are kept"
+            f"the embedding has {fit.padding_rows} rows more than dict.txt + <mask>: the madeupword padding "
+            f"fairseq-preprocess added, left out of this dict.txt; <mask> is the last row ({fit.mask_id})"
         )
+    elif fit.mask_id is None:
+        plan.notes.append("the embedding has no <mask> row (dict.txt fills it), so the tokenizer has no mask token")
     labels = None
     if head is not None and head.num_classes > 1 and options.label_dictionary is not None:
         try:
