@@ -29,7 +29,12 @@ def inspect_source(src: str | Path, *, checkpoint: str | Path | None = None, dic
     heads = detect_heads(normalised)
 
     by_dtype: dict[str, dict[str, int]] = defaultdict(lambda: {"parameters": 0, "bytes": 0})
+    counted: dict[str, list] = defaultdict(list)  # storage key -> tensors counted
     for tensor in source.tensors.values():
+        # A tied LM head is the embedding's tensor saved under a second name: its values exist once.
+        if any(tensor.same_data(other) for other in counted[tensor.storage.key]):
+            continue
+        counted[tensor.storage.key].append(tensor)
         entry = by_dtype[str(tensor.dtype).removeprefix("torch.")]
         entry["parameters"] += tensor.numel
         entry["bytes"] += tensor.nbytes
