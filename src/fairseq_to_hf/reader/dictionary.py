@@ -18,6 +18,7 @@ SPECIAL_SYMBOLS = (BOS, PAD, EOS, UNK)
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = range(4)
 OVERWRITE_FLAG = "#fairseq:overwrite"
 PADDING_SYMBOL_PREFIX = "madeupword"
+PADDING_MULTIPLE = 8  # fairseq-preprocess pads its dictionary to a multiple of 8 with madeupword lines
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,37 @@ def read_dictionary(path: str | Path) -> Dictionary:
         seen.add(symbol)
         symbols.append(symbol)
     return Dictionary(path, tuple(symbols))
+
+
+@dataclass(frozen=True)
+class EmbeddingFit:
+    """Where dict.txt's ids sit in the embedding's rows."""
+
+    mask_id: int | None  # None: a model without <mask>
+    padding_rows: int = 0  # madeupword rows a released dict.txt left out; they precede <mask>
+
+
+def fit_embedding(dictionary: Dictionary, rows: int) -> EmbeddingFit:
+    """fairseq builds the embedding with one row per id of the dictionary its task loaded: the specials,
+    dict.txt's lines, then `<mask>` (add_symbol returns dict.txt's own id when it lists one). Any other
+    pair fails to load in fairseq, and is refused here with the numbers."""
+    size = len(dictionary)
+    listed = dictionary.index().get(MASK)
+    if listed is not None and rows == size:
+        return EmbeddingFit(listed)
+    if listed is None:
+        if rows in (size, size + 1):
+            return EmbeddingFit(size if rows > size else None)
+        # A released dict.txt without fairseq-preprocess's padding lines: the rows between are padding.
+        # A dict.txt that still lists some padding lines was not stripped of any.
+        padding = rows - size - 1
+        stripped = not any(symbol.startswith(PADDING_SYMBOL_PREFIX) for symbol in dictionary.symbols)
+        if stripped and 1 <= padding < PADDING_MULTIPLE and (size + padding) % PADDING_MULTIPLE == 0:
+            return EmbeddingFit(rows - 1, padding)
+    ids = (f"{len(SPECIAL_SYMBOLS)} specials + {dictionary.file_symbol_count} lines"
+           + (f" (+ {MASK})" if listed is None else "") + f" = {size + (listed is None)} ids")
+    raise ConversionError(f"gives {ids} but the embedding has {rows} rows; fairseq refuses this pair",
+                          path=dictionary.path, hint="pass the dict.txt the model was trained with (--dict)")
 
 
 def labels_for_head(labels: Dictionary, num_classes: int) -> list[str]:

@@ -39,7 +39,7 @@ def read_gpt2_files(encoder_json: Path, vocab_bpe: Path) -> tuple[dict[str, int]
 
 
 def gpt2_vocabulary(encoder: dict[str, int], merges: list[tuple[str, str]], dictionary: Dictionary,
-                    model_rows: int, *, merges_path: Path) -> TokenVocabulary:
+                    model_rows: int, *, merges_path: Path, encoder_path: Path = Path("encoder.json")) -> TokenVocabulary:
     unknown_parts = sorted({part for a, b in merges for part in (a, b, a + b) if part not in encoder})
     if unknown_parts:
         raise ConversionError(
@@ -48,7 +48,8 @@ def gpt2_vocabulary(encoder: dict[str, int], merges: list[tuple[str, str]], dict
         )
     needed = {part for a, b in merges for part in (a, b, a + b)}
     tokens = sorted(encoder.items(), key=lambda item: item[1])
-    return assign_ids(dictionary, model_rows, [(token, str(gpt2_id)) for token, gpt2_id in tokens], needed)
+    return assign_ids(dictionary, model_rows, [(token, str(gpt2_id)) for token, gpt2_id in tokens], needed,
+                      produced_as="GPT-2 ids in", segmenter_path=encoder_path)
 
 
 def build_gpt2_tokenizer(vocabulary: TokenVocabulary, merges: list[tuple[str, str]]) -> Tokenizer:

@@ -64,7 +64,9 @@ def prepare_sentencepiece(files, dictionary: Dictionary, model_rows: int):
         # characters. Such a piece gets its dict.txt id, or an alias of <unk> as fairseq gives it.
         scores[char] = unknown_score
     segment_tokens = [(piece, piece) for piece in scores]
-    vocabulary = assign_ids(dictionary, model_rows, segment_tokens, needed=set(scores))
+    # Pieces of the model, and runs of characters it does not know (which it emits whole).
+    vocabulary = assign_ids(dictionary, model_rows, segment_tokens, needed=set(scores), produced_as="pieces of",
+                            segmenter_path=path)
     tokenizer = build_sentencepiece_tokenizer(vocabulary, scores, settings, whitespace_kept_by(processor))
 
     def reference_bpe(text: str) -> str:

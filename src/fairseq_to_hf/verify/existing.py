@@ -10,6 +10,7 @@ import torch
 
 from ..errors import ConversionError
 from ..arch.families import FAMILIES
+from ..hparams import SuppliedHyperParameters
 from ..plan import Dims, PlanOptions, list_heads, make_plan
 from ..reader.checkpoint import read_checkpoint
 from ..reader.dictionary import read_dictionary
@@ -37,6 +38,7 @@ def verify_folder(
     verify_text: str | Path | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     streamed: bool = False,
+    hyper_parameters: SuppliedHyperParameters = SuppliedHyperParameters(),
 ) -> dict[str, Any]:
     """Returns a report like convert's verification; `report["passed"]` says whether OUT matches SRC."""
     out = Path(out)
@@ -51,10 +53,11 @@ def verify_folder(
     source = read_checkpoint(files.checkpoint)
     token_dictionary = read_dictionary(files.dictionary)
     head_name = _head_for(architecture, config, source, head, out)
-    plan = make_plan(source, token_dictionary, PlanOptions(head=head_name or "lm"))
+    plan = make_plan(source, token_dictionary, PlanOptions(head=head_name or "lm", supplied=hyper_parameters))
     dims = plan.dims
     report: dict[str, Any] = {"source_checkpoint": str(files.checkpoint), "folder": str(out),
-                              "architecture": architecture, "head": head_name}
+                              "architecture": architecture, "head": head_name,
+                              "hyper_parameters_from": plan.hyper_parameters.source}
 
     mismatches = config_mismatches(config, dims)
     if mismatches:  # the model would not even run on the checkpoint's inputs
@@ -65,7 +68,7 @@ def verify_folder(
     # A folder saved in half precision is compared with the source rounded alike.
     stored_dtype = HALF_DTYPES.get(str(config.get("dtype") or config.get("torch_dtype")))
     inputs = verification_inputs(dims.vocab_size, dims.positions, streamed)
-    reference = FairseqReference(source.tensors, source.hparams, round_to=stored_dtype)
+    reference = FairseqReference(source.tensors, plan.hyper_parameters.values, round_to=stored_dtype)
     expected = reference.forward(reference_rows(inputs), head_name)
     weights = verify_weights(out, architecture, inputs, expected, head=head_name, vocab_size=dims.vocab_size,
                              tolerance=tolerance, streamed=streamed)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConversionError
 from ..reader.tensors import LazyTensor
 from ..prefetch import Prefetcher
 
@@ -63,6 +64,7 @@ class FairseqReference:
     """Computes fairseq RoBERTa outputs from a raw fairseq state dict of lazy tensors."""
 
     def __init__(self, state: dict[str, LazyTensor], hparams: dict, *, round_to: torch.dtype | None = None):
+        """`hparams`: the resolved hyper-parameters (hparams.resolve_hyper_parameters), never defaulted here."""
         self.state = state
         self.hparams = hparams
         self.round_to = round_to  # the output dtype when the converter casts; the reference rounds alike
@@ -119,6 +121,15 @@ class FairseqReference:
                     return fused, part
         return None
 
+    def _hparam(self, name: str):
+        """A hyper-parameter the forward pass needs. A default here would be shared with the converter,
+        which then could not be caught computing with a wrong value."""
+        value = self.hparams.get(name)
+        if value is None:
+            raise ConversionError(f"the reference forward pass needs {name}, which its hyper-parameters lack",
+                                  hint="pass the resolved hyper-parameters (plan.hyper_parameters.values)")
+        return value
+
     # ---- reading weights stage by stage ------------------------------------------------------------
 
     def stages(self, head: str | None) -> list[Stage]:
@@ -168,9 +179,7 @@ class FairseqReference:
     def _attention(self, x: torch.Tensor, name: str, lengths: list[int]) -> torch.Tensor:
         """Self-attention of each sequence over itself only (the rows of x are the packed sequences)."""
         dim = x.shape[-1]
-        heads = self.hparams.get("encoder_attention_heads")
-        if not isinstance(heads, int) or heads <= 0:
-            heads = max(dim // 64, 1)  # RoBERTa's convention when the checkpoint does not say
+        heads = self._hparam("encoder_attention_heads")
         head_dim = dim // heads
 
         def split(t: torch.Tensor) -> torch.Tensor:
@@ -205,7 +214,7 @@ class FairseqReference:
         read from the checkpoint, the next stage's while this one computes.
         """
         enc = "encoder.sentence_encoder"
-        activation = ACTIVATIONS[self.hparams.get("activation_fn", "gelu")]
+        activation = ACTIVATIONS[self._hparam("activation_fn")]
         lengths = [len(sequence) for sequence in sequences]
         tokens = torch.cat(sequences)
         # fairseq.utils.make_positions: a sequence's positions count from padding_idx + 1.
@@ -257,7 +266,7 @@ class FairseqReference:
         return F.linear(y, projection) + self.weight("encoder.lm_head.bias")
 
     def _head_logits(self, first_token: torch.Tensor, head: str) -> torch.Tensor:
-        pooler = ACTIVATIONS[self.hparams.get("pooler_activation_fn", "tanh")]
+        pooler = ACTIVATIONS[self._hparam("pooler_activation_fn")]
         y = pooler(self._linear(first_token, f"classification_heads.{head}.dense"))
         return self._linear(y, f"classification_heads.{head}.out_proj")
 
