@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConversionError
+from .files import read_input_file
 
 BOS, PAD, EOS, UNK = "<s>", "<pad>", "</s>", "<unk>"
 MASK = "<mask>"
@@ -18,6 +19,7 @@ SPECIAL_SYMBOLS = (BOS, PAD, EOS, UNK)
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = range(4)
 OVERWRITE_FLAG = "#fairseq:overwrite"
 PADDING_SYMBOL_PREFIX = "madeupword"
+MAX_SYMBOL_CHARS = 4096  # real symbols are words or pieces; a longer one is not a dict.txt line
 PADDING_MULTIPLE = 8  # fairseq-preprocess pads its dictionary to a multiple of 8 with madeupword lines
 
 
@@ -44,39 +46,55 @@ class Dictionary:
 
 
 def read_dictionary(path: str | Path) -> Dictionary:
+    """dict.txt as fairseq's Dictionary.add_from_file reads it, line for line."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConversionError("dictionary not found", path=path) from None
+        text = read_input_file(path, "a fairseq dict.txt").decode("utf-8")
     except UnicodeDecodeError:
         raise ConversionError("is not a UTF-8 text file, so not a fairseq dict.txt", path=path) from None
-    except OSError as error:
-        raise ConversionError(f"cannot be read ({error.strerror})", path=path) from None
     symbols = list(SPECIAL_SYMBOLS)
     seen = set(symbols)
-    for number, line in enumerate(text.splitlines(), start=1):
-        line = line.rstrip()
-        if not line:
-            continue
-        overwrite = False
-        if line.endswith(OVERWRITE_FLAG):
-            overwrite = True
-            line = line[: -len(OVERWRITE_FLAG)].rstrip()
-        symbol, _, count = line.rpartition(" ")
-        if not symbol or not count.lstrip("-").isdigit():
+    for number, line in enumerate(_text_mode_lines(text), start=1):
+        # fairseq: `line.rstrip().rsplit(" ", 1)`, the flag as a last field of its own, then int(count).
+        fields = line.rstrip().rsplit(" ", 1)
+        overwrite = len(fields) == 2 and fields[1] == OVERWRITE_FLAG
+        if overwrite:
+            fields = fields[0].rsplit(" ", 1)
+        if len(fields) != 2 or not _is_count(fields[1]):
             raise ConversionError(
                 f"line {number} is not 'symbol count': {line[:60]!r}", path=path,
-                hint="is this fairseq's dict.txt?",
+                hint="fairseq refuses it too; is this fairseq's dict.txt?",
             )
+        symbol = fields[0]
+        if len(symbol) > MAX_SYMBOL_CHARS:
+            raise ConversionError(f"line {number} holds a symbol of {len(symbol)} characters; no real dict.txt "
+                                  f"symbol is longer than {MAX_SYMBOL_CHARS}", path=path,
+                                  hint="is this fairseq's dict.txt?")
         if symbol in seen and not overwrite:
             raise ConversionError(
-                f"line {number} repeats the symbol {symbol!r} without {OVERWRITE_FLAG}", path=path,
+                f"line {number} repeats the symbol {symbol!r:.80} without {OVERWRITE_FLAG}", path=path,
                 hint="fairseq itself refuses this dictionary",
             )
         seen.add(symbol)
         symbols.append(symbol)
     return Dictionary(path, tuple(symbols))
+
+
+def _text_mode_lines(text: str) -> list[str]:
+    """The lines Python's text mode reads (fairseq opens dict.txt so): only \n, \r\n and \r end a line;
+    U+2028, U+0085, U+000B and U+000C, which str.splitlines() also splits at, are part of a line."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    return lines
+
+
+def _is_count(field: str) -> bool:
+    try:
+        int(field)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

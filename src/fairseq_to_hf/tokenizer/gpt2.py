@@ -13,19 +13,21 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 
 from ..errors import ConversionError
 from ..reader.dictionary import BOS, EOS, MASK, SPECIAL_SYMBOLS, UNK, Dictionary
+from ..reader.files import read_input_file
 from .vocab import TokenVocabulary, assign_ids
 
 
 def read_gpt2_files(encoder_json: Path, vocab_bpe: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    data = read_input_file(encoder_json, "a GPT-2 encoder.json")
     try:
-        encoder = json.loads(Path(encoder_json).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConversionError(f"is not a readable GPT-2 encoder.json ({error})", path=encoder_json) from None
+        encoder = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise ConversionError(f"is not a readable GPT-2 encoder.json ({error})"[:300], path=encoder_json) from None
     if not isinstance(encoder, dict) or not all(isinstance(v, int) for v in encoder.values()):
         raise ConversionError("is not a GPT-2 encoder.json (token -> id)", path=encoder_json)
     try:
-        lines = Path(vocab_bpe).read_text(encoding="utf-8").split("\n")
-    except (OSError, UnicodeDecodeError) as error:
+        lines = read_input_file(vocab_bpe, "a GPT-2 vocab.bpe").decode("utf-8").split("\n")
+    except UnicodeDecodeError as error:
         raise ConversionError(f"is not a readable GPT-2 vocab.bpe ({error})", path=vocab_bpe) from None
     merges = []
     for number, line in enumerate(lines, start=1):
