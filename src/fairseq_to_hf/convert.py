@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import torch
 
 from .card import CardOptions, model_card
 from .errors import ConversionError, VerificationError
-from .hashing import sha256_in_background
+from .hashing import SourceChecksum
 from .progress import WriteProgress
 from .plan import OUTPUT_DTYPES, ConversionPlan, PlanOptions, describe_heads, list_heads, make_plan
 from .reader.checkpoint import Checkpoint, read_checkpoint
@@ -109,7 +108,7 @@ def convert(
         for name, plan in plans.items():
             say(format_plan(plan, out / name if name else out, options.max_shard_bytes))
         return report
-    checksum = sha256_in_background(shared.files.checkpoint)  # overlaps with the conversion
+    checksum = SourceChecksum(source)  # computed by the writer's pass over the source
     with staged_output(out, force=force) as staging:
         _write_and_verify(staging, out, source, report, plans, tokenizer, options, checksum, say, progress)
     return report
@@ -154,7 +153,7 @@ def convert_batch(
                                                     options, say)
                 target.mkdir()
                 _write_and_verify(target, out / path.stem, source, report, plans, tokenizer, options,
-                                  sha256_in_background(path), say, progress)
+                                  SourceChecksum(source), say, progress)
                 results.append((path, report))
             except ConversionError as error:
                 shutil.rmtree(target, ignore_errors=True)
@@ -225,7 +224,7 @@ def _prepare(source: Checkpoint, shared: SharedSources, options: ConvertOptions,
 
 def _write_and_verify(staging: Path, out: Path, source: Checkpoint, report: ConversionReport,
                       plans: dict[str, ConversionPlan], tokenizer: PreparedTokenizer | None,
-                      options: ConvertOptions, checksum: Future[str], say: Log,
+                      options: ConvertOptions, checksum: SourceChecksum, say: Log,
                       progress: WriteProgress | None) -> None:
     for name, plan in plans.items():
         folder = staging / name if name else staging
