@@ -38,8 +38,8 @@ from pathlib import Path
 
 from measure import can_drop_page_cache, drop_page_cache, machine_facts, memory_available, run_measured
 from presets import ITEMSIZE, PRESETS
-from report import (CP, EAGER, IMPORT_TORCH, METHODS, NO_VERIFY, TINY_CONVERT, VERIFY, merge_into_document,
-                    render_markdown, render_terminal)
+from report import (CP, EAGER, IMPORT_TORCH, METHODS, NO_VERIFY, OLD_NO_VERIFY, OLD_VERIFY, TINY_CONVERT, VERIFY,
+                    merge_into_document, render_markdown, render_terminal)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -50,6 +50,9 @@ RUNTIME_BYTES = 10**9
 MEMORY_HEADROOM = 0.85
 # Disk a case needs beyond its checkpoint: one output (cp's copy or a conversion) at a time, the pool.
 DISK_FACTOR = 2.3
+# The CLI with the writer of before the one pass, for comparison.
+TENSOR_BY_TENSOR = ("import sys; from fairseq_to_hf import writer; writer._ONE_PASS = False; "
+                    "from fairseq_to_hf.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -70,7 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="where checkpoints and outputs go (needs about 2.5x the largest checkpoint free)")
     parser.add_argument("--keep-checkpoints", action="store_true",
                         help="keep (and reuse) the generated checkpoints instead of deleting them after each case")
-    parser.add_argument("--warm", action="store_true", help="do not drop the page cache before each run")
+    parser.add_argument("--warm", action="store_true",
+                        help="do not drop the page cache before each run (the checkpoint is read once first); "
+                             "cases are recorded as '<case> warm'")
     parser.add_argument("--timeout", type=float, default=None, help="seconds before a run is killed")
     parser.add_argument("--results", type=Path, help="JSON of raw results (default: WORKDIR/results.json); "
                         "earlier results of other cases in it are kept")
@@ -111,6 +116,10 @@ def method_command(method: str, src: Path, out: Path) -> list[str]:
         return [*converter_command(), "convert", str(src), str(out), "--no-verify"]
     if method == VERIFY:
         return [*converter_command(), "convert", str(src), str(out)]
+    if method == OLD_NO_VERIFY:
+        return [sys.executable, "-c", TENSOR_BY_TENSOR, "convert", str(src), str(out), "--no-verify"]
+    if method == OLD_VERIFY:
+        return [sys.executable, "-c", TENSOR_BY_TENSOR, "convert", str(src), str(out)]
     if method == EAGER:
         return [sys.executable, str(HERE / "eager_convert.py"), str(src), str(out)]
     raise ValueError(method)
@@ -164,9 +173,10 @@ class Runner:
 
 # ---- cases -----------------------------------------------------------------------------------------------
 
-def case_record(preset_name: str, dtype: str) -> dict:
+def case_record(preset_name: str, dtype: str, warm: bool) -> dict:
     preset = PRESETS[preset_name]
-    return {"name": f"{preset_name}-{dtype}", "preset": preset_name, "dtype": dtype, "params": preset.params,
+    return {"name": f"{preset_name}-{dtype}" + (" warm" if warm else ""), "cache": "warm" if warm else "cold",
+            "preset": preset_name, "dtype": dtype, "params": preset.params,
             "checkpoint_bytes": preset.checkpoint_bytes(dtype),
             "largest_tensor_bytes": preset.largest_tensor_bytes(dtype),
             "layer_bytes_float32": preset.layer_bytes("float32"), "runs": {}, "skipped": {}}
@@ -201,12 +211,16 @@ def generate(case: dict, folder: Path, runner: Runner, reuse: bool) -> None:
 
 
 def run_case(preset: str, dtype: str, args: argparse.Namespace, runner: Runner, save: Callable[[dict], None]) -> dict:
-    case = case_record(preset, dtype)
+    case = case_record(preset, dtype, args.warm)
     print(f"{case['name']}: {case['params'] / 1e6:.0f}M parameters, {case['checkpoint_bytes'] / 1e9:.2f} GB",
           file=sys.stderr, flush=True)
     check_disk(case, args.workdir)
-    folder = args.workdir / "ckpt" / case["name"]
+    folder = args.workdir / "ckpt" / f"{preset}-{dtype}"  # cold and warm cases share it
     generate(case, folder, runner, reuse=args.keep_checkpoints)
+    if args.warm:  # untimed: every run then finds the checkpoint in the page cache
+        with open(folder / "model.pt", "rb") as file:
+            while file.read(64 << 20):
+                pass
     methods = list(args.methods)
     if EAGER in methods:
         need, available = eager_need(case), memory_available()
@@ -316,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": invocation_command(argv),
             "date": datetime.datetime.now().astimezone().isoformat(timespec="minutes"),
             "machine": machine_facts(args.workdir), "versions": versions(),
-            "dropped_caches": runner.cold, "cases": [f"{p}-{d}" for p, d in args.case_list],
+            "dropped_caches": runner.cold, "warm": args.warm, "cases": [f"{p}-{d}" for p, d in args.case_list],
         })
 
         invocation = results["invocations"][-1]

@@ -9,12 +9,15 @@ from dataclasses import dataclass
 from presets import PRESETS
 
 CP, NO_VERIFY, VERIFY, EAGER = "cp", "convert --no-verify", "convert", "eager"
-METHODS = (CP, NO_VERIFY, VERIFY, EAGER)
+# The writer before the one pass (writer._ONE_PASS = False): each tensor read, checked, written in user space.
+OLD_NO_VERIFY, OLD_VERIFY = "tensor by tensor --no-verify", "tensor by tensor"
+METHODS = (CP, NO_VERIFY, VERIFY, OLD_NO_VERIFY, OLD_VERIFY, EAGER)
+OLD_OF = {NO_VERIFY: OLD_NO_VERIFY, VERIFY: OLD_VERIFY}
 IMPORT_TORCH, TINY_CONVERT = "python -c 'import torch'", "convert --no-verify tests/fixtures/roberta_mlm"
 
 # The targets the benchmark checks.
-GROWTH_TARGETS = {NO_VERIFY: 1.5, VERIFY: 3.0}  # extra time between presets, relative to cp's extra time
-FIXED_COST_TARGET = 2.0  # tiny conversion vs `import torch`
+GROWTH_TARGETS = {NO_VERIFY: 1.3, VERIFY: 2.5}  # extra time between presets, relative to cp's extra time
+FIXED_COST_TARGET = 1.2  # tiny conversion vs `import torch`
 MEMORY_BASE_BYTES = 10**9  # peak RSS <= 1 GB + 2 x largest tensor (+ one layer's weights when verifying)
 
 GB = 1e9
@@ -69,10 +72,11 @@ class Growth:
 
 
 def growths(cases: dict[str, dict]) -> list[Growth]:
-    """Consecutive presets of one dtype, by checkpoint size."""
+    """Consecutive presets of one dtype and page-cache state, by checkpoint size."""
     found = []
-    for dtype in sorted({case["dtype"] for case in cases.values()}):
-        ordered = sorted((c for c in cases.values() if c["dtype"] == dtype), key=lambda c: c["checkpoint_bytes"])
+    for dtype, cache in sorted({(case["dtype"], cache_of(case)) for case in cases.values()}):
+        ordered = sorted((c for c in cases.values() if c["dtype"] == dtype and cache_of(c) == cache),
+                         key=lambda c: c["checkpoint_bytes"])
         for small, big in zip(ordered, ordered[1:]):
             cp_small, cp_big = median_of(small["runs"].get(CP, []), "wall_s"), median_of(big["runs"].get(CP, []), "wall_s")
             if cp_small is None or cp_big is None:
@@ -83,9 +87,13 @@ def growths(cases: dict[str, dict]) -> list[Growth]:
                 if ok_runs(a) and ok_runs(b):
                     extra[method] = median_of(b, "wall_s") - median_of(a, "wall_s")
                     extra_disk[method] = median_to_disk(b) - median_to_disk(a)
-            found.append(Growth(dtype, small["name"], big["name"], cp_big - cp_small, extra,
+            found.append(Growth(f"{dtype}, {cache}", small["name"], big["name"], cp_big - cp_small, extra,
                                 median_to_disk(big["runs"][CP]) - median_to_disk(small["runs"][CP]), extra_disk))
     return found
+
+
+def cache_of(case: dict) -> str:
+    return case.get("cache", "cold")
 
 
 def xxl_estimate(cases: dict[str, dict]) -> dict | None:
@@ -95,7 +103,8 @@ def xxl_estimate(cases: dict[str, dict]) -> dict | None:
     scale with the parameter count). Peak RSS: per byte of the largest tensor without verification
     (the writer holds one tensor), and per byte of largest tensor + one float32 layer with it.
     """
-    measured = sorted((c for c in cases.values() if c["dtype"] == "float32" and ok_runs(c["runs"].get(NO_VERIFY, []))),
+    measured = sorted((c for c in cases.values() if c["dtype"] == "float32" and cache_of(c) == "cold"
+                       and ok_runs(c["runs"].get(NO_VERIFY, []))),
                       key=lambda c: c["checkpoint_bytes"])
     if len(measured) < 2:
         return None
@@ -198,7 +207,7 @@ def source_states(case: dict) -> list[str]:
 
 
 def growth_table(cases: dict[str, dict]) -> list[str]:
-    lines = ["| dtype | between | cp extra s | method | extra s | growth vs cp | target | verdict | "
+    lines = ["| dtype, cache | between | cp extra s | method | extra s | growth vs cp | target | verdict | "
              "growth incl. sync |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for growth in growths(cases):
         for method, extra in growth.extra.items():
@@ -208,6 +217,16 @@ def growth_table(cases: dict[str, dict]) -> list[str]:
             lines.append(f"| {growth.dtype} | {growth.small} → {growth.big} | {growth.cp_extra:.2f} | {method} | "
                          f"{extra:.2f} | {_ratio(ratio)} | {'≤ %.1fx' % target if target else 'none'} | {verdict} | "
                          f"{_ratio(growth.ratio(method, to_disk=True))} |")
+    return lines
+
+
+def one_pass_table(cases: dict[str, dict]) -> list[str]:
+    lines = ["| case | method | median s | tensor by tensor median s | ratio |", "| --- | --- | --- | --- | --- |"]
+    for name, case in cases.items():
+        for method, old in OLD_OF.items():
+            new_s, old_s = median_of(case["runs"].get(method, []), "wall_s"), median_of(case["runs"].get(old, []), "wall_s")
+            if new_s and old_s:
+                lines.append(f"| {name} | {method} | {_s(new_s)} | {_s(old_s)} | {_ratio(new_s / old_s)} |")
     return lines
 
 
@@ -276,9 +295,11 @@ def render_markdown(results: dict) -> str:
             f"- {machine['cores']} cores ({machine['cpu']}), {machine['ram_bytes'] / 2**30:.1f} GiB RAM, "
             f"swap {machine['swap_bytes'] / 2**30:.1f} GiB",
             f"- disk: {machine['disk']}",
-            "- page cache: " + ("dropped (`sync; echo 3 > /proc/sys/vm/drop_caches`, as root) before every run"
-                                if all(inv["dropped_caches"] for inv in results["invocations"]) else
-                                "NOT dropped before some runs (no root): those runs read from a warm cache"),
+            "- page cache: cases marked `warm` ran with the checkpoint in the page cache (read once, untimed, "
+            "before their runs); the others " + ("had it dropped (`sync; echo 3 > /proc/sys/vm/drop_caches`, as "
+                                                 "root) before every run" if all(
+                inv["dropped_caches"] or inv.get("warm") for inv in results["invocations"]) else
+                "NOT always: some runs could not drop it (no root)"),
             f"- Linux {machine['kernel']}, Python {machine['python']}, " + ", ".join(
                 f"{k} {v}" for k, v in latest["versions"].items()),
             "- runs: " + "; ".join(_run_summary(name, source) for name, source in
@@ -293,6 +314,10 @@ def render_markdown(results: dict) -> str:
     skipped = [(name, method, reason) for name, case in cases.items()
                for method, reason in case.get("skipped", {}).items()]
     out += [f"- {name} {method} skipped: {reason}" for name, method, reason in skipped]
+    out += ["", "### One pass against tensor by tensor", "",
+            "Median wall time of the one-pass writer (tensor bytes copied by copy_file_range, one read of the "
+            "source for every check) divided by that of the writer before it, same runs.", ""]
+    out += one_pass_table(cases) + [""]
     out += ["", "### Growth between presets", "",
             "Extra median time from one preset to the next, divided by the extra time of `cp` between the same "
             "two files.", ""] + growth_table(cases) + [""]
@@ -359,7 +384,7 @@ def render_terminal(results: dict) -> str:
                          f"{_ratio(median / cp) if median and cp else '–':>7} {_gb(peak_of(runs, 'max_rss')):>12} "
                          f"{_gb(peak_of(runs, 'peak_anon')):>8}{failed}")
     for growth in growths(cases):
-        for method in (NO_VERIFY, VERIFY, EAGER):
+        for method in METHODS[1:]:
             if method in growth.extra:
                 target = GROWTH_TARGETS.get(method)
                 lines.append(f"growth {growth.dtype} {growth.small}->{growth.big} {method}: "

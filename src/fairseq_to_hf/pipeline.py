@@ -8,7 +8,6 @@ import os
 import shutil
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 
 from .card import CardOptions, model_card
 from .errors import ConversionError, VerificationError
-from .hashing import sha256_in_background
+from .hashing import SourceChecksum
 from .hparams import SuppliedHyperParameters
 from .progress import WriteProgress
 from .plan import OUTPUT_DTYPES, ConversionPlan, PlanOptions, describe_heads, list_heads, make_plan
@@ -132,7 +131,7 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = N
         for name, plan in plans.items():
             say(format_plan(plan, target.path / name if name else target.path, options.max_shard_bytes))
         return report
-    checksum = sha256_in_background(shared.files.checkpoint)  # overlaps with the conversion
+    checksum = SourceChecksum(source)  # computed by the writer's pass over the source
     with staged_output(target) as staging:
         _write_and_verify(staging, target.path, source, report, plans, tokenizer, options, shared, checksum, say,
                           progress)
@@ -187,7 +186,7 @@ def _convert_one_of_batch(path: Path, name: str, staging: Path | None, out: Path
     folder = staging / name
     folder.mkdir(parents=True)
     _write_and_verify(folder, out / name, source, report, plans, tokenizer, options, shared,
-                      sha256_in_background(path), say, progress)
+                      SourceChecksum(source), say, progress)
     return report
 
 
@@ -259,7 +258,7 @@ def _prepare(source: Checkpoint, shared: SharedSources, options: ConvertOptions,
 
 def _write_and_verify(staging: Path, out: Path, source: Checkpoint, report: ConversionReport,
                       plans: dict[str, ConversionPlan], tokenizer: PreparedTokenizer | None,
-                      options: ConvertOptions, shared: SharedSources, checksum: Future[str], say: Log,
+                      options: ConvertOptions, shared: SharedSources, checksum: SourceChecksum, say: Log,
                       progress: WriteProgress | None) -> None:
     for name, plan in plans.items():
         folder = staging / name if name else staging

@@ -1,25 +1,39 @@
-"""Writes a plan's tensors as safetensors, tensor by tensor, into a staged folder.
+"""Writes a plan's tensors as safetensors into a staged folder.
 
 A safetensors file is an 8-byte header length, a JSON header giving every tensor's dtype, shape and
-byte range, then the bytes. All of that is known from the plan, so the header is written first and the
-tensors are streamed after it: memory holds one tensor and the next, never the model.
+byte range, then the bytes. All of that is known from the plan, so the header is written first and
+every tensor's place in the file is known before any is read.
+
+Most tensors go to the output unchanged (same dtype, contiguous, no alias rows): their bytes are
+copied from the checkpoint to their place with copy_file_range, inside the kernel, as `cp` copies. The
+checks still see every byte, read once: a pass over the source in file order, on the prefetch thread,
+feeds each storage's CRC-32, each tensor's NaN/Inf check, the file's sha256, and the values of the
+tensors that are cast, get alias rows or that the verification wants. A region is copied only after
+the pass has checked it, and the output only appears once everything was (see staged_output).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import math
+import mmap
+import os
+import shutil
 import struct
 import threading
+import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .errors import ConversionError
+from .errors import CheckpointFormatError, ConversionError
 from .plan import ConversionPlan, TensorPlan
-from .reader.tensors import LazyTensor
+from .reader.tensors import LazyTensor, StorageIndex, as_elements
 from .prefetch import Prefetcher
 
 SAFETENSORS_DTYPES = {
@@ -31,6 +45,17 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # the Hub's "5GB"
 MAX_SHARD_BYTES = 10**15
+# Bytes of the source checked at a time: small enough to be hashed while still in the CPU's cache.
+SCAN_CHUNK = 4 << 20
+# Bytes per copy_file_range call: an interrupt is served between two calls.
+COPY_CHUNK = 64 << 20
+# copy_file_range errors that mean "not here" (across filesystems on older kernels, a filesystem or
+# file without it), not "failed": those bytes are written from user space instead.
+KERNEL_COPY_UNSUPPORTED = frozenset({errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL})
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux >= 5.14; Python 3.11 lacks the name
+# False: every tensor is read, checked and written in user space, one after the other, and the sha256 is
+# a pass of its own (the path before copy_file_range); tests compare the two.
+_ONE_PASS = True
 
 Progress = Callable[[TensorPlan], None]  # called after each tensor is written
 OnRead = Callable[[LazyTensor, torch.Tensor], None]  # called with each source tensor as it is read
@@ -125,6 +150,11 @@ def materialise(tensor: TensorPlan, on_read: OnRead | None = None, into: torch.T
     loaded = tensor.source.load(into)
     if on_read:
         on_read(tensor.source, loaded)
+    return for_output(tensor, loaded)
+
+
+def for_output(tensor: TensorPlan, loaded: torch.Tensor) -> torch.Tensor:
+    """The output values of a planned tensor from its source values: cast, alias rows appended."""
     values = loaded.to(tensor.dtype)
     if tensor.extra_rows:
         if tensor.copy_row is not None:
@@ -203,26 +233,22 @@ def write_weights(folder: Path, plan: ConversionPlan, max_shard_bytes: int = DEF
                   on_read: OnRead | None = None) -> list[str]:
     """Writes model.safetensors, or shards plus model.safetensors.index.json; returns file names.
 
-    Memory holds two tensors: the one being written and the next one, read meanwhile. NaN or Inf in
-    a weight is refused (after the whole model was scanned, so the list is complete)
-    unless `allow_non_finite`. `on_read` sees every source tensor as read, before any cast.
+    Memory holds at most the values of two storages (the one being written and the next one, read
+    meanwhile); tensors copied inside the kernel need none. NaN or Inf in a weight is refused (after
+    the whole model was scanned, so the list is complete) unless `allow_non_finite`. `on_read` sees
+    every source tensor as read, before any cast.
     """
     check_ties(plan)
     shards = plan_shards(plan.tensors, max_shard_bytes)
     names = shard_file_names(len(shards))
-    non_finite: list[str] = []
     # Without a reader of the source tensors besides the writer, their buffers are reused once written.
     pool = BufferPool() if on_read is None else None
-
-    def read(tensor: TensorPlan) -> Read:
-        buffer = pool.acquire(tensor.source.read_nbytes) if pool and tensor.source is not None else None
-        return materialise(tensor, on_read, buffer), buffer
-
-    # The next tensor is read (and checked against its CRC-32) while this one is written.
-    with single_torch_thread(), Prefetcher(plan.tensors, read) as prefetch:
-        for name, shard in zip(names, shards):
-            write_safetensors(folder / name, shard, prefetch.take, pool.release if pool else None, progress,
-                              non_finite)
+    with single_torch_thread():
+        one_pass = _OnePass.planned(plan, shards, on_read, pool) if _ONE_PASS else None
+        if one_pass is not None:
+            non_finite = one_pass.write([folder / name for name in names], progress)
+        else:
+            non_finite = _write_tensor_by_tensor(folder, names, shards, plan, on_read, pool, progress)
     non_finite, overflowed = _blame_non_finite(plan, non_finite)
     if overflowed:
         largest = f"{max(largest for _, largest in overflowed):.1e}".replace("e+0", "e").replace("e+", "e")
@@ -271,6 +297,333 @@ def write_text(path: Path, text: str) -> None:
     """Every text file of OUT is written here, so a full disk is an OSError wherever it strikes."""
     with open(path, "w", encoding="utf-8") as file:
         file.write(text)
+
+
+def _write_tensor_by_tensor(folder: Path, names: list[str], shards: list[list[TensorPlan]], plan: ConversionPlan,
+                            on_read: OnRead | None, pool: BufferPool | None, progress: Progress | None) -> list[str]:
+    """Each tensor read (and checked against its CRC-32) while the one before it is written."""
+    non_finite: list[str] = []
+
+    def read(tensor: TensorPlan) -> Read:
+        buffer = pool.acquire(tensor.source.read_nbytes) if pool and tensor.source is not None else None
+        return materialise(tensor, on_read, buffer), buffer
+
+    with Prefetcher(plan.tensors, read) as prefetch:
+        for name, shard in zip(names, shards):
+            write_safetensors(folder / name, shard, prefetch.take, pool.release if pool else None, progress,
+                              non_finite)
+    return non_finite
+
+
+# ---- one pass over the source, tensors copied inside the kernel ---------------------------------------
+
+@dataclass(eq=False)
+class _Placed:
+    """A planned tensor, where it goes (shard, byte offset) and where its source bytes are in the file."""
+
+    planned: TensorPlan
+    shard: int
+    offset: int
+    start: int = 0  # the source bytes `load()` reads: [start, end) of the checkpoint file
+    end: int = 0
+
+    @property
+    def unchanged(self) -> bool:
+        """The output bytes are the source bytes as stored: no cast, no alias rows, no gaps, no bool fix-up."""
+        source, planned = self.planned.source, self.planned
+        return (source is not None and not planned.extra_rows and planned.dtype == source.dtype != torch.bool
+                and tuple(planned.shape) == tuple(source.shape) and source.is_contiguous() and planned.nbytes > 0)
+
+
+@dataclass(eq=False)
+class _Region:
+    """Bytes of the source taken in one go, in file order: a storage the output uses, or bytes between
+    (read for the sha256 only)."""
+
+    start: int
+    end: int
+    key: str | None = None
+    tensors: list[_Placed] = field(default_factory=list)
+
+
+@dataclass
+class _Scanned:
+    """What the pass made of a region."""
+
+    copies: list[_Placed]  # to copy inside the kernel
+    writes: list[tuple[_Placed, torch.Tensor]]  # output values to write from user space
+    non_finite: list[_Placed]
+    buffer: torch.Tensor | None  # a pooled buffer to release once the writes are done
+
+
+class _OnePass:
+    """Writes the plan's shards while one pass over the source checks (and where needed reads) each region."""
+
+    def __init__(self, index: StorageIndex, placed: list[_Placed], regions: list[_Region],
+                 on_read: OnRead | None, pool: BufferPool | None) -> None:
+        self.index, self.placed, self.regions = index, placed, regions
+        self.on_read, self.pool = on_read, pool
+        self.digest = hashlib.sha256() if index.sha256 is None else None
+        # Read by the pass when it starts a region, cleared by the writer when the kernel refuses a copy.
+        self.copy_in_kernel = hasattr(os, "copy_file_range")
+
+    @classmethod
+    def planned(cls, plan: ConversionPlan, shards: list[list[TensorPlan]], on_read: OnRead | None,
+                pool: BufferPool | None) -> _OnePass | None:
+        """None when the source's layout does not allow one pass in file order (then tensor by tensor)."""
+        indexes = {id(t.source.storage.index): t.source.storage.index for t in plan.tensors if t.source is not None}
+        if len(indexes) != 1:
+            return None
+        (index,) = indexes.values()
+        placed = []
+        for number, shard in enumerate(shards):
+            offset = len(safetensors_header(shard, {"format": "pt"}))
+            for planned in shard:
+                placed.append(_Placed(planned, number, offset))
+                offset += planned.nbytes
+        regions = _regions(index, placed, hash_file=index.sha256 is None)
+        return None if regions is None else cls(index, placed, regions, on_read, pool)
+
+    def write(self, paths: list[Path], progress: Progress | None) -> list[str]:
+        """Writes the shards; returns the source names of tensors holding NaN or Inf, in plan order."""
+        non_finite: set[int] = set()
+        with ExitStack() as stack:
+            files = [stack.enter_context(open(path, "wb", buffering=0)) for path in paths]
+            for file, shard in zip(files, self._shards()):
+                pwrite_fully(file.fileno(), memoryview(safetensors_header(shard, {"format": "pt"})), 0)
+            source = stack.enter_context(open(self.index.path, "rb", buffering=0))
+            reader = stack.enter_context(_MappedSource(self.index))
+            for placed in self.placed:
+                if placed.planned.source is None:
+                    self._write_values(files, placed, materialise(placed.planned))
+                    if progress:
+                        progress(placed.planned)
+            # The pass checks region i + 1 while region i is copied.
+            prefetch = stack.enter_context(Prefetcher(self.regions, lambda region: self._scan(region, reader)))
+            for region in self.regions:
+                scanned = prefetch.take(region)
+                for placed in scanned.copies:
+                    self._copy(source.fileno(), files[placed.shard].fileno(), placed)
+                for placed, values in scanned.writes:
+                    self._write_values(files, placed, values)
+                if scanned.buffer is not None and self.pool is not None:
+                    self.pool.release(scanned.buffer)
+                non_finite.update(id(placed) for placed in scanned.non_finite)
+                if progress:
+                    for placed in region.tensors:
+                        progress(placed.planned)
+        if self.digest is not None:
+            self.index.sha256 = self.digest.hexdigest()
+        return [placed.planned.source_name for placed in self.placed if id(placed) in non_finite]
+
+    def _shards(self) -> list[list[TensorPlan]]:
+        shards: list[list[TensorPlan]] = []
+        for placed in self.placed:
+            if placed.shard == len(shards):
+                shards.append([])
+            shards[placed.shard].append(placed.planned)
+        return shards
+
+    # -- on the prefetch thread --
+
+    def _scan(self, region: _Region, reader: _MappedSource) -> _Scanned:
+        """Reads the region once: CRC-32 of its storage, sha256, NaN/Inf of the tensors copied as they are,
+        and the values of the others (and of all when `on_read` wants them)."""
+        copy = self.copy_in_kernel
+        copies = [placed for placed in region.tensors if copy and placed.unchanged]
+        wanted = [placed for placed in region.tensors if self.on_read or placed not in copies]
+        low = min((placed.start for placed in wanted), default=region.end)
+        high = max((placed.end for placed in wanted), default=region.end)
+        buffer, pooled = self._buffer(high - low) if wanted else (None, None)
+        scanned = _Scanned(copies, [], [], pooled)
+        expected = self.index.unchecked_crc(region.key) if region.key is not None else None
+        crc = 0
+        for start, end in _pieces(region.start, region.end, (low, high)):
+            into = buffer[start - low:end - low] if buffer is not None and low <= start < high else None
+            with reader.piece(start, end, into) as piece:
+                if expected is not None:
+                    crc = zlib.crc32(piece, crc)
+                if self.digest is not None:
+                    self.digest.update(piece)
+                self._check_copied(copies, piece, start, end, scanned.non_finite)
+        if expected is not None:
+            self.index.check_crc(region.key, crc)
+        for placed in wanted:
+            loaded = placed.planned.source.from_bytes(buffer[placed.start - low:placed.end - low])
+            if self.on_read:
+                self.on_read(placed.planned.source, loaded)
+            if placed not in copies:
+                values = for_output(placed.planned, loaded)
+                if has_non_finite(values):
+                    scanned.non_finite.append(placed)
+                scanned.writes.append((placed, values))
+        return scanned
+
+    def _buffer(self, nbytes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A buffer of at least `nbytes`, and the same if it came from the pool (to give back)."""
+        pooled = self.pool.acquire(nbytes) if self.pool is not None else None
+        return (pooled if pooled is not None else torch.empty(nbytes, dtype=torch.uint8)), pooled
+
+    @staticmethod
+    def _check_copied(copies: list[_Placed], piece: memoryview, start: int, end: int,
+                      non_finite: list[_Placed]) -> None:
+        """NaN/Inf in the part of each copied tensor that lies in the piece [start, end) of the file."""
+        raw = torch.frombuffer(piece, dtype=torch.uint8) if len(piece) else None
+        for placed in copies:
+            low, high = max(start, placed.start), min(end, placed.end)
+            if low < high and placed not in non_finite \
+                    and has_non_finite(as_elements(raw[low - start:high - start], placed.planned.dtype)):
+                non_finite.append(placed)
+
+    # -- on the writer's thread --
+
+    def _copy(self, source: int, target: int, placed: _Placed) -> None:
+        """copy_file_range from the checkpoint to the tensor's place; user space where the kernel cannot."""
+        done, total = 0, placed.end - placed.start
+        while done < total and self.copy_in_kernel:
+            try:
+                copied = os.copy_file_range(source, target, min(COPY_CHUNK, total - done), placed.start + done,
+                                            placed.offset + done)
+            except OSError as error:
+                if error.errno not in KERNEL_COPY_UNSUPPORTED:
+                    raise
+                self.copy_in_kernel = False
+                break
+            if copied == 0:
+                raise CheckpointFormatError("the file ends in the middle of a tensor", path=self.index.path,
+                                            hint="the file is truncated; copy it again")
+            done += copied
+        if done < total:
+            # Already checked by the pass, so read again as plain bytes.
+            rest = torch.empty(min(COPY_CHUNK, total - done), dtype=torch.uint8)
+            view = memoryview(rest.numpy())
+            while done < total:
+                part = view[:min(len(view), total - done)]
+                self.index.read_into(part, placed.start + done)
+                pwrite_fully(target, part, placed.offset + done)
+                done += len(part)
+
+    def _write_values(self, files: list, placed: _Placed, values: torch.Tensor) -> None:
+        planned = placed.planned
+        if tuple(values.shape) != tuple(planned.shape) or values.dtype != planned.dtype:
+            raise AssertionError(f"{planned.target}: planned {planned.shape} {planned.dtype}, "
+                                 f"got {tuple(values.shape)} {values.dtype}")
+        if values.numel():
+            data = memoryview(values.contiguous().view(torch.uint8).numpy())
+            pwrite_fully(files[placed.shard].fileno(), data, placed.offset)
+
+
+def _regions(index: StorageIndex, placed: list[_Placed], hash_file: bool) -> list[_Region] | None:
+    """The storages the output uses in file order, with the bytes between them when the file is hashed.
+
+    None when two storages overlap, which torch never writes: such a file is read tensor by tensor.
+    """
+    by_key: dict[str, list[_Placed]] = {}
+    for item in placed:
+        source = item.planned.source
+        if source is not None:
+            first, last = source.storage_range
+            item.start = index.locations[source.storage.key][0] + first
+            item.end = index.locations[source.storage.key][0] + last
+            by_key.setdefault(source.storage.key, []).append(item)
+    regions: list[_Region] = []
+    position = 0
+    for start, key in sorted((index.locations[key][0], key) for key in by_key):
+        if start < position:
+            return None
+        if hash_file and start > position:
+            regions.append(_Region(position, start))
+        position = start + index.locations[key][1]
+        regions.append(_Region(start, position, key, by_key[key]))
+    size = os.stat(index.path).st_size
+    if hash_file and size > position:
+        regions.append(_Region(position, size))
+    return regions
+
+
+def _pieces(start: int, end: int, cuts: tuple[int, ...]) -> list[tuple[int, int]]:
+    """[start, end) in pieces of at most SCAN_CHUNK bytes, also cut at `cuts`.
+
+    Cuts fall on element boundaries of the region's storage, so every piece of a tensor is whole elements.
+    """
+    points = sorted({start, end, *range(start, end, SCAN_CHUNK), *(cut for cut in cuts if start < cut < end)})
+    return list(zip(points, points[1:]))
+
+
+class _MappedSource:
+    """The checkpoint's bytes piece by piece, from a mapping of the file: no copy into user space.
+
+    Each piece's pages are mapped in one call (MADV_POPULATE_READ: no fault per page, and a file that
+    shrank since it was opened is an error here, not a SIGBUS later) and dropped from the process once
+    used (the page cache keeps them), so the resident set stays about one piece. A piece wanted `into`
+    a buffer is copied there. Where the file cannot be mapped, pieces are read with pread.
+    """
+
+    def __init__(self, index: StorageIndex) -> None:
+        self.index = index
+        self._map: mmap.mmap | None = None
+        self._scratch: torch.Tensor | None = None
+
+    def __enter__(self) -> _MappedSource:
+        try:
+            with open(self.index.path, "rb") as file:
+                # Private and writable (never written): tensors made on it need no read-only warning.
+                self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+        except (OSError, ValueError):  # ValueError: an empty file
+            self._map = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._map is not None:
+            self._map.close()
+
+    @contextmanager
+    def piece(self, start: int, end: int, into: torch.Tensor | None) -> Iterator[memoryview]:
+        mapped = self._mapped(start, end)
+        if mapped is None:
+            target = into if into is not None else self._scratch_for(end - start)
+            view = memoryview(target.numpy())
+            self.index.read_into(view, start)
+            yield view
+            return
+        page = start - start % mmap.PAGESIZE
+        try:
+            if into is None:
+                yield mapped
+            else:
+                view = memoryview(into.numpy())
+                view[:] = mapped
+                yield view
+        finally:
+            mapped.release()
+            self._map.madvise(mmap.MADV_DONTNEED, page, end - page)
+
+    def _mapped(self, start: int, end: int) -> memoryview | None:
+        if self._map is None or end > len(self._map) or end == start:
+            return None
+        page = start - start % mmap.PAGESIZE
+        try:
+            self._map.madvise(MADV_POPULATE_READ, page, end - page)
+        except OSError as error:
+            if error.errno == errno.EFAULT:  # pages past the end of the file: it shrank
+                raise CheckpointFormatError("the file ends in the middle of a tensor", path=self.index.path,
+                                            hint="the file is truncated; copy it again") from None
+            self._map.close()  # e.g. EINVAL from a kernel without MADV_POPULATE_READ: pread from now on
+            self._map = None
+            return None
+        return memoryview(self._map)[start:end]
+
+    def _scratch_for(self, nbytes: int) -> torch.Tensor:
+        if self._scratch is None or self._scratch.numel() < nbytes:
+            self._scratch = torch.empty(max(nbytes, SCAN_CHUNK), dtype=torch.uint8)
+        return self._scratch[:nbytes]
+
+
+def pwrite_fully(fd: int, data: memoryview, offset: int) -> None:
+    """Writes all of `data` at byte `offset` of `fd` (os.pwrite may write less than asked)."""
+    while len(data):
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
 
 
 def write_json(path: Path, data: object) -> None:

@@ -49,6 +49,7 @@ class Checkpoint:
     hparams: dict[str, Any]  # args (fairseq <= 0.10) or cfg["model"], as plain data
     hparams_source: str  # "args", "cfg" or "none"
     top_level_keys: list[str] = field(default_factory=list)
+    storages: StorageIndex | None = None  # where the tensors' bytes are; records the file's sha256 once read
 
     @property
     def total_bytes(self) -> int:
@@ -296,6 +297,7 @@ def _interpret(path: Path, root: Any, index: StorageIndex, format_name: str) -> 
         hparams=hparams,
         hparams_source=source,
         top_level_keys=[printable(str(key)) for key in root],
+        storages=index,
     )
 
 

@@ -90,12 +90,33 @@ class LazyTensor:
         """Bytes `load()` reads: the span of the storage this view covers."""
         return self.extent * self.dtype.itemsize
 
+    @property
+    def storage_range(self) -> tuple[int, int]:
+        """The bytes `load()` reads, as offsets into its storage's data in the file: [start, end)."""
+        start = (self.storage.element_offset + self.offset) * self.dtype.itemsize
+        return start, start + self.read_nbytes
+
+    def is_contiguous(self) -> bool:
+        """Row-major without gaps: the tensor's bytes are `storage_range`, in order."""
+        expected = 1
+        for size, stride in reversed(list(zip(self.shape, self.stride))):
+            if size != 1 and stride != expected:
+                return False
+            expected *= size
+        return True
+
     def load(self, into: torch.Tensor | None = None) -> torch.Tensor:
         """Reads this tensor's own bytes from the file and returns a contiguous CPU tensor.
 
         `into`: a uint8 buffer of at least `read_nbytes` to read into; the result may be a view of it.
         """
-        flat = self.storage.index.read(self.storage, self.offset, self.extent, into)
+        return self._shaped(self.storage.index.read(self.storage, self.offset, self.extent, into))
+
+    def from_bytes(self, raw: torch.Tensor) -> torch.Tensor:
+        """What `load()` returns, from `raw`: the bytes of `storage_range` already read (uint8)."""
+        return self._shaped(as_elements(raw, self.dtype))
+
+    def _shaped(self, flat: torch.Tensor) -> torch.Tensor:
         if self.numel == 0:
             return flat.new_empty(self.shape)
         return flat.as_strided(self.shape, self.stride).contiguous()
@@ -111,6 +132,8 @@ class StorageIndex:
     checksums: dict[str, int] = field(default_factory=dict)  # key -> CRC-32 from the zip directory
     # Storages whose CRC-32 matched once: a later read (the verification's) need not pay for it again.
     checked: set[str] = field(default_factory=set)
+    # The whole file's sha256, once a pass that read all of it (the writer's) computed it.
+    sha256: str | None = None
 
     def ref(self, key: str, dtype: torch.dtype, numel: int) -> StorageRef:
         known = self.refs.get(key)
@@ -143,19 +166,25 @@ class StorageIndex:
         # Raw bytes first: a bool storage may hold any byte, and torch expects bools to be 0 or 1.
         raw = torch.empty(nbytes, dtype=torch.uint8) if into is None else into[:nbytes]
         buffer = memoryview(raw.numpy()) if nbytes else memoryview(b"")
-        self._read_into(buffer, start)
-        expected = self.checksums.get(storage.key)
+        self.read_into(buffer, start)
         whole = storage.element_offset + offset == 0 and nbytes == available
-        if expected is not None and whole and storage.key not in self.checked:
-            if zlib.crc32(buffer) != expected:
-                raise CheckpointFormatError(f"storage {storage.key!r} is damaged (its CRC-32 does not match)",
-                                            path=self.path, hint="copy or download the file again")
-            self.checked.add(storage.key)
-        if storage.dtype == torch.bool:
-            return raw != 0
-        return raw.view(storage.dtype)
+        if whole and self.unchecked_crc(storage.key) is not None:
+            self.check_crc(storage.key, zlib.crc32(buffer))
+        return as_elements(raw, storage.dtype)
 
-    def _read_into(self, buffer: memoryview, start: int) -> None:
+    def unchecked_crc(self, key: str) -> int | None:
+        """The CRC-32 the zip directory gives for storage `key`, unless it was already found to match."""
+        return None if key in self.checked else self.checksums.get(key)
+
+    def check_crc(self, key: str, crc: int) -> None:
+        """`crc`: of all of storage `key`'s bytes as read."""
+        if crc != self.checksums[key]:
+            raise CheckpointFormatError(f"storage {key!r} is damaged (its CRC-32 does not match)",
+                                        path=self.path, hint="copy or download the file again")
+        self.checked.add(key)
+
+    def read_into(self, buffer: memoryview, start: int) -> None:
+        """Fills `buffer` from the file at byte `start`; a short or failed read is a CheckpointFormatError."""
         try:
             got = pread_fully(self.path, buffer, start)
         except OSError as error:  # the file went away or became unreadable since it was opened
@@ -163,6 +192,13 @@ class StorageIndex:
         if got < len(buffer):
             raise CheckpointFormatError("the file ends in the middle of a tensor", path=self.path,
                                         hint="the file is truncated; copy it again")
+
+
+def as_elements(raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Raw uint8 bytes as elements of `dtype`; a bool storage may hold any byte, torch's bools are 0 or 1."""
+    if dtype == torch.bool:
+        return raw != 0
+    return raw.view(dtype)
 
 
 def pread_fully(path: str | os.PathLike, buffer: memoryview, start: int) -> int:

@@ -2,10 +2,12 @@
 
 Verifying otherwise reads the source twice: once to write it, once for the reference, and for a large
 model the second read comes from disk because writing the output pushed the source out of the page
-cache. Here the writer hands each source tensor it reads to the reference too. The reference waits
-for a stage's tensors (the embeddings, one layer, the head), computes that stage while the writer goes
-on, and drops them. The few tensors the writer never reads (the fused q/k/v of old checkpoints) or has
-already handed over once (a tied embedding the LM head needs again) the reference reads itself.
+cache. Here the writer hands each source tensor it reads to the reference too: the values come from
+its one pass over the source (the read that also feeds the CRC-32, NaN/Inf and sha256 checks) while
+the output's bytes are still copied inside the kernel. The reference waits for a stage's tensors
+(the embeddings, one layer, the head), computes that stage while the writer goes on, and drops them.
+The few tensors the writer never reads (the fused q/k/v of old checkpoints) or has already handed
+over once (a tied embedding the LM head needs again) the reference reads itself.
 
 Memory stays bounded: once the tensors waiting for the reference exceed its largest stage, the writer
 waits for the reference, unless the reference is itself waiting for a tensor still to be written.

@@ -1,0 +1,117 @@
+"""What this machine can do per byte: the floor under any conversion of a file already in the page cache.
+
+Each operation is run over the whole checkpoint file, `rounds` times, the operations interleaved round
+by round (the machine is shared: drift hits every operation alike); medians and min-max in GB/s.
+
+    python benchmarks/limits.py /tmp/bench/ckpt/large-float32/model.pt --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import mmap
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+CHUNK = 4 << 20  # as the writer's pass (writer.SCAN_CHUNK)
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
+
+
+def operations(path: Path, scratch: Path) -> dict[str, Callable[[], None]]:
+    size = path.stat().st_size
+    buffer = torch.empty(CHUNK, dtype=torch.uint8)
+    view = memoryview(buffer.numpy())
+    os.preadv(os.open(path, os.O_RDONLY), [view], 0)  # a real chunk of the file, for the in-cache rates
+    floats = buffer.view(torch.float32)
+    chunks = range(size // CHUNK)
+
+    def pread() -> None:
+        with open(path, "rb", buffering=0) as file:
+            for offset in range(0, size, CHUNK):
+                os.preadv(file.fileno(), [view], offset)
+
+    def mmap_populate() -> None:
+        with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY) as mapped:
+            for offset in range(0, size, CHUNK):
+                length = min(CHUNK, size - offset)
+                mapped.madvise(MADV_POPULATE_READ, offset, length)
+                mapped.madvise(mmap.MADV_DONTNEED, offset, length)
+
+    def crc32() -> None:
+        crc = 0
+        for _ in chunks:
+            crc = zlib.crc32(view, crc)
+
+    def sha256() -> None:
+        digest = hashlib.sha256()
+        for _ in chunks:
+            digest.update(view)
+
+    def nan_sum() -> None:
+        for _ in chunks:
+            float(floats.sum())
+
+    def memcpy() -> None:
+        source = torch.empty(size // 8, dtype=torch.uint8)
+        target = torch.empty_like(source)
+        source.fill_(1)
+        target.fill_(0)
+        started = time.perf_counter()
+        for _ in range(8):
+            target.copy_(source)
+        memcpy.elapsed = time.perf_counter() - started
+
+    def copy_file_range() -> None:
+        with open(path, "rb", buffering=0) as source, open(scratch, "wb", buffering=0) as target:
+            done = 0
+            while done < size:
+                done += os.copy_file_range(source.fileno(), target.fileno(), min(64 << 20, size - done), done, done)
+        scratch.unlink()
+
+    def cp() -> None:
+        subprocess.run(["cp", str(path), str(scratch)], check=True)
+        scratch.unlink()
+
+    return {"pread into a 4 MiB buffer": pread, "mmap + MADV_POPULATE_READ": mmap_populate,
+            "zlib.crc32 (in cache)": crc32, "hashlib.sha256 (in cache)": sha256,
+            "torch sum, 1 thread (in cache)": nan_sum, "memcpy of fresh memory (RAM)": memcpy,
+            "copy_file_range of the file": copy_file_range, "cp of the file": cp}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("file", type=Path)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    size = args.file.stat().st_size
+    with tempfile.TemporaryDirectory(dir=args.file.parent) as folder:
+        ops = operations(args.file, Path(folder) / "copy")
+        timings: dict[str, list[float]] = {name: [] for name in ops}
+        subprocess.run(["cat", str(args.file)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
+        for _ in range(args.rounds):
+            for name, operation in ops.items():
+                started = time.perf_counter()
+                operation()
+                elapsed = getattr(operation, "elapsed", time.perf_counter() - started)
+                timings[name].append(elapsed)
+                os.sync()
+    print(f"{args.file} ({size / 1e9:.2f} GB), {args.rounds} rounds, load average {os.getloadavg()[0]:.1f}")
+    print(f"| operation | median GB/s | min–max GB/s | median s/GB |\n| --- | --- | --- | --- |")
+    for name, values in timings.items():
+        rates = sorted(size / value / 1e9 for value in values)
+        median = statistics.median(rates)
+        print(f"| {name} | {median:.2f} | {rates[0]:.2f}–{rates[-1]:.2f} | {1 / median:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""The one-pass writer (tensor bytes copied inside the kernel, every check fed by one read of the source)
+writes exactly the files of the tensor-by-tensor path, and still refuses damaged or non-finite weights."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from collections import Counter, OrderedDict
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURES, GPT2_BPE
+from fairseq_to_hf import convert, writer
+from fairseq_to_hf.errors import CheckpointFormatError, ConversionError
+from fairseq_to_hf.plan import list_heads
+from fairseq_to_hf.reader.checkpoint import read_checkpoint
+from test_bad_input import edited_mlm_checkpoint
+
+MODELS = sorted(path.parent.name for path in FIXTURES.glob("*/model.pt"))
+SENTENCEPIECE = FIXTURES / "xlmr_mlm" / "sentencepiece.bpe.model"
+
+
+@pytest.fixture
+def kernel_copies(monkeypatch: pytest.MonkeyPatch) -> Counter:
+    """Bytes copied by os.copy_file_range (the real call, counted)."""
+    copied: Counter = Counter()
+    real = os.copy_file_range
+
+    def counting(*args, **kwargs):
+        count = real(*args, **kwargs)
+        copied["bytes"] += count
+        return count
+
+    monkeypatch.setattr(os, "copy_file_range", counting)
+    return copied
+
+
+def tokenizer_files(fixture: str) -> dict[str, Path]:
+    """The tokenizer of each fixture: its alias ids give the embeddings and the LM bias extra rows."""
+    if fixture.startswith("xlmr"):
+        return {"sentencepiece_model": SENTENCEPIECE}
+    return {"encoder_json": GPT2_BPE / "encoder.json", "vocab_bpe": GPT2_BPE / "vocab.bpe"}
+
+
+def convert_fixture(fixture: str, out: Path, one_pass: bool, monkeypatch: pytest.MonkeyPatch, **options) -> None:
+    monkeypatch.setattr(writer, "_ONE_PASS", one_pass)
+    heads = list_heads(read_checkpoint(FIXTURES / fixture / "model.pt"))
+    options.setdefault("verify", False)
+    convert(FIXTURES / fixture, out, all_heads=len(heads) > 1, **tokenizer_files(fixture), **options)
+
+
+def written_weights(out: Path) -> dict[str, bytes]:
+    """Every safetensors file and index under `out`, by relative path, and the source sha256 reported."""
+    files = {str(path.relative_to(out)): path.read_bytes() for path in sorted(out.rglob("*"))
+             if path.name.endswith(".safetensors") or path.name == writer.INDEX_FILE}
+    files.update({f"sha256 in {path.relative_to(out)}": json.loads(path.read_text())["source"]["sha256"].encode()
+                  for path in out.rglob("conversion_report.json") if "source" in json.loads(path.read_text())})
+    return files
+
+
+def cast_for(fixture: str) -> str:
+    return "float32" if fixture.endswith("fp16") else "float16"
+
+
+@pytest.mark.parametrize("fixture", MODELS)
+@pytest.mark.parametrize("variant", ["as stored", "cast and sharded"])
+def test_one_pass_writes_the_files_of_the_tensor_by_tensor_path(fixture: str, variant: str, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                kernel_copies: Counter) -> None:
+    options = {} if variant == "as stored" else {"dtype": cast_for(fixture), "max_shard_size": "20KB"}
+    convert_fixture(fixture, tmp_path / "before", False, monkeypatch, **options)
+    assert not kernel_copies
+    convert_fixture(fixture, tmp_path / "one_pass", True, monkeypatch, **options)
+    before, one_pass = written_weights(tmp_path / "before"), written_weights(tmp_path / "one_pass")
+    assert any(name.endswith(".safetensors") for name in before)
+    if variant != "as stored":
+        assert any(name.endswith(".index.json") for name in before)
+    assert before.keys() == one_pass.keys()
+    for name in before:
+        assert one_pass[name] == before[name], f"{fixture} {variant}: {name} differs"
+    if variant == "as stored":
+        # Most tensors go through the kernel (the embeddings and LM bias get alias rows, so not those).
+        assert kernel_copies["bytes"] > sum(len(data) for name, data in one_pass.items()
+                                            if name.endswith(".safetensors")) // 3
+
+
+def test_one_pass_feeds_the_verification_and_copies_in_the_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  kernel_copies: Counter) -> None:
+    convert_fixture("roberta_mlm", tmp_path / "before", False, monkeypatch, verify=True)
+    convert_fixture("roberta_mlm", tmp_path / "one_pass", True, monkeypatch, verify=True)
+    assert written_weights(tmp_path / "one_pass") == written_weights(tmp_path / "before")
+    assert kernel_copies["bytes"] > 0
+    report = json.loads((tmp_path / "one_pass" / "conversion_report.json").read_text())
+    assert report["outputs"][0]["verification"]["passed"]
+
+
+def damaged_copy(fixture: str, folder: Path, tensor: str) -> Path:
+    """The fixture folder with one byte of `tensor`'s stored bytes flipped (its CRC-32 left as it was)."""
+    shutil.copytree(FIXTURES / fixture, folder)
+    lazy = read_checkpoint(folder / "model.pt").tensors[tensor]
+    start, _ = lazy.storage.index.locations[lazy.storage.key]
+    data = bytearray((folder / "model.pt").read_bytes())
+    data[start + lazy.storage_range[0] + 7] ^= 0x10
+    (folder / "model.pt").write_bytes(bytes(data))
+    return folder
+
+
+@pytest.mark.parametrize("tensor", ["encoder.sentence_encoder.layers.1.fc1.weight",
+                                    "encoder.sentence_encoder.layers.0.self_attn.q_proj.weight"])
+def test_a_damaged_storage_is_refused_on_the_one_pass_path(tensor: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           kernel_copies: Counter) -> None:
+    src = damaged_copy("roberta_mlm", tmp_path / "src", tensor)
+    out = tmp_path / "out"
+    with pytest.raises(CheckpointFormatError, match="is damaged \\(its CRC-32 does not match\\)"):
+        convert(src, out, verify=False)
+    assert kernel_copies["bytes"] > 0  # tensors before the damaged one were copied in the kernel
+    assert not out.exists() and sorted(path.name for path in tmp_path.iterdir()) == ["src"]
+
+
+def test_non_finite_weights_are_refused_on_the_one_pass_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             kernel_copies: Counter) -> None:
+    def edit(state: OrderedDict) -> None:
+        state["encoder.sentence_encoder.layers.1.fc1.weight"][-1, -1] = float("nan")
+        state["encoder.sentence_encoder.layers.0.fc2.weight"][0, 0] = float("-inf")
+
+    src = edited_mlm_checkpoint(tmp_path / "src", edit)
+    refusals = {}
+    for one_pass in (False, True):
+        monkeypatch.setattr(writer, "_ONE_PASS", one_pass)
+        with pytest.raises(ConversionError, match="2 source tensors hold NaN or Inf values") as caught:
+            convert(src, tmp_path / "out", verify=False)
+        refusals[one_pass] = caught.value.details
+        assert not (tmp_path / "out").exists()
+    assert refusals[True] == refusals[False]
+    assert kernel_copies["bytes"] > 0
+    convert(src, tmp_path / "out", verify=False, allow_non_finite=True)
+    assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_where_the_kernel_cannot_copy_the_bytes_are_written_from_user_space(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    refused: Counter = Counter()
+
+    def across_filesystems(*args, **kwargs):
+        refused["calls"] += 1
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    convert_fixture("roberta_legacy_v09", tmp_path / "before", False, monkeypatch)
+    monkeypatch.setattr(os, "copy_file_range", across_filesystems)
+    convert_fixture("roberta_legacy_v09", tmp_path / "one_pass", True, monkeypatch)
+    assert written_weights(tmp_path / "one_pass") == written_weights(tmp_path / "before")
+    assert refused["calls"] == 1  # not asked again once refused
