@@ -40,9 +40,11 @@ def kernel_copies(monkeypatch: pytest.MonkeyPatch) -> Counter:
 
 def tokenizer_files(fixture: str) -> dict[str, Path]:
     """The tokenizer of each fixture: its alias ids give the embeddings and the LM bias extra rows."""
-    if fixture.startswith("xlmr"):
+    if fixture.startswith(("xlmr", "xmod")):
         return {"sentencepiece_model": SENTENCEPIECE}
-    return {"encoder_json": GPT2_BPE / "encoder.json", "vocab_bpe": GPT2_BPE / "vocab.bpe"}
+    if fixture.startswith("roberta_") and fixture != "roberta_subword_nmt":
+        return {"encoder_json": GPT2_BPE / "encoder.json", "vocab_bpe": GPT2_BPE / "vocab.bpe"}
+    return {}  # the model folder ships its own BPE files
 
 
 def convert_fixture(fixture: str, out: Path, one_pass: bool, monkeypatch: pytest.MonkeyPatch, **options) -> None:
