@@ -214,3 +214,14 @@ def test_inspect_lists_heads_and_sizes() -> None:
     produced = description["convert_would_produce"]
     assert produced["sentiment_head"]["plan"]["architecture"] == "RobertaForSequenceClassification"
     assert produced["lm"]["plan"]["architecture"] == "RobertaForMaskedLM"
+
+
+@pytest.mark.parametrize(("fixture", "tied"), [("roberta_mlm", True), ("roberta_mlm_untied", False)])
+def test_inspect_counts_a_tied_embedding_once(fixture: str, tied: bool) -> None:
+    from fairseq_to_hf.inspection import inspect_source
+    from fairseq_to_hf.reader import read_checkpoint
+
+    tensors = read_checkpoint(FIXTURES / fixture / "model.pt").tensors
+    counted = [t for name, t in tensors.items() if not (tied and name == "encoder.lm_head.weight")]
+    assert inspect_source(FIXTURES / fixture)["parameters_by_dtype"] == {
+        "float32": {"parameters": sum(t.numel for t in counted), "bytes": sum(t.nbytes for t in counted)}}

@@ -97,3 +97,12 @@ def test_prefetcher_passes_on_a_loading_error() -> None:
         prefetch.take("a")
         with pytest.raises(ValueError, match="damaged"):
             prefetch.take("b")
+
+
+@pytest.mark.parametrize("have", [torch.full((2, 3), float("nan")), torch.tensor([[0.0, float("inf"), 0.0]] * 2)])
+def test_outputs_that_are_not_finite_never_pass(have: torch.Tensor) -> None:
+    from fairseq_to_hf.verify.compare import OutputCheck, max_abs_diff, non_finite
+
+    for want in (torch.full((2, 3), float("nan")), torch.zeros(2, 3)):
+        check = OutputCheck("x", max_abs_diff(want, have), 0.0, 1.0, non_finite(want, have))
+        assert check.non_finite and not check.passed

@@ -97,6 +97,35 @@ def _add_source_options(parser: argparse.ArgumentParser, tokenizer_purpose: str,
                         "(default: SRC/sentencepiece.bpe.model if present)")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _add_hyper_parameter_options(parser: argparse.ArgumentParser) -> None:
+    """What the tensors cannot show, for checkpoints whose args/cfg lack it; never contradicting them."""
+    from .plan import ACTIVATIONS
+
+    group = parser.add_argument_group("hyper-parameters the checkpoint lacks (refused if it says otherwise)")
+    group.add_argument("--num-heads", type=_positive_int, metavar="N",
+                       help="attention heads per layer (encoder_attention_heads)")
+    group.add_argument("--activation-fn", choices=sorted(ACTIVATIONS), metavar="NAME",
+                       help=f"fairseq activation_fn: {', '.join(ACTIVATIONS)}")
+    group.add_argument("--pooler-activation-fn", choices=sorted(ACTIVATIONS), metavar="NAME",
+                       help="fairseq pooler_activation_fn of the classification head (same names)")
+
+
+def _supplied(args: argparse.Namespace):
+    from .hparams import SuppliedHyperParameters
+
+    return SuppliedHyperParameters(args.num_heads, args.activation_fn, args.pooler_activation_fn)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .arch.families import FAMILIES
     from .plan import LM_HEAD, OUTPUT_DTYPES
@@ -163,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="Hub repository the folder will be uploaded to: the model card's snippet loads it")
     convert.add_argument("--json", action="store_true", help="print the conversion report as JSON on stdout")
     convert.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_hyper_parameter_options(convert)
     verify = commands.add_parser(
         "verify",
         help="check an existing Transformers folder against a fairseq checkpoint",
@@ -186,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run the folder's model one block at a time (for models larger than memory)")
     verify.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     verify.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_hyper_parameter_options(verify)
 
     inspect = commands.add_parser(
         "inspect",
@@ -197,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_source_options(inspect, "to look for")
     inspect.add_argument("--json", action="store_true", help="print JSON for scripts")
+    _add_hyper_parameter_options(inspect)
     return parser
 
 
@@ -272,10 +304,18 @@ def _verify(args: argparse.Namespace, log) -> int:
     report = verify_folder(args.src, args.out, checkpoint=args.checkpoint, dictionary=args.dictionary,
                            encoder_json=args.encoder_json, vocab_bpe=args.vocab_bpe,
                            sentencepiece_model=args.sentencepiece_model, head=args.head,
-                           default_language=args.default_language, verify_text=args.verify_text, tolerance=args.tolerance, streamed=args.block_by_block)
-    weights = report["verification"]
+                           default_language=args.default_language, verify_text=args.verify_text,
+                           tolerance=args.tolerance, streamed=args.block_by_block,
+                           hyper_parameters=_supplied(args))
+    for mismatch in report.get("config_mismatches", []):
+        log(f"  {mismatch}")
+    weights = report["verification"] or {"max_abs_diff": {}, "loading_warnings": [], "checks": []}
     for kind, diff in weights["max_abs_diff"].items():
         log(f"  max abs diff {kind:<18} {diff:.3g}")
+    not_finite = [check["output"] for check in weights["checks"] if check["non_finite"]]
+    if not_finite:
+        log(f"  not finite (NaN or Inf), so not verified: {', '.join(not_finite[:3])}"
+            + (f" and {len(not_finite) - 3} more" if len(not_finite) > 3 else ""))
     for warning in weights["loading_warnings"]:
         log(f"  loading: {warning}")
     tokens = report["tokenizer_verification"]
@@ -309,7 +349,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
     description = inspect_source(args.src, checkpoint=args.checkpoint, dictionary=args.dictionary,
                                  encoder_json=args.encoder_json, vocab_bpe=args.vocab_bpe,
-                                 sentencepiece_model=args.sentencepiece_model)
+                                 sentencepiece_model=args.sentencepiece_model, hyper_parameters=_supplied(args))
     print(json.dumps(description, indent=2) if args.json else format_inspection(description))
     return EXIT_OK
 
@@ -327,7 +367,8 @@ def _convert(args: argparse.Namespace, log) -> int:
         card=CardOptions(language=args.language, license=args.license, base_model=args.base_model,
                          repo_id=args.repo_id),
         verify=args.verify, verify_text=args.verify_text, tolerance=args.tolerance,
-        allow_non_finite=args.allow_non_finite, force=args.force, dry_run=args.dry_run,
+        allow_non_finite=args.allow_non_finite, hyper_parameters=_supplied(args), force=args.force,
+        dry_run=args.dry_run,
     )
     progress = None if args.quiet else WriteProgress(sys.stderr)
     if args.checkpoint and any(char in args.checkpoint for char in "*?["):

@@ -8,6 +8,7 @@ from typing import Any
 
 from .arch.fairseq_keys import normalise_state_dict
 from .errors import ConversionError
+from .hparams import SuppliedHyperParameters, arch_name
 from .plan import LM_HEAD, ConversionPlan, PlanOptions, adapter_languages, detect_heads, dictionary_kind, make_plan
 from .reader.checkpoint import read_checkpoint
 from .reader.dictionary import Dictionary, read_dictionary
@@ -17,7 +18,8 @@ from .writer import DEFAULT_MAX_SHARD_BYTES, plan_shards, shard_file_names
 
 def inspect_source(src: str | Path, *, checkpoint: str | Path | None = None, dictionary: str | Path | None = None,
                    encoder_json: str | Path | None = None, vocab_bpe: str | Path | None = None,
-                   sentencepiece_model: str | Path | None = None) -> dict[str, Any]:
+                   sentencepiece_model: str | Path | None = None,
+                   hyper_parameters: SuppliedHyperParameters = SuppliedHyperParameters()) -> dict[str, Any]:
     """Describes a fairseq model folder; reads the pickle and zip directory, never tensor data."""
     files = find_source_files(src, checkpoint=checkpoint, dictionary=dictionary, encoder_json=encoder_json,
                               vocab_bpe=vocab_bpe, sentencepiece_model=sentencepiece_model)
@@ -27,7 +29,12 @@ def inspect_source(src: str | Path, *, checkpoint: str | Path | None = None, dic
     heads = detect_heads(normalised)
 
     by_dtype: dict[str, dict[str, int]] = defaultdict(lambda: {"parameters": 0, "bytes": 0})
+    counted: dict[str, list] = defaultdict(list)  # storage key -> tensors counted
     for tensor in source.tensors.values():
+        # A tied LM head is the embedding's tensor saved under a second name: its values exist once.
+        if any(tensor.same_data(other) for other in counted[tensor.storage.key]):
+            continue
+        counted[tensor.storage.key].append(tensor)
         entry = by_dtype[str(tensor.dtype).removeprefix("torch.")]
         entry["parameters"] += tensor.numel
         entry["bytes"] += tensor.nbytes
@@ -35,14 +42,14 @@ def inspect_source(src: str | Path, *, checkpoint: str | Path | None = None, dic
     targets = [None] if not heads else [head.name for head in heads] + ([LM_HEAD] if _has_lm_head(normalised) else [])
     outputs = {}
     for target in targets:
-        outputs[target or "default"] = _would_produce(source, token_dictionary, target)
+        outputs[target or "default"] = _would_produce(source, token_dictionary, target, hyper_parameters)
 
     description: dict[str, Any] = {
         "checkpoint": str(files.checkpoint),
         "checkpoint_format": source.format,
         "checkpoint_bytes": files.checkpoint.stat().st_size,
         "hyper_parameters_from": source.hparams_source,
-        "arch": source.hparams.get("arch") or source.hparams.get("_name"),
+        "arch": arch_name(source.hparams),
         "dictionary": {"path": str(files.dictionary), "symbols": len(token_dictionary),
                        "kind": dictionary_kind(token_dictionary)},
         "label_dictionary": str(files.label_dictionary) if files.label_dictionary else None,
@@ -56,6 +63,7 @@ def inspect_source(src: str | Path, *, checkpoint: str | Path | None = None, dic
     first = next((o for o in outputs.values() if "plan" in o), None)
     if first:
         description.update(first["plan"]["model"])
+        description["hyper_parameters_from"] = first["plan"]["hyper_parameters_from"]
     return description
 
 
@@ -63,9 +71,10 @@ def _has_lm_head(normalised: dict) -> bool:
     return "encoder.lm_head.dense.weight" in normalised
 
 
-def _would_produce(source, dictionary: Dictionary, head: str | None) -> dict[str, Any]:
+def _would_produce(source, dictionary: Dictionary, head: str | None,
+                   hyper_parameters: SuppliedHyperParameters) -> dict[str, Any]:
     try:
-        plan = make_plan(source, dictionary, PlanOptions(head=head))
+        plan = make_plan(source, dictionary, PlanOptions(head=head, supplied=hyper_parameters))
     except ConversionError as error:
         return {"refused": error.render()}
     return {"plan": describe_plan(plan)}
@@ -85,6 +94,7 @@ def describe_plan(plan: ConversionPlan, max_shard_bytes: int = DEFAULT_MAX_SHARD
         },
         "architecture": plan.architecture,
         "head": plan.head.name if plan.head else None,
+        "hyper_parameters_from": plan.hyper_parameters.source,
         "tensors": len(plan.tensors),
         "bytes": plan.total_bytes,
         "files": shard_file_names(len(shards)),

@@ -18,6 +18,7 @@ import torch
 from .card import CardOptions, model_card
 from .errors import ConversionError, VerificationError
 from .hashing import sha256_in_background
+from .hparams import SuppliedHyperParameters
 from .progress import WriteProgress
 from .plan import OUTPUT_DTYPES, ConversionPlan, PlanOptions, describe_heads, list_heads, make_plan
 from .reader.checkpoint import Checkpoint, read_checkpoint
@@ -36,6 +37,8 @@ from .writer import (DEFAULT_MAX_SHARD_BYTES, OnRead, parse_size, plan_shards, s
 Log = Callable[[str], None]
 # Above this size the converted model is verified block by block instead of loaded whole.
 STREAMED_VERIFY_BYTES = 64 << 20
+NOT_FINITE_HINT = ("its outputs are not finite (NaN or Inf), which no comparison can verify; a model converted "
+                   "with --allow-non-finite can only be written with --no-verify")
 NO_TOKENIZER = ("no tokenizer written: SRC has neither encoder.json + vocab.bpe (GPT-2 BPE) nor a sentencepiece "
                 "model; pass --encoder-json and --vocab-bpe, or --sentencepiece-model, to write one")
 
@@ -65,6 +68,7 @@ class ConvertOptions:
     verify_text: str | Path | None = None
     tolerance: float = DEFAULT_TOLERANCE
     allow_non_finite: bool = False
+    hyper_parameters: SuppliedHyperParameters = field(default_factory=SuppliedHyperParameters)
     # OUT.
     force: bool = False
     dry_run: bool = False
@@ -118,6 +122,7 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = N
     Options come as a ConvertOptions, or as its fields by keyword (`convert(src, out, head="mnli")`).
     Raises a ConversionError subclass (with nothing written) for bad input, and VerificationError
     (with nothing written) when the converted model or tokenizer does not reproduce fairseq.
+    `num_heads`, `activation_fn`, `pooler_activation_fn`: hyper-parameters the checkpoint lacks.
     """
     options = replace(options or ConvertOptions(), **option_fields)
     say = log or (lambda message: None)
@@ -219,7 +224,8 @@ def _prepare(source: Checkpoint, shared: SharedSources, options: ConvertOptions,
     """Every plan of this conversion (one per head with --all-heads), checked before anything is written."""
     base = PlanOptions(head=options.head, model_type=options.model_type, dtype=options.dtype,
                        default_language=options.default_language,
-                       label_dictionary=shared.label_dictionary, strict_labels=options.strict_labels)
+                       label_dictionary=shared.label_dictionary, strict_labels=options.strict_labels,
+                       supplied=options.hyper_parameters)
     heads: list[str | None] = [options.head]
     if options.all_heads:
         heads = [h.name for h in list_heads(source)]
@@ -238,7 +244,7 @@ def _prepare(source: Checkpoint, shared: SharedSources, options: ConvertOptions,
         source_dictionary=shared.files.dictionary,
         checkpoint_format=source.format,
         key_generation=first.key_generation,
-        hparams_source=source.hparams_source,
+        hparams_source=first.hyper_parameters.source,
         layout="pre-norm" if first.layout.pre_norm else "post-norm",
         dims=vars(first.dims).copy(),
         heads_in_checkpoint={h.name: h.num_classes for h in first.heads},
@@ -276,8 +282,11 @@ def _write_and_verify(staging: Path, out: Path, source: Checkpoint, report: Conv
         output.files += [REPORT_FILE, "README.md"]
     failures = [line for output in report.outputs for line in _failures(output)]
     if failures:
+        not_finite = any(check.get("non_finite") for output in report.outputs
+                         for check in (output.verification or {}).get("checks", []))
         raise VerificationError("the converted model does not reproduce fairseq; nothing was written",
-                                path=source.path, details=failures)
+                                path=source.path, details=failures,
+                                hint=NOT_FINITE_HINT if not_finite else None)
     if options.all_heads:
         write_json(staging / REPORT_FILE, report.as_dict())
 
@@ -345,7 +354,7 @@ def _write_and_verify_one(folder: Path, final_folder: Path, plan: ConversionPlan
     inputs, row_languages = per_language(verification_inputs(plan.dims.vocab_size, plan.dims.positions, streamed),
                                          plan.dims.languages)
     round_to: torch.dtype | None = OUTPUT_DTYPES[options.dtype] if options.dtype else None
-    reference = FairseqReference(source.tensors, source.hparams, round_to=round_to)
+    reference = FairseqReference(source.tensors, plan.hyper_parameters.values, round_to=round_to)
     sources = [tensor.source for tensor in plan.tensors if tensor.source is not None]
     # One torch thread for the reference too: the writer's reading and hashing threads need the cores.
     with single_torch_thread(), ReferenceAlongside(reference, reference_rows(inputs), head, sources,
@@ -382,7 +391,9 @@ def _failures(output: OutputReport) -> list[str]:
     lines = []
     weights = output.verification or {}
     failing = [c for c in weights.get("checks", []) if not c["passed"]]
-    lines += [f"{what}: {c['output']}: max abs diff {c['max_abs_diff']:.3g} > {c['tolerance']:.3g}"
+    lines += [f"{what}: {c['output']}: " + (f"not finite ({c['non_finite']} values are NaN or Inf)"
+                                             if c.get("non_finite") else
+                                             f"max abs diff {c['max_abs_diff']:.3g} > {c['tolerance']:.3g}")
               for c in failing[:4]]
     lines += [f"{what}: loading reported {warning}" for warning in weights.get("loading_warnings", [])]
     tokens = output.tokenizer_verification or {}

@@ -20,8 +20,10 @@ from .arch import families
 from .arch.fairseq_keys import SourceTensor, normalise_state_dict, unsupported_layouts
 from .arch.families import Family, compile_rows, match_rows
 from .errors import ConversionError, ProblemList, UnsupportedModelError
+from .hparams import HyperParameters, SuppliedHyperParameters, arch_name, resolve_hyper_parameters
 from .reader.checkpoint import Checkpoint
-from .reader.dictionary import BOS_ID, EOS_ID, PAD_ID, PADDING_SYMBOL_PREFIX, UNK_ID, Dictionary, labels_for_head
+from .reader.dictionary import (BOS_ID, EOS_ID, PAD_ID, PADDING_SYMBOL_PREFIX, UNK_ID, Dictionary, fit_embedding,
+                                labels_for_head)
 from .reader.tensors import LazyTensor
 
 E = families.E
@@ -32,6 +34,7 @@ ACTIVATIONS = {"gelu": "gelu", "gelu_accurate": "gelu_new", "gelu_fast": "gelu_n
                "tanh": "tanh", "linear": "linear"}
 OUTPUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 LAYER_NORM_EPS = 1e-5
+MIN_POSITION_ROWS = 5  # the padding and offset rows, then <s>, one token, </s>
 LAYER_INDEX = re.compile(rf"^{re.escape(E)}\.layers\.(\d+)\.")
 
 
@@ -89,6 +92,7 @@ class ConversionPlan:
     dropped: dict[str, str]  # stored key -> why it is not in the output
     tied_checks: list[tuple[LazyTensor, LazyTensor, str]]
     key_generation: str
+    hyper_parameters: HyperParameters  # what the reference forward pass computes with too
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -105,6 +109,7 @@ class PlanOptions:
     strict_labels: bool = True  # a label dict that does not fit the head is an error, else a note
     alias_rows: int = 0  # tokenizer aliases of <unk> appended to the vocabulary (see tokenizer/vocab.py)
     default_language: str | None = None  # X-MOD: the language of inputs given none (fairseq: en_XX)
+    supplied: SuppliedHyperParameters = field(default_factory=SuppliedHyperParameters)
 
 
 def key_generation(stored_keys: list[str]) -> str:
@@ -152,22 +157,23 @@ def make_plan(checkpoint: Checkpoint, dictionary: Dictionary, options: PlanOptio
     source, dropped, key_problems = normalise_state_dict(checkpoint.tensors)
     _require_roberta(checkpoint, source)
     _refuse_unsupported_layouts(checkpoint)
-    hparams = checkpoint.hparams
     problems = ProblemList()
     for problem in key_problems:
         problems.add(problem)
 
-    dims = _dims(source, hparams, problems)
     layout = families.Layout(pre_norm=f"{E}.layer_norm.weight" in source,
                              embedding_layer_norm=f"{E}.layernorm_embedding.weight" in source,
-                             adapters=bool(dims.languages))
+                             adapters=bool(adapter_languages(source)))
     family = _family(layout, dictionary_kind(dictionary), options.model_type, path)
     heads = detect_heads(source)
     head = _select_head(heads, options.head, source, path)
+    resolved = resolve_hyper_parameters(checkpoint, options.supplied, classifier=head is not None)
+    hparams = resolved.values
+    dims = _dims(source, hparams, problems)
     _check_options(hparams, head, source, problems)
     problems.raise_if_any(UnsupportedModelError, "cannot convert this checkpoint exactly", path=path)
 
-    tie = not bool(hparams.get("untie_weights_roberta", False))
+    tie = _tied(hparams, source)
     rows = list(family.encoder_rows(layout))
     adapter_norm = f"{E}.layers.0.adapter_layer_norm.weight" in source
     if adapter_norm:
@@ -225,12 +231,8 @@ def make_plan(checkpoint: Checkpoint, dictionary: Dictionary, options: PlanOptio
             problems.add(f"{planned.source_name} has shape {list(planned.shape)}, expected {list(shape)}")
     for target in sorted(set(mapped) - set(expected_shape)):
         problems.add(f"{mapped[target].source_name} maps to {target}, which the model does not have")
-    if dims.vocab_size < len(dictionary):
-        problems.add(
-            f"dict.txt gives {len(dictionary)} symbols (4 specials + {dictionary.file_symbol_count} lines) "
-            f"but the embedding has only {dims.vocab_size} rows: it is not this model's dictionary"
-        )
     problems.raise_if_any(ConversionError, "the checkpoint does not fit the target layout", path=path)
+    fit = fit_embedding(dictionary, dims.vocab_size)
 
     plan = ConversionPlan(
         family=family,
@@ -244,12 +246,18 @@ def make_plan(checkpoint: Checkpoint, dictionary: Dictionary, options: PlanOptio
         dropped=dropped,
         tied_checks=tied_checks,
         key_generation=key_generation(list(checkpoint.tensors)),
+        hyper_parameters=resolved,
     )
-    if dims.vocab_size > len(dictionary) + 1:
+    if checkpoint.hparams_source == "none":
+        plan.notes.append("the checkpoint holds no hyper-parameters: its token embeddings are taken to be "
+                          "unscaled (no_scale_embedding, every RoBERTa arch's setting), which no tensor shows")
+    if fit.padding_rows:
         plan.notes.append(
-            f"the embedding has {dims.vocab_size} rows, {dims.vocab_size - len(dictionary) - 1} more than "
-            "dict.txt + <mask>; the extra rows are kept"
+            f"the embedding has {fit.padding_rows} rows more than dict.txt + <mask>: the madeupword padding "
+            f"fairseq-preprocess added, left out of this dict.txt; <mask> is the last row ({fit.mask_id})"
         )
+    elif fit.mask_id is None:
+        plan.notes.append("the embedding has no <mask> row (dict.txt fills it), so the tokenizer has no mask token")
     labels = None
     if head is not None and head.num_classes > 1 and options.label_dictionary is not None:
         try:
@@ -336,10 +344,19 @@ def _append_alias_rows(mapped: dict[str, TensorPlan], alias_rows: int, base: str
                                      extra_rows=alias_rows, **how)
 
 
+def _tied(hparams: dict[str, Any], source: dict[str, SourceTensor]) -> bool:
+    """Whether the LM head shares the word embeddings: args/cfg say (fairseq's default: shared); without
+    them the tensors do, as torch saves a shared tensor once."""
+    if "untie_weights_roberta" in hparams:
+        return not bool(hparams["untie_weights_roberta"])
+    lm_head = source.get("encoder.lm_head.weight")
+    return lm_head is None or lm_head.tensor.same_data(source[f"{E}.embed_tokens.weight"].tensor)
+
+
 def _require_roberta(checkpoint: Checkpoint, source: dict[str, SourceTensor]) -> None:
     if f"{E}.embed_tokens.weight" in source:
         return
-    arch = checkpoint.hparams.get("arch") or checkpoint.hparams.get("_name") or "unknown"
+    arch = arch_name(checkpoint.hparams) or "unknown"
     has_decoder = any(key.startswith("decoder.layers.") for key in checkpoint.tensors)
     kind = "an encoder-decoder model (translation transformer, BART, ...)" if has_decoder else "not a RoBERTa encoder"
     raise UnsupportedModelError(
@@ -352,7 +369,7 @@ def _require_roberta(checkpoint: Checkpoint, source: dict[str, SourceTensor]) ->
 def _refuse_unsupported_layouts(checkpoint: Checkpoint) -> None:
     variants = unsupported_layouts(list(checkpoint.tensors))
     if variants:
-        arch = checkpoint.hparams.get("arch") or checkpoint.hparams.get("_name")
+        arch = arch_name(checkpoint.hparams)
         raise UnsupportedModelError(
             f"uses {', '.join(variants)}{f' (arch {arch!r})' if arch else ''}, which no Transformers RoBERTa class "
             "has; nothing was converted",
@@ -369,21 +386,24 @@ def _dims(source: dict[str, SourceTensor], hparams: dict[str, Any], problems: Pr
 
     vocab_size, hidden = (shape(f"{E}.embed_tokens.weight") + (0, 0))[:2]
     layers = sorted({int(m.group(1)) for key in source if (m := LAYER_INDEX.match(key))})
-    if layers != list(range(len(layers))):
+    if not layers:
+        problems.add(f"no encoder layers ({E}.layers.*): there is no model to convert")
+    elif layers != list(range(len(layers))):
         problems.add(f"encoder layers are numbered {layers}, not 0..{len(layers) - 1}")
     positions = shape(f"{E}.embed_positions.weight")
     if not positions:
         problems.add("no learned position table (encoder.sentence_encoder.embed_positions.weight): "
                      "sinusoidal or absent positions have no Transformers equivalent")
+    elif positions[0] < MIN_POSITION_ROWS:
+        problems.add(f"the position table has {positions[0]} rows; fairseq's has max_positions + 2 (pads and the "
+                     f"offset take two), so at least {MIN_POSITION_ROWS} to hold <s>, a token and </s>")
     # The configured size if some layer has it, else the layers' majority: a damaged layer is then
     # reported as such rather than blamed on all the others.
     ffn_sizes = Counter(shape(f"{E}.layers.{i}.fc1.weight")[:1] for i in layers)
     ffn_dim = hparams.get("encoder_ffn_embed_dim")
     configured = (ffn_dim,) if isinstance(ffn_dim, int) and not isinstance(ffn_dim, bool) else ()
     ffn = configured if configured in ffn_sizes else max(ffn_sizes, key=ffn_sizes.__getitem__, default=())
-    heads = hparams.get("encoder_attention_heads")
-    if not isinstance(heads, int) or heads <= 0:
-        heads = max(hidden // 64, 1)  # RoBERTa's convention when the checkpoint does not say
+    heads = hparams["encoder_attention_heads"]  # resolved: never guessed from the hidden size
     if hidden % heads:
         problems.add(f"hidden size {hidden} does not divide into {heads} attention heads")
     languages = adapter_languages(source)
@@ -450,7 +470,7 @@ def _select_head(heads: list[HeadInfo], requested: str | None, source: dict[str,
 def _check_options(hparams: dict[str, Any], head: HeadInfo | None,
                    source: dict[str, SourceTensor], problems: ProblemList) -> None:
     """fairseq options that change what the model computes, checked against what the target can do."""
-    activation = hparams.get("activation_fn", "gelu")
+    activation = hparams["activation_fn"]
     if not isinstance(activation, str) or activation not in ACTIVATIONS:
         problems.add(f"activation_fn {activation!r:.80} has no Transformers equivalent")
     elif head is None and activation != "gelu":
@@ -465,7 +485,7 @@ def _check_options(hparams: dict[str, Any], head: HeadInfo | None,
     if hparams.get("adaptive_input"):
         problems.add("adaptive_input embeddings have no Transformers equivalent")
     if head is not None:
-        pooler = hparams.get("pooler_activation_fn", "tanh")
+        pooler = hparams["pooler_activation_fn"]
         if pooler != "tanh":
             problems.add(f"pooler_activation_fn is {pooler!r}; Transformers' classification head always uses tanh")
         if head.inner_dim and head.inner_dim != int(source[f"{E}.embed_tokens.weight"].tensor.shape[1]):
@@ -502,7 +522,7 @@ def build_config(plan: ConversionPlan, hparams: dict[str, Any], tie: bool, dtype
         "num_hidden_layers": dims.num_layers,
         "num_attention_heads": dims.num_heads,
         "intermediate_size": dims.ffn_size,
-        "hidden_act": ACTIVATIONS[hparams.get("activation_fn", "gelu")],
+        "hidden_act": ACTIVATIONS[hparams["activation_fn"]],
         "hidden_dropout_prob": _probability(hparams, "dropout", 0.1),
         "attention_probs_dropout_prob": _probability(hparams, "attention_dropout", 0.1),
         "max_position_embeddings": dims.positions,

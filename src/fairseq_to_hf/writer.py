@@ -223,6 +223,15 @@ def write_weights(folder: Path, plan: ConversionPlan, max_shard_bytes: int = DEF
         for name, shard in zip(names, shards):
             write_safetensors(folder / name, shard, prefetch.take, pool.release if pool else None, progress,
                               non_finite)
+    non_finite, overflowed = _blame_non_finite(plan, non_finite)
+    if overflowed:
+        largest = f"{max(largest for _, largest in overflowed):.1e}".replace("e+0", "e").replace("e+", "e")
+        dtype = str(overflowed[0][0].dtype).removeprefix("torch.")
+        raise ConversionError(
+            f"{len(overflowed)} tensor{'s' if len(overflowed) > 1 else ''} exceed {dtype}'s range "
+            f"(max |value| {largest}): use --dtype bfloat16 or float32",
+            details=[tensor.source_name for tensor, _ in overflowed[:20]],
+        )
     if non_finite and not allow_non_finite:
         raise ConversionError(
             f"{len(non_finite)} source tensor{'s' if len(non_finite) > 1 else ''} hold NaN or Inf values",
@@ -237,6 +246,25 @@ def write_weights(folder: Path, plan: ConversionPlan, max_shard_bytes: int = DEF
         write_json(folder / INDEX_FILE, index)
         names.append(INDEX_FILE)
     return names
+
+
+def _blame_non_finite(plan: ConversionPlan, names: list[str]) -> tuple[list[str], list[tuple[TensorPlan, float]]]:
+    """Splits tensors written with NaN or Inf into those whose source holds them (damage) and those the
+    cast made so (values beyond the output dtype's range, with their largest |value|). Only tensors
+    that came out non-finite are read again, so the writer's check stays a sum."""
+    damaged, overflowed = [], []
+    planned = {tensor.source_name: tensor for tensor in plan.tensors}
+    for name in names:
+        tensor = planned[name]
+        if tensor.source is None or tensor.source.dtype == tensor.dtype:
+            damaged.append(name)
+            continue
+        source = tensor.source.load()
+        if has_non_finite(source):
+            damaged.append(name)
+        else:
+            overflowed.append((tensor, float(source.abs().max())))
+    return damaged, overflowed
 
 
 def write_text(path: Path, text: str) -> None:

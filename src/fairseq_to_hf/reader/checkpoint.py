@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..errors import CheckpointFormatError, UnsafeCheckpointError
+from .files import check_input_file
 from .tensors import LazyTensor, StorageIndex
 from .unpickle import STORAGE_KEY, load_pickle, printable, to_plain
 
@@ -57,11 +58,10 @@ class Checkpoint:
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Opens a checkpoint without running anything from it; raises ConversionError subclasses only."""
     path = Path(path)
+    check_input_file(path, "a checkpoint file")  # a FIFO or a device would hang or never end
     try:
         with open(path, "rb") as file:
             head = file.read(4)
-    except IsADirectoryError:
-        raise CheckpointFormatError("is a folder, not a checkpoint file", path=path) from None
     except OSError as error:
         raise CheckpointFormatError(f"cannot be read ({error.strerror})", path=path) from None
     if head.startswith(b"PK"):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import ConversionError
 from ..tokenizer import TokenizerFiles
+from .files import check_input_file, read_input_file
 
 DEFAULT_CHECKPOINT = "model.pt"
 # A released model keeps dict.txt beside model.pt; a GLUE-style data-bin keeps it in input0/.
@@ -46,7 +47,7 @@ def _find_source_files(
     src = Path(src)
     if not src.exists():
         raise ConversionError("does not exist", path=src, hint="pass a fairseq model folder or checkpoint file")
-    if src.is_file():
+    if not src.is_dir():
         folder, checkpoint_path = src.parent, src
     else:
         folder = src
@@ -59,15 +60,17 @@ def _find_source_files(
                 found = f" (found: {', '.join(candidates)})" if candidates else ""
                 raise ConversionError(f"has no {DEFAULT_CHECKPOINT}{found}", path=folder,
                                       hint="name the checkpoint file with --checkpoint")
-    if not checkpoint_path.is_file():
+    if not checkpoint_path.exists():
         raise ConversionError("checkpoint not found", path=checkpoint_path, hint="check the --checkpoint path")
+    check_input_file(checkpoint_path, "a checkpoint file")
 
     if dictionary:
         dictionary_path = _resolve(folder, dictionary)
-        if not dictionary_path.is_file():
+        if not dictionary_path.exists():
             raise ConversionError("dictionary not found", path=dictionary_path, hint="check the --dict path")
     else:
-        found_dicts = [folder / name for name in DICTIONARY_CANDIDATES if (folder / name).is_file()]
+        # exists(), not is_file(): a dict.txt that is a folder or a FIFO is reported as such when read.
+        found_dicts = [folder / name for name in DICTIONARY_CANDIDATES if (folder / name).exists()]
         if not found_dicts:
             raise ConversionError(
                 "has no dict.txt", path=folder,
@@ -77,15 +80,15 @@ def _find_source_files(
 
     if label_dictionary:
         label_path: Path | None = _resolve(folder, label_dictionary)
-        if not label_path.is_file():
+        if not label_path.exists():
             raise ConversionError("label dictionary not found", path=label_path, hint="check the --label-dict path")
     else:
-        label_path = next((folder / name for name in LABEL_DICTIONARY_CANDIDATES if (folder / name).is_file()), None)
+        label_path = next((folder / name for name in LABEL_DICTIONARY_CANDIDATES if (folder / name).exists()), None)
     tokenizer = TokenizerFiles(
-        encoder_json=_optional_file(folder, encoder_json, ("encoder.json",), "--encoder-json"),
-        vocab_bpe=_optional_file(folder, vocab_bpe, ("vocab.bpe",), "--vocab-bpe"),
+        encoder_json=_optional_file(folder, encoder_json, ("encoder.json",), "--encoder-json", "a GPT-2 encoder.json"),
+        vocab_bpe=_optional_file(folder, vocab_bpe, ("vocab.bpe",), "--vocab-bpe", "a GPT-2 vocab.bpe"),
         sentencepiece_model=_optional_file(folder, sentencepiece_model, SENTENCEPIECE_CANDIDATES,
-                                           "--sentencepiece-model"),
+                                           "--sentencepiece-model", "a sentencepiece model"),
     )
     if bool(tokenizer.encoder_json) != bool(tokenizer.vocab_bpe) and not tokenizer.sentencepiece_model:
         have, lack = ("encoder.json", "--vocab-bpe") if tokenizer.encoder_json else ("vocab.bpe", "--encoder-json")
@@ -94,20 +97,26 @@ def _find_source_files(
     return SourceFiles(folder, checkpoint_path, dictionary_path, label_path, tokenizer)
 
 
-def _optional_file(folder: Path, given: str | Path | None, candidates: tuple[str, ...], flag: str) -> Path | None:
+def _optional_file(folder: Path, given: str | Path | None, candidates: tuple[str, ...], flag: str,
+                   what: str) -> Path | None:
+    """The given file, or the first candidate present; either must be a regular file, or it is refused
+    for what it is (not taken for absent, which would blame its partner or write no tokenizer)."""
     if given:
         path = _resolve(folder, given)
-        if not path.is_file():
+        if not path.exists():
             raise ConversionError("not found", path=path, hint=f"check the {flag} path")
-        return path
-    return next((folder / name for name in candidates if (folder / name).is_file()), None)
+    else:
+        path = next((folder / name for name in candidates if (folder / name).exists()), None)
+    if path is not None:
+        check_input_file(path, what)
+    return path
 
 
 def read_text_lines(path: str | Path) -> list[str]:
     """The lines of a UTF-8 text file given with --verify-text."""
     try:
-        return Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
+        return read_input_file(path, "a --verify-text file").decode("utf-8").splitlines()
+    except UnicodeDecodeError as error:
         raise ConversionError(f"cannot be read as UTF-8 text ({error})", path=path,
                               hint="--verify-text takes a text file, one line per sample") from None
 

@@ -67,7 +67,8 @@ def prepare_tokenizer(files: TokenizerFiles, dictionary: Dictionary, model_rows:
         from ..verify.fairseq_encode import Gpt2Encoder
 
         encoder, merges = read_gpt2_files(files.encoder_json, files.vocab_bpe)
-        vocabulary = gpt2_vocabulary(encoder, merges, dictionary, model_rows, merges_path=files.vocab_bpe)
+        vocabulary = gpt2_vocabulary(encoder, merges, dictionary, model_rows, merges_path=files.vocab_bpe,
+                                     encoder_path=files.encoder_json)
         tokenizer = build_gpt2_tokenizer(vocabulary, merges)
         reference = Gpt2Encoder(encoder, merges).bpe_string
         return PreparedTokenizer("gpt2", files, tokenizer, vocabulary, reference, dictionary)

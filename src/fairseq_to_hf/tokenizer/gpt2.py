@@ -13,19 +13,21 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 
 from ..errors import ConversionError
 from ..reader.dictionary import BOS, EOS, MASK, SPECIAL_SYMBOLS, UNK, Dictionary
+from ..reader.files import read_input_file
 from .vocab import TokenVocabulary, assign_ids
 
 
 def read_gpt2_files(encoder_json: Path, vocab_bpe: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    data = read_input_file(encoder_json, "a GPT-2 encoder.json")
     try:
-        encoder = json.loads(Path(encoder_json).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConversionError(f"is not a readable GPT-2 encoder.json ({error})", path=encoder_json) from None
+        encoder = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise ConversionError(f"is not a readable GPT-2 encoder.json ({error})"[:300], path=encoder_json) from None
     if not isinstance(encoder, dict) or not all(isinstance(v, int) for v in encoder.values()):
         raise ConversionError("is not a GPT-2 encoder.json (token -> id)", path=encoder_json)
     try:
-        lines = Path(vocab_bpe).read_text(encoding="utf-8").split("\n")
-    except (OSError, UnicodeDecodeError) as error:
+        lines = read_input_file(vocab_bpe, "a GPT-2 vocab.bpe").decode("utf-8").split("\n")
+    except UnicodeDecodeError as error:
         raise ConversionError(f"is not a readable GPT-2 vocab.bpe ({error})", path=vocab_bpe) from None
     merges = []
     for number, line in enumerate(lines, start=1):
@@ -39,7 +41,7 @@ def read_gpt2_files(encoder_json: Path, vocab_bpe: Path) -> tuple[dict[str, int]
 
 
 def gpt2_vocabulary(encoder: dict[str, int], merges: list[tuple[str, str]], dictionary: Dictionary,
-                    model_rows: int, *, merges_path: Path) -> TokenVocabulary:
+                    model_rows: int, *, merges_path: Path, encoder_path: Path = Path("encoder.json")) -> TokenVocabulary:
     unknown_parts = sorted({part for a, b in merges for part in (a, b, a + b) if part not in encoder})
     if unknown_parts:
         raise ConversionError(
@@ -48,7 +50,8 @@ def gpt2_vocabulary(encoder: dict[str, int], merges: list[tuple[str, str]], dict
         )
     needed = {part for a, b in merges for part in (a, b, a + b)}
     tokens = sorted(encoder.items(), key=lambda item: item[1])
-    return assign_ids(dictionary, model_rows, [(token, str(gpt2_id)) for token, gpt2_id in tokens], needed)
+    return assign_ids(dictionary, model_rows, [(token, str(gpt2_id)) for token, gpt2_id in tokens], needed,
+                      produced_as="GPT-2 ids in", segmenter_path=encoder_path)
 
 
 def build_gpt2_tokenizer(vocabulary: TokenVocabulary, merges: list[tuple[str, str]]) -> Tokenizer:

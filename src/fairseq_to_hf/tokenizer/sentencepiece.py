@@ -20,6 +20,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 
 from ..errors import ConversionError, UnsupportedModelError
 from ..reader.dictionary import BOS, BOS_ID, EOS, EOS_ID, MASK, SPECIAL_SYMBOLS, Dictionary
+from ..reader.files import read_input_file
 from .spm_proto import SpmSettings, read_spm_settings
 from .vocab import TokenVocabulary, assign_ids
 
@@ -36,9 +37,10 @@ def prepare_sentencepiece(files, dictionary: Dictionary, model_rows: int):
 
     path = Path(files.sentencepiece_model)
     processor = sentencepiece.SentencePieceProcessor()
+    serialized = read_input_file(path, "a sentencepiece model")
     try:
-        processor.Load(str(path))
-    except (OSError, RuntimeError) as error:
+        processor.LoadFromSerializedProto(serialized)
+    except (OSError, RuntimeError, TypeError) as error:
         raise ConversionError(f"is not a sentencepiece model ({error})".replace("\n", " "), path=path) from None
     settings = read_spm_settings(processor.serialized_model_proto(), path)
     if settings.model_type not in ("unigram", "bpe"):
@@ -64,7 +66,9 @@ def prepare_sentencepiece(files, dictionary: Dictionary, model_rows: int):
         # characters. Such a piece gets its dict.txt id, or an alias of <unk> as fairseq gives it.
         scores[char] = unknown_score
     segment_tokens = [(piece, piece) for piece in scores]
-    vocabulary = assign_ids(dictionary, model_rows, segment_tokens, needed=set(scores))
+    # Pieces of the model, and runs of characters it does not know (which it emits whole).
+    vocabulary = assign_ids(dictionary, model_rows, segment_tokens, needed=set(scores), produced_as="pieces of",
+                            segmenter_path=path)
     tokenizer = build_sentencepiece_tokenizer(vocabulary, scores, settings, whitespace_kept_by(processor))
 
     def reference_bpe(text: str) -> str:

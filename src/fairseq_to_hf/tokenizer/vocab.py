@@ -11,8 +11,14 @@ what fairseq computes, and the alias ids count as <unk> when ids are compared wi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from ..reader.dictionary import MASK, SPECIAL_SYMBOLS, Dictionary
+from ..errors import ConversionError
+from ..reader.dictionary import MASK, PADDING_SYMBOL_PREFIX, SPECIAL_SYMBOLS, Dictionary, fit_embedding
+
+# dict.txt is built from the segmentation's output, so (nearly) every symbol is one it produces; rare
+# exceptions are symbols added by hand. Another model's files produce few of them.
+MIN_SYMBOLS_PRODUCED = 0.9
 
 
 @dataclass
@@ -35,15 +41,20 @@ def assign_ids(
     model_rows: int,
     segment_tokens: list[tuple[str, str]],
     needed: set[str],
+    *,
+    produced_as: str,
+    segmenter_path: Path,
 ) -> TokenVocabulary:
     """Builds the vocabulary.
 
     `segment_tokens` lists (token string, dict.txt symbol) for every token the segmenter can emit;
     `needed` holds the tokens the segmenter cannot do without (merge inputs and outputs for BPE).
+    `produced_as` says what those symbols are, for the refusal of files that are not the model's own.
     """
+    check_symbols_produced(dictionary, {symbol for _, symbol in segment_tokens}, produced_as, segmenter_path)
     symbols = dictionary.symbols
     fairseq_ids = dictionary.index()
-    mask_id = len(symbols) if model_rows > len(symbols) else None
+    mask_id = fit_embedding(dictionary, model_rows).mask_id  # dict.txt's own <mask>, or the row after it
     ids: dict[str, int] = {}
     for i, special in enumerate(SPECIAL_SYMBOLS):
         ids[special] = i
@@ -78,3 +89,16 @@ def _fill_unreachable_ids(ids: dict[str, int], symbols: tuple[str, ...], model_r
         while name in ids:
             name = f"<fairseq:{fairseq_id}>" if not name.startswith("<fairseq:") else name + "_"
         ids[name] = fairseq_id
+
+
+def check_symbols_produced(dictionary: Dictionary, produced: set[str], produced_as: str, path: Path) -> None:
+    """Refuses tokenizer files that cannot be the ones dict.txt was built with."""
+    symbols = [symbol for symbol in dictionary.symbols[len(SPECIAL_SYMBOLS):]
+               if symbol != MASK and not symbol.startswith(PADDING_SYMBOL_PREFIX)]
+    count = sum(symbol in produced for symbol in symbols)
+    if count < MIN_SYMBOLS_PRODUCED * len(symbols):
+        raise ConversionError(
+            f"only {count} of {len(symbols)} dict.txt symbols are {produced_as} {Path(path).name}; it is not "
+            "this model's tokenizer", path=path,
+            hint="pass the tokenizer files the model was trained with, or none to convert the weights alone",
+        )

@@ -24,14 +24,15 @@ class OutputCheck:
     max_abs_diff: float
     scale: float
     tolerance: float
+    non_finite: int = 0  # positions where either side is NaN or Inf: no comparison can verify those
 
     @property
     def passed(self) -> bool:
-        return self.max_abs_diff <= self.tolerance
+        return not self.non_finite and self.max_abs_diff <= self.tolerance
 
     def as_dict(self) -> dict:
         return {"output": self.name, "max_abs_diff": self.max_abs_diff, "scale": self.scale,
-                "tolerance": self.tolerance, "passed": self.passed}
+                "tolerance": self.tolerance, "non_finite": self.non_finite, "passed": self.passed}
 
 
 @dataclass
@@ -184,13 +185,14 @@ def verify_weights(
 
 
 def max_abs_diff(want: torch.Tensor, have: torch.Tensor) -> float:
-    """NaN on both sides counts as equal (weights converted with --allow-non-finite); on one side, as inf."""
-    if not want.numel():
-        return 0.0
-    difference = (want - have).abs()
-    both_nan = want.isnan() & have.isnan()
-    difference = torch.where(both_nan, 0.0, torch.nan_to_num(difference, nan=float("inf")))
-    return float(difference.max())
+    """Over the positions finite on both sides; `non_finite` counts the others, each of which fails."""
+    difference = (want - have).abs()[want.isfinite() & have.isfinite()]
+    return float(difference.max()) if difference.numel() else 0.0
+
+
+def non_finite(want: torch.Tensor, have: torch.Tensor) -> int:
+    """Positions where either output is NaN or Inf: equal NaNs prove nothing about the weights."""
+    return int((~(want.isfinite() & have.isfinite())).sum())
 
 
 def pad_together(batches: list[torch.Tensor]) -> torch.Tensor:
@@ -240,4 +242,5 @@ def _compare(model, everything: ReferenceOutputs, inputs: dict[str, torch.Tensor
         for output, want, have in pairs:
             diff = max_abs_diff(want, have)
             scale = scale_of(want)
-            result.checks.append(OutputCheck(f"{name} {output}", diff, scale, tolerance * max(1.0, scale)))
+            result.checks.append(OutputCheck(f"{name} {output}", diff, scale, tolerance * max(1.0, scale),
+                                             non_finite(want, have)))

@@ -9,7 +9,9 @@ from typing import Any
 import torch
 
 from ..errors import ConversionError
-from ..plan import PlanOptions, list_heads, make_plan
+from ..arch.families import FAMILIES
+from ..hparams import SuppliedHyperParameters
+from ..plan import Dims, PlanOptions, list_heads, make_plan
 from ..reader.checkpoint import read_checkpoint
 from ..reader.dictionary import read_dictionary
 from ..reader.folder import find_source_files, read_text_lines
@@ -19,7 +21,8 @@ from .compare import (DEFAULT_TOLERANCE, per_language, reference_languages, refe
 from .reference import FairseqReference
 from .tokenizer_check import verify_tokenizer
 
-SUPPORTED_SUFFIXES = ("ForMaskedLM", "ForSequenceClassification")
+SUPPORTED_CLASSES = frozenset(name for family in FAMILIES.values()
+                              for name in (family.masked_lm_class, family.classifier_class))
 HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -37,30 +40,40 @@ def verify_folder(
     verify_text: str | Path | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     streamed: bool = False,
+    hyper_parameters: SuppliedHyperParameters = SuppliedHyperParameters(),
 ) -> dict[str, Any]:
     """Returns a report like convert's verification; `report["passed"]` says whether OUT matches SRC."""
     out = Path(out)
     config = _read_config(out)
     architecture = (config.get("architectures") or [""])[0]
-    if not architecture.endswith(SUPPORTED_SUFFIXES):
-        raise ConversionError(f"holds a {architecture or 'model without architectures'}; verify checks "
-                              "*ForMaskedLM and *ForSequenceClassification folders", path=out / "config.json")
+    if architecture not in SUPPORTED_CLASSES:
+        raise ConversionError(f"holds a {architecture or 'model without architectures'}; verify checks the "
+                              "masked-LM and classifier folders of fairseq's RoBERTa family", path=out / "config.json",
+                              hint=f"one of {', '.join(sorted(SUPPORTED_CLASSES))}")
     files = find_source_files(src, checkpoint=checkpoint, dictionary=dictionary, encoder_json=encoder_json,
                               vocab_bpe=vocab_bpe, sentencepiece_model=sentencepiece_model)
     source = read_checkpoint(files.checkpoint)
     token_dictionary = read_dictionary(files.dictionary)
     head_name = _head_for(architecture, config, source, head, out)
-    plan = make_plan(source, token_dictionary, PlanOptions(head=head_name or "lm",
-                                                           default_language=config.get("default_language") or default_language))
+    plan = make_plan(source, token_dictionary, PlanOptions(
+        head=head_name or "lm", supplied=hyper_parameters,
+        default_language=config.get("default_language") or default_language))
     dims = plan.dims
     report: dict[str, Any] = {"source_checkpoint": str(files.checkpoint), "folder": str(out),
-                              "architecture": architecture, "head": head_name}
+                              "architecture": architecture, "head": head_name,
+                              "hyper_parameters_from": plan.hyper_parameters.source}
+
+    mismatches = config_mismatches(config, dims)
+    if mismatches:  # the model would not even run on the checkpoint's inputs
+        report.update(verification=None, config_mismatches=mismatches, tokenizer_verification=None,
+                      tokenizer_note="config.json does not describe this checkpoint", passed=False)
+        return report
 
     # A folder saved in half precision is compared with the source rounded alike.
     stored_dtype = HALF_DTYPES.get(str(config.get("dtype") or config.get("torch_dtype")))
     inputs, row_languages = per_language(verification_inputs(dims.vocab_size, dims.positions, streamed),
                                          dims.languages)
-    reference = FairseqReference(source.tensors, source.hparams, round_to=stored_dtype)
+    reference = FairseqReference(source.tensors, plan.hyper_parameters.values, round_to=stored_dtype)
     expected = reference.forward(reference_rows(inputs), head_name,
                                  languages=reference_languages(inputs, row_languages))
     weights = verify_weights(out, architecture, inputs, expected, head=head_name, vocab_size=dims.vocab_size,
@@ -86,7 +99,19 @@ def verify_folder(
     return report
 
 
+def config_mismatches(config: dict[str, Any], dims: Dims) -> list[str]:
+    """Sizes in config.json that differ from the checkpoint's (taken from its tensors)."""
+    expected = {"num_hidden_layers": dims.num_layers, "hidden_size": dims.hidden_size,
+                "num_attention_heads": dims.num_heads, "intermediate_size": dims.ffn_size,
+                "max_position_embeddings": dims.positions}
+    return [f"config.json says {key} {config.get(key)!r}, the checkpoint has {value}"
+            for key, value in expected.items() if config.get(key) != value]
+
+
 def _read_config(out: Path) -> dict[str, Any]:
+    if not out.is_dir():
+        raise ConversionError("does not exist" if not out.exists() else "is not a folder", path=out,
+                              hint="pass the Transformers folder to check")
     try:
         return json.loads((out / "config.json").read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConversionError
 from ..reader.tensors import LazyTensor
 from ..prefetch import Prefetcher
 
@@ -54,14 +55,19 @@ class ReferenceOutputs:
 Stage = tuple[str, ...]  # prefixes of the fairseq tensor names a stage of the forward pass uses
 
 
+def _stored_spellings(name: str) -> tuple[str, ...]:
+    """`encoder.X` may be stored as `decoder.X` (fairseq <= 0.9); fairseq renames key by key, so both can mix."""
+    return (name, "decoder." + name.removeprefix("encoder.")) if name.startswith("encoder.") else (name,)
+
+
 class FairseqReference:
     """Computes fairseq RoBERTa outputs from a raw fairseq state dict of lazy tensors."""
 
     def __init__(self, state: dict[str, LazyTensor], hparams: dict, *, round_to: torch.dtype | None = None):
+        """`hparams`: the resolved hyper-parameters (hparams.resolve_hyper_parameters), never defaulted here."""
         self.state = state
         self.hparams = hparams
         self.round_to = round_to  # the output dtype when the converter casts; the reference rounds alike
-        self.prefix = "decoder" if any(k.startswith("decoder.sentence_encoder.") for k in state) else "encoder"
         self._stage_tensors: dict[str, torch.Tensor] = {}
 
     # ---- finding fairseq tensors under any generation's names --------------------------------------
@@ -88,12 +94,15 @@ class FairseqReference:
     def _load(self, key: str) -> torch.Tensor:
         return self.prepare(self.state[key].load())
 
-    def _source_name(self, name: str) -> str:
-        return name.replace("encoder.", f"{self.prefix}.", 1) if name.startswith("encoder.") else name
-
     def _lookup(self, name: str) -> tuple[str, int | None] | None:
         """(fairseq key, which third of a fused q/k/v projection or None) holding `name`'s values."""
-        name = self._source_name(name)
+        for stored in _stored_spellings(name):
+            found = self._lookup_spelling(stored)
+            if found is not None:
+                return found
+        return None
+
+    def _lookup_spelling(self, name: str) -> tuple[str, int | None] | None:
         candidates = [name]
         if ".layernorm_embedding." in name:
             candidates.append(name.replace(".layernorm_embedding.", ".emb_layer_norm."))
@@ -111,6 +120,15 @@ class FairseqReference:
                 if fused in self.state:
                     return fused, part
         return None
+
+    def _hparam(self, name: str):
+        """A hyper-parameter the forward pass needs. A default here would be shared with the converter,
+        which then could not be caught computing with a wrong value."""
+        value = self.hparams.get(name)
+        if value is None:
+            raise ConversionError(f"the reference forward pass needs {name}, which its hyper-parameters lack",
+                                  hint="pass the resolved hyper-parameters (plan.hyper_parameters.values)")
+        return value
 
     # ---- reading weights stage by stage ------------------------------------------------------------
 
@@ -132,7 +150,7 @@ class FairseqReference:
 
     def stage_keys(self, stage: Stage) -> list[str]:
         """The fairseq keys of the tensors a stage uses."""
-        prefixes = tuple(self._source_name(prefix) for prefix in stage)
+        prefixes = tuple(spelling for prefix in stage for spelling in _stored_spellings(prefix))
         return [key for key in self.state if key.startswith(prefixes)]
 
     def _load_stage(self, stage: Stage) -> dict[str, torch.Tensor]:
@@ -161,9 +179,7 @@ class FairseqReference:
     def _attention(self, x: torch.Tensor, name: str, lengths: list[int]) -> torch.Tensor:
         """Self-attention of each sequence over itself only (the rows of x are the packed sequences)."""
         dim = x.shape[-1]
-        heads = self.hparams.get("encoder_attention_heads")
-        if not isinstance(heads, int) or heads <= 0:
-            heads = max(dim // 64, 1)  # RoBERTa's convention when the checkpoint does not say
+        heads = self._hparam("encoder_attention_heads")
         head_dim = dim // heads
 
         def split(t: torch.Tensor) -> torch.Tensor:
@@ -181,7 +197,7 @@ class FairseqReference:
 
     def num_layers(self) -> int:
         count = 0
-        while any(k.startswith(f"{self.prefix}.sentence_encoder.layers.{count}.") for k in self.state):
+        while any(k.startswith(_stored_spellings(f"encoder.sentence_encoder.layers.{count}.")) for k in self.state):
             count += 1
         return count
 
@@ -201,7 +217,7 @@ class FairseqReference:
         `languages`: an X-MOD model's lang_id of each sequence (None: fairseq's default, en_XX).
         """
         enc = "encoder.sentence_encoder"
-        activation = ACTIVATIONS[self.hparams.get("activation_fn", "gelu")]
+        activation = ACTIVATIONS[self._hparam("activation_fn")]
         lengths = [len(sequence) for sequence in sequences]
         tokens = torch.cat(sequences)
         # fairseq.utils.make_positions: a sequence's positions count from padding_idx + 1.
@@ -278,7 +294,7 @@ class FairseqReference:
         return F.linear(y, projection) + self.weight("encoder.lm_head.bias")
 
     def _head_logits(self, first_token: torch.Tensor, head: str) -> torch.Tensor:
-        pooler = ACTIVATIONS[self.hparams.get("pooler_activation_fn", "tanh")]
+        pooler = ACTIVATIONS[self._hparam("pooler_activation_fn")]
         y = pooler(self._linear(first_token, f"classification_heads.{head}.dense"))
         return self._linear(y, f"classification_heads.{head}.out_proj")
 

@@ -1,0 +1,104 @@
+"""The hyper-parameters a conversion computes with: the checkpoint's, fairseq's defaults, the user's flags.
+
+They are resolved once, and the plan and the reference forward pass both take the result. Nothing is
+guessed: a value the tensors cannot show (the attention head count, the activations) comes from the
+checkpoint's `args`/`cfg`, from the default fairseq's own loader applies when those lack it, or from a
+flag. Were the converter and the reference to share a guess, a wrong model would verify.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConversionError, ProblemList
+from .reader.checkpoint import Checkpoint
+
+HEADS, ACTIVATION, POOLER_ACTIVATION = "encoder_attention_heads", "activation_fn", "pooler_activation_fn"
+FLAGS = {HEADS: "--num-heads", ACTIVATION: "--activation-fn", POOLER_ACTIVATION: "--pooler-activation-fn"}
+FLAG_METAVARS = {HEADS: "N", ACTIVATION: "NAME", POOLER_ACTIVATION: "NAME"}
+
+# fairseq/models/roberta/model.py: the head count each registered arch function sets when args lack it
+# (roberta, roberta_base and roberta_prenorm through base_architecture). Other archs may set anything.
+ARCH_ATTENTION_HEADS = {"roberta": 12, "roberta_base": 12, "roberta_prenorm": 12, "roberta_large": 16, "xlm": 16}
+# base_architecture, which every roberta arch ends with, sets these whatever the arch.
+ARCH_DEFAULTS = {ACTIVATION: "gelu", POOLER_ACTIVATION: "tanh", "untie_weights_roberta": False,
+                 "no_scale_embedding": True}
+
+
+@dataclass(frozen=True)
+class SuppliedHyperParameters:
+    """Values given with --num-heads, --activation-fn and --pooler-activation-fn (None: not given)."""
+
+    num_heads: int | None = None
+    activation_fn: str | None = None
+    pooler_activation_fn: str | None = None
+
+    def by_key(self) -> dict[str, Any]:
+        return {HEADS: self.num_heads, ACTIVATION: self.activation_fn, POOLER_ACTIVATION: self.pooler_activation_fn}
+
+
+@dataclass(frozen=True)
+class HyperParameters:
+    values: dict[str, Any]  # fairseq names -> values, as the model computes with them
+    source: str  # for the report: "args", "cfg", and which flags supplied values
+
+
+def arch_name(hparams: dict[str, Any]) -> str | None:
+    arch = hparams.get("arch") or hparams.get("_name")
+    return arch if isinstance(arch, str) else None
+
+
+def resolve_hyper_parameters(checkpoint: Checkpoint, supplied: SuppliedHyperParameters, *,
+                             classifier: bool) -> HyperParameters:
+    """The checkpoint's values, fairseq's loader defaults where args/cfg lack one, then the flags.
+
+    A flag may fill a value nothing else gives; one that contradicts what fairseq would run is refused.
+    """
+    path = checkpoint.path
+    values = {key: value for key, value in checkpoint.hparams.items() if value is not None}
+    arch = arch_name(values)
+    defaulted: set[str] = set()
+    if checkpoint.hparams_source != "none":
+        # fairseq's loader runs the arch function on args/cfg, which fills what they lack.
+        defaults = dict(ARCH_DEFAULTS)
+        if arch in ARCH_ATTENTION_HEADS:
+            defaults[HEADS] = ARCH_ATTENTION_HEADS[arch]
+        for key, value in defaults.items():
+            if key not in values:
+                values[key] = value
+                defaulted.add(key)
+    contradictions = ProblemList()
+    from_flags = []
+    for key, value in supplied.by_key().items():
+        if value is None:
+            continue
+        if key not in values:
+            values[key] = value
+            from_flags.append(f"{FLAGS[key]} {value}")
+        elif values[key] != value:
+            held = (f"fairseq's default {values[key]!r} for {key}, which the checkpoint's {checkpoint.hparams_source} "
+                    "lack" if key in defaulted else f"its {key} {values[key]!r}")
+            contradictions.add(f"{FLAGS[key]} {value} contradicts {held}")
+    contradictions.raise_if_any(ConversionError, "refused", path=path,
+                                hint="drop the flag: the checkpoint's value is what fairseq runs")
+    heads = values.get(HEADS)
+    if HEADS in values and (not isinstance(heads, int) or isinstance(heads, bool) or heads <= 0):
+        raise ConversionError(f"its {HEADS} is {heads!r:.40}, not a number of attention heads", path=path)
+
+    needed = [HEADS, ACTIVATION] + ([POOLER_ACTIVATION] if classifier else [])
+    missing = [key for key in needed if key not in values]
+    if missing:
+        flags = " ".join(f"{FLAGS[key]} {FLAG_METAVARS[key]}" for key in missing)
+        if checkpoint.hparams_source == "none":
+            reason = "holds no hyper-parameters (neither args nor cfg), and its tensors do not show " \
+                     f"{', '.join(missing)}"
+        else:
+            reason = (f"its {checkpoint.hparams_source} do not give {HEADS}, and "
+                      + (f"arch {arch!r} is not one whose default is known" if arch else "name no arch"))
+        raise ConversionError(f"{reason}; pass {flags} (the values it was trained with)", path=path)
+
+    source = checkpoint.hparams_source
+    if from_flags:
+        source = (f"{source} + " if source != "none" else "") + f"flags ({', '.join(from_flags)})"
+    return HyperParameters(values, source)

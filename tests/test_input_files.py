@@ -1,0 +1,93 @@
+"""Every input file must be a regular file of a sane size; dict.txt is read exactly as fairseq reads it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURES, GPT2_BPE
+from fairseq_to_hf.errors import ConversionError
+from fairseq_to_hf.reader import files
+from fairseq_to_hf.reader.dictionary import read_dictionary
+from test_bad_input import assert_refused, run_cli
+
+MLM = FIXTURES / "roberta_mlm"
+
+
+def source(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    shutil.copytree(MLM, src)
+    return src
+
+
+def test_a_checkpoint_that_is_a_directory_says_so(tmp_path: Path) -> None:
+    src = source(tmp_path)
+    (src / "model.pt").unlink()
+    (src / "model.pt").mkdir()
+    out = tmp_path / "out"
+    assert_refused(run_cli("convert", src, out), out, 2, "model.pt: is a directory, not a checkpoint file")
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "dev-zero"])
+def test_an_encoder_json_that_is_not_a_file_is_named(tmp_path: Path, kind: str) -> None:
+    src = source(tmp_path)
+    shutil.copy(GPT2_BPE / "vocab.bpe", src / "vocab.bpe")
+    encoder = src / "encoder.json"
+    if kind == "directory":
+        encoder.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(encoder)
+    else:
+        encoder.symlink_to("/dev/zero")
+    out = tmp_path / "out"
+    what = {"directory": "a directory", "fifo": "a FIFO (named pipe)", "dev-zero": "a device"}[kind]
+    assert_refused(run_cli("convert", src, out), out, 2, f"encoder.json: is {what}, not a GPT-2 encoder.json")
+
+
+def test_a_sentencepiece_model_that_is_a_directory_is_an_error(tmp_path: Path) -> None:
+    src = source(tmp_path)
+    (src / "sentencepiece.bpe.model").mkdir()
+    out = tmp_path / "out"
+    assert_refused(run_cli("convert", src, out), out, 2, "is a directory, not a sentencepiece model")
+
+
+@pytest.mark.parametrize("flag", ["--verify-text", "--dict"])
+def test_dev_zero_and_fifos_never_hang(tmp_path: Path, flag: str) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    for path in ("/dev/zero", fifo):
+        assert_refused(run_cli("convert", MLM, out, flag, path), out, 2, "not a", "pass a regular file")
+
+
+def test_inputs_larger_than_the_limit_are_refused(tmp_path: Path, monkeypatch) -> None:
+    big = tmp_path / "dict.txt"
+    big.write_text("a 1\n" * 100)
+    monkeypatch.setattr(files, "MAX_TEXT_INPUT_BYTES", 64)
+    with pytest.raises(ConversionError, match="is larger than 0 MiB, more than any GPT-2 encoder.json"):
+        files.read_input_file(big, "a GPT-2 encoder.json", limit=64)
+
+
+def test_a_symbol_longer_than_any_real_one_is_refused_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "dict.txt"
+    path.write_text("a 1\n" + "b" * 5000 + " 1\n")
+    with pytest.raises(ConversionError, match="line 2 holds a symbol of 5000 characters"):
+        read_dictionary(path)
+
+
+def test_dict_lines_split_as_fairseq_reads_them(tmp_path: Path) -> None:
+    # Text mode ends lines at \n, \r\n and \r only; fairseq then takes `line.rstrip().rsplit(" ", 1)`.
+    path = tmp_path / "dict.txt"
+    path.write_bytes("a\u2028b 1\nc\x85d 2\r\ne\x0bf 3\rg 4\x85\n h 5 #fairseq:overwrite\n".encode())
+    assert read_dictionary(path).symbols[4:] == ("a\u2028b", "c\x85d", "e\x0bf", "g", " h")
+
+
+@pytest.mark.parametrize("text", ["a 1\n\nb 2\n", "a 1x\n", "a\n", "a 1 #fairseq:overwrite x\n"])
+def test_dict_lines_fairseq_refuses_are_refused(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "dict.txt"
+    path.write_text(text)
+    with pytest.raises(ConversionError, match="is not 'symbol count'"):
+        read_dictionary(path)

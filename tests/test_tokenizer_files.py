@@ -1,0 +1,28 @@
+"""Tokenizer files that are not the model's own, or not files at all, are refused with a clear line."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from conftest import FIXTURES, GPT2_BPE
+from test_bad_input import assert_refused, run_cli
+
+MLM = FIXTURES / "roberta_mlm"
+SPM_MODEL = FIXTURES / "xlmr_mlm" / "sentencepiece.bpe.model"
+
+
+def test_a_sentencepiece_model_for_a_gpt2_dict_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert_refused(run_cli("convert", MLM, out, "--sentencepiece-model", SPM_MODEL), out, 2,
+                   "only 10 of 338 dict.txt symbols are pieces of sentencepiece.bpe.model",
+                   "it is not this model's tokenizer")
+
+
+def test_gpt2_files_for_a_sentencepiece_dict_are_refused(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(FIXTURES / "xlmr_mlm", src, ignore=shutil.ignore_patterns("*.model"))
+    out = tmp_path / "out"
+    result = run_cli("convert", src, out, "--encoder-json", GPT2_BPE / "encoder.json",
+                     "--vocab-bpe", GPT2_BPE / "vocab.bpe")
+    assert_refused(result, out, 2, "only 2 of 372 dict.txt symbols are GPT-2 ids in encoder.json")
