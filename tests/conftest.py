@@ -55,22 +55,34 @@ def assert_matches_fairseq(fixture: str, out: Path, auto_class, head: str | None
         assert diff <= TOLERANCE * max(1.0, scale), f"{fixture} {output}: max abs diff {diff:.3g}"
         worst[output] = max(worst.get(output, 0.0), diff)
 
+    # X-MOD recordings hold every language's outputs as `{sample}.{lang}.*`, with the lang_id fairseq got.
+    calls = fairseq.meta.get("language_calls")
     for sample in fairseq.samples:
         tokens = fairseq[f"{sample}.input_ids"]
         real = tokens.ne(PAD_ID)
-        with torch.no_grad():
-            got = model(input_ids=tokens, attention_mask=real.long(), output_hidden_states=True)
-        assert len(got.hidden_states) == layers + 1
-        for i in range(layers):
-            check(f"hidden_states[{i}]", fairseq[f"{sample}.hidden.{i}"], got.hidden_states[i], real)
-        check("last_hidden_state", fairseq[f"{sample}.features"], got.hidden_states[layers], real)
-        if head is None:
-            # Columns past fairseq's vocabulary belong to tokenizer aliases of <unk>.
-            vocab = fairseq.meta["vocab_size"]
-            check("mlm_logits", fairseq[f"{sample}.mlm_logits"], got.logits[..., :vocab], real)
-        else:
-            check("head_logits", fairseq[f"{sample}.head.{head}"], got.logits, None)
+        runs = {f"{sample}.": {}} if not calls else {
+            f"{sample}.{key}.": {} if lang_id is None else {"lang_ids": xmod_lang_ids(model.config, lang_id)}
+            for key, lang_id in calls[sample].items()}
+        for prefix, extra in runs.items():
+            with torch.no_grad():
+                got = model(input_ids=tokens, attention_mask=real.long(), output_hidden_states=True, **extra)
+            assert len(got.hidden_states) == layers + 1
+            for i in range(layers):
+                check(f"hidden_states[{i}]", fairseq[f"{prefix}hidden.{i}"], got.hidden_states[i], real)
+            check("last_hidden_state", fairseq[f"{prefix}features"], got.hidden_states[layers], real)
+            if head is None:
+                # Columns past fairseq's vocabulary belong to tokenizer aliases of <unk>.
+                vocab = fairseq.meta["vocab_size"]
+                check("mlm_logits", fairseq[f"{prefix}mlm_logits"], got.logits[..., :vocab], real)
+            else:
+                check("head_logits", fairseq[f"{prefix}head.{head}"], got.logits, None)
     return worst
+
+
+def xmod_lang_ids(config, lang_id: list[str]) -> torch.Tensor:
+    """Transformers' lang_ids for fairseq's lang_id list: fairseq drops `_rom`/`_zaw` to pick the adapter."""
+    languages = list(config.languages)
+    return torch.tensor([languages.index(lang.replace("_rom", "").replace("_zaw", "")) for lang in lang_id])
 
 
 def json_file(path: Path) -> dict:

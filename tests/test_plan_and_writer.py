@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from conftest import FIXTURES
 from fairseq_to_hf.arch.fairseq_keys import normalise_key, unsupported_layouts
-from fairseq_to_hf.arch.families import POST_NORM_ROWS, PRE_NORM_ROWS, compile_rows, match_rows
+from fairseq_to_hf.arch.families import ROBERTA, ROBERTA_PRELAYERNORM, XLM_ROBERTA_XL, XMOD, compile_rows, match_rows
 from fairseq_to_hf.errors import ConversionError
 from fairseq_to_hf.plan import TensorPlan
 from fairseq_to_hf.writer import parse_size, plan_shards, safetensors_header, shard_file_names
@@ -32,12 +32,22 @@ def test_key_generations_normalise_to_fairseq_012_names(stored: str, normalised:
 
 
 def test_layer_norms_map_to_each_familys_names() -> None:
-    post, pre = compile_rows(POST_NORM_ROWS), compile_rows(PRE_NORM_ROWS)
+    def rows(family):
+        return compile_rows(family.encoder_rows(family.layouts[-1]))
+
+    post, pre, pre_ln, xmod = rows(ROBERTA), rows(XLM_ROBERTA_XL), rows(ROBERTA_PRELAYERNORM), rows(XMOD)
     name = "encoder.sentence_encoder.layers.7.final_layer_norm.bias"
+    final = "encoder.sentence_encoder.layer_norm.weight"
     assert match_rows(name, post) == ["roberta.encoder.layer.7.output.LayerNorm.bias"]
     assert match_rows(name, pre) == ["roberta.encoder.layer.7.LayerNorm.bias"]
-    assert match_rows("encoder.sentence_encoder.layer_norm.weight", pre) == ["roberta.encoder.LayerNorm.weight"]
-    assert match_rows("encoder.sentence_encoder.layer_norm.weight", post) == []
+    assert match_rows(name, pre_ln) == ["roberta_prelayernorm.encoder.layer.7.intermediate.LayerNorm.bias"]
+    assert match_rows(name, xmod) == ["roberta.encoder.layer.7.output.LayerNorm.bias"]
+    assert match_rows(final, pre) == ["roberta.encoder.LayerNorm.weight"]
+    assert match_rows(final, pre_ln) == ["roberta_prelayernorm.LayerNorm.weight"]
+    assert match_rows(final, xmod) == ["roberta.encoder.LayerNorm.weight"]
+    assert match_rows(final, post) == []
+    assert match_rows("encoder.sentence_encoder.layers.2.adapter_modules.hi_IN.fc2.bias", xmod) == [
+        "roberta.encoder.layer.2.output.adapter_modules.hi_IN.dense2.bias"]
 
 
 def test_unsupported_variants_are_named() -> None:
@@ -46,8 +56,7 @@ def test_unsupported_variants_are_named() -> None:
         "encoder.sentence_encoder.layers.0.self_attn.compress_k.weight",
         "encoder.sentence_encoder.layers.0.fc1.weight",
     ])
-    assert found == {"X-MOD language adapters": ["encoder.sentence_encoder.layers.0.adapter_modules.en_XX.fc1.weight"],
-                     "Linformer projections": ["encoder.sentence_encoder.layers.0.self_attn.compress_k.weight"]}
+    assert found == {"Linformer projections": ["encoder.sentence_encoder.layers.0.self_attn.compress_k.weight"]}
 
 
 def _planned(name: str, numel: int) -> TensorPlan:

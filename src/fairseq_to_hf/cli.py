@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="write one folder per classification head under OUT")
     convert.add_argument("--model-type", choices=sorted(FAMILIES),
                          help="Transformers model type (default: detected from the checkpoint)")
+    convert.add_argument("--default-language", metavar="LANG",
+                         help="X-MOD: the language of inputs given no lang_ids (default: en_XX, as in fairseq; "
+                         "required when the model has no en_XX adapter)")
     convert.add_argument("--dtype", choices=sorted(OUTPUT_DTYPES),
                          help="cast floating-point weights (default: keep the checkpoint's dtype)")
     convert.add_argument("--max-shard-size", default="5GB", metavar="SIZE", type=_shard_size,
@@ -204,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_options(verify, "to check the tokenizer")
     verify.add_argument("out", metavar="OUT", help="the Transformers folder to check")
     verify.add_argument("--head", metavar="NAME", help="fairseq classification head the folder was made from")
+    verify.add_argument("--default-language", metavar="LANG",
+                        help="X-MOD: the default language, when the folder's config has none")
     verify.add_argument("--verify-text", metavar="FILE", help="also check the tokenizer on every line of FILE")
     verify.add_argument("--tolerance", type=_tolerance, default=DEFAULT_TOLERANCE, metavar="X",
                         help=f"allowed max abs difference relative to each output's scale (default: {DEFAULT_TOLERANCE:g})")
@@ -299,7 +304,8 @@ def _verify(args: argparse.Namespace, log) -> int:
     report = verify_folder(args.src, args.out, checkpoint=args.checkpoint, dictionary=args.dictionary,
                            encoder_json=args.encoder_json, vocab_bpe=args.vocab_bpe,
                            sentencepiece_model=args.sentencepiece_model, head=args.head,
-                           verify_text=args.verify_text, tolerance=args.tolerance, streamed=args.block_by_block,
+                           default_language=args.default_language, verify_text=args.verify_text,
+                           tolerance=args.tolerance, streamed=args.block_by_block,
                            hyper_parameters=_supplied(args))
     for mismatch in report.get("config_mismatches", []):
         log(f"  {mismatch}")
@@ -357,7 +363,7 @@ def _convert(args: argparse.Namespace, log) -> int:
         checkpoint=args.checkpoint, dictionary=args.dictionary, label_dict=args.label_dict,
         encoder_json=args.encoder_json, vocab_bpe=args.vocab_bpe, sentencepiece_model=args.sentencepiece_model,
         head=args.head, all_heads=args.all_heads, model_type=args.model_type, dtype=args.dtype,
-        max_shard_size=args.max_shard_size,
+        default_language=args.default_language, max_shard_size=args.max_shard_size,
         card=CardOptions(language=args.language, license=args.license, base_model=args.base_model,
                          repo_id=args.repo_id),
         verify=args.verify, verify_text=args.verify_text, tolerance=args.tolerance,

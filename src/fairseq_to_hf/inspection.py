@@ -9,7 +9,7 @@ from typing import Any
 from .arch.fairseq_keys import normalise_state_dict
 from .errors import ConversionError
 from .hparams import SuppliedHyperParameters, arch_name
-from .plan import LM_HEAD, ConversionPlan, PlanOptions, detect_heads, dictionary_kind, make_plan
+from .plan import LM_HEAD, ConversionPlan, PlanOptions, adapter_languages, detect_heads, dictionary_kind, make_plan
 from .reader.checkpoint import read_checkpoint
 from .reader.dictionary import Dictionary, read_dictionary
 from .reader.folder import find_source_files
@@ -56,6 +56,7 @@ def inspect_source(src: str | Path, *, checkpoint: str | Path | None = None, dic
         "tokenizer_files": {k: str(v) for k, v in vars(files.tokenizer).items() if v is not None},
         "tensors": len(source.tensors),
         "parameters_by_dtype": dict(by_dtype),
+        "languages": list(adapter_languages(normalised)),  # X-MOD adapters; none for other models
         "classification_heads": {h.name: {"num_classes": h.num_classes, "inner_dim": h.inner_dim} for h in heads},
         "convert_would_produce": outputs,
     }
@@ -85,7 +86,7 @@ def describe_plan(plan: ConversionPlan, max_shard_bytes: int = DEFAULT_MAX_SHARD
     return {
         "model": {
             "family": plan.family.model_type,
-            "layout": "pre-norm" if plan.family.pre_norm else "post-norm",
+            "layout": "pre-norm" if plan.layout.pre_norm else "post-norm",
             "key_generation": plan.key_generation,
             "layers": dims.num_layers, "hidden_size": dims.hidden_size, "attention_heads": dims.num_heads,
             "ffn_size": dims.ffn_size, "position_rows": dims.positions, "max_tokens": dims.positions - 2,
@@ -116,6 +117,8 @@ def format_inspection(description: dict[str, Any]) -> str:
     dictionary = description["dictionary"]
     lines.append(f"dictionary   {dictionary['path']} ({dictionary['symbols']} symbols with specials, "
                  f"{dictionary['kind']} vocabulary)")
+    if description["languages"]:
+        lines.append(f"languages    {', '.join(description['languages'])} (X-MOD adapters)")
     heads = description["classification_heads"]
     lines.append("heads        " + (", ".join(f"{name} ({info['num_classes']} outputs)" for name, info in heads.items())
                                    or "none (masked LM)"))

@@ -26,7 +26,8 @@ from .reader.folder import SourceFiles, find_source_files, read_text_lines
 from .report import REPORT_FILE, ConversionReport, OutputReport
 from .tokenizer import PreparedTokenizer, prepare_tokenizer, write_tokenizer
 from .verify.alongside import ReferenceAlongside
-from .verify.compare import DEFAULT_TOLERANCE, reference_rows, verification_inputs, verify_weights
+from .verify.compare import (DEFAULT_TOLERANCE, per_language, reference_languages, reference_rows,
+                             verification_inputs, verify_weights)
 from .verify.reference import FairseqReference
 from .staging import output_target, staged_output
 from .writer import (DEFAULT_MAX_SHARD_BYTES, OnRead, parse_size, plan_shards, shard_file_names,
@@ -56,6 +57,7 @@ class ConvertOptions:
     head: str | None = None
     all_heads: bool = False
     model_type: str | None = None
+    default_language: str | None = None  # X-MOD; None: en_XX, as fairseq
     dtype: str | None = None
     max_shard_size: str | int = DEFAULT_MAX_SHARD_BYTES
     card: CardOptions = field(default_factory=CardOptions)
@@ -220,6 +222,7 @@ def _prepare(source: Checkpoint, shared: SharedSources, options: ConvertOptions,
              say: Log) -> tuple[ConversionReport, dict[str, ConversionPlan], PreparedTokenizer | None]:
     """Every plan of this conversion (one per head with --all-heads), checked before anything is written."""
     base = PlanOptions(head=options.head, model_type=options.model_type, dtype=options.dtype,
+                       default_language=options.default_language,
                        label_dictionary=shared.label_dictionary, strict_labels=options.strict_labels,
                        supplied=options.hyper_parameters)
     heads: list[str | None] = [options.head]
@@ -241,7 +244,7 @@ def _prepare(source: Checkpoint, shared: SharedSources, options: ConvertOptions,
         checkpoint_format=source.format,
         key_generation=first.key_generation,
         hparams_source=first.hyper_parameters.source,
-        layout="pre-norm" if first.family.pre_norm else "post-norm",
+        layout="pre-norm" if first.layout.pre_norm else "post-norm",
         dims=vars(first.dims).copy(),
         heads_in_checkpoint={h.name: h.num_classes for h in first.heads},
         tokenizer=tokenizer.summary() if tokenizer else None,
@@ -347,18 +350,21 @@ def _write_and_verify_one(folder: Path, final_folder: Path, plan: ConversionPlan
     streamed = (plan.total_bytes > STREAMED_VERIFY_BYTES if options.verify_streamed is None
                 else options.verify_streamed)
     head = plan.head.name if plan.head else None
-    inputs = verification_inputs(plan.dims.vocab_size, plan.dims.positions, streamed)
+    inputs, row_languages = per_language(verification_inputs(plan.dims.vocab_size, plan.dims.positions, streamed),
+                                         plan.dims.languages)
     round_to: torch.dtype | None = OUTPUT_DTYPES[options.dtype] if options.dtype else None
     reference = FairseqReference(source.tensors, plan.hyper_parameters.values, round_to=round_to)
     sources = [tensor.source for tensor in plan.tensors if tensor.source is not None]
     # One torch thread for the reference too: the writer's reading and hashing threads need the cores.
-    with single_torch_thread(), ReferenceAlongside(reference, reference_rows(inputs), head, sources) as alongside:
+    with single_torch_thread(), ReferenceAlongside(reference, reference_rows(inputs), head, sources,
+                                                            reference_languages(inputs, row_languages)) as alongside:
         output = _write_one(folder, final_folder, plan, tokenizer, options, say, progress, on_read=alongside.offer)
         expected = alongside.result()
     say("verifying against a reference fairseq forward pass on the source tensors"
         + (" (Transformers model run block by block)" if streamed else ""))
     result = verify_weights(folder, plan.architecture, inputs, expected, head=head,
-                            vocab_size=plan.dims.vocab_size, tolerance=options.tolerance, streamed=streamed)
+                            vocab_size=plan.dims.vocab_size, tolerance=options.tolerance, streamed=streamed,
+                            row_languages=row_languages)
     for kind, diff in result.worst().items():
         say(f"  max abs diff {kind:<18} {diff:.3g}")
     output.verification = result.as_dict()

@@ -46,6 +46,8 @@ class Dims:
     num_heads: int
     ffn_size: int
     positions: int  # rows of the position table (max_positions + 2)
+    adapter_size: int = 0  # X-MOD: the adapters' bottleneck width
+    languages: tuple[str, ...] = ()  # X-MOD: the adapters' languages, as Transformers indexes them
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class TensorPlan:
 @dataclass
 class ConversionPlan:
     family: Family
+    layout: families.Layout
     architecture: str
     dims: Dims
     head: HeadInfo | None  # None: masked LM
@@ -105,6 +108,7 @@ class PlanOptions:
     label_dictionary: Dictionary | None = None
     strict_labels: bool = True  # a label dict that does not fit the head is an error, else a note
     alias_rows: int = 0  # tokenizer aliases of <unk> appended to the vocabulary (see tokenizer/vocab.py)
+    default_language: str | None = None  # X-MOD: the language of inputs given none (fairseq: en_XX)
     supplied: SuppliedHyperParameters = field(default_factory=SuppliedHyperParameters)
 
 
@@ -157,9 +161,10 @@ def make_plan(checkpoint: Checkpoint, dictionary: Dictionary, options: PlanOptio
     for problem in key_problems:
         problems.add(problem)
 
-    pre_norm = f"{E}.layer_norm.weight" in source
-    embedding_norm = f"{E}.layernorm_embedding.weight" in source
-    family = _family(pre_norm, embedding_norm, dictionary_kind(dictionary), options.model_type, path)
+    layout = families.Layout(pre_norm=f"{E}.layer_norm.weight" in source,
+                             embedding_layer_norm=f"{E}.layernorm_embedding.weight" in source,
+                             adapters=bool(adapter_languages(source)))
+    family = _family(layout, dictionary_kind(dictionary), options.model_type, path)
     heads = detect_heads(source)
     head = _select_head(heads, options.head, source, path)
     resolved = resolve_hyper_parameters(checkpoint, options.supplied, classifier=head is not None)
@@ -169,14 +174,22 @@ def make_plan(checkpoint: Checkpoint, dictionary: Dictionary, options: PlanOptio
     problems.raise_if_any(UnsupportedModelError, "cannot convert this checkpoint exactly", path=path)
 
     tie = _tied(hparams, source)
-    rows = list(family.encoder_rows)
+    rows = list(family.encoder_rows(layout))
+    adapter_norm = f"{E}.layers.0.adapter_layer_norm.weight" in source
+    if adapter_norm:
+        rows += [(s, t.replace("{base}", family.base), shape) for s, t, shape in families.ADAPTER_LAYER_NORM_ROWS]
     if head is None:
         rows += families.LM_HEAD_ROWS
         if not tie:
             rows += families.UNTIED_LM_HEAD_ROWS
     else:
-        rows += [(src.replace("{head}", head.name), dst) for src, dst in families.CLASSIFIER_ROWS]
+        rows += [(src.replace("{head}", head.name), dst, shape) for src, dst, shape in families.CLASSIFIER_ROWS]
     table = compile_rows(tuple(rows))
+    sizes = {"vocab": dims.vocab_size + options.alias_rows, "hidden": dims.hidden_size, "ffn": dims.ffn_size,
+             "positions": dims.positions, "one": 1, "adapter": dims.adapter_size,
+             "classes": head.num_classes if head else 0}
+    expected = families.expand_rows(tuple(rows), sizes, dims.num_layers, dims.languages)
+    unused_adapters = _unused_adapters(source, dims.languages)
 
     out_dtype = OUTPUT_DTYPES[options.dtype] if options.dtype else None
     mapped: dict[str, TensorPlan] = {}
@@ -187,6 +200,9 @@ def make_plan(checkpoint: Checkpoint, dictionary: Dictionary, options: PlanOptio
             if not item.tensor.same_data(embed.tensor):
                 tied_checks.append((item.tensor, embed.tensor, f"{item.stored_as} == {embed.stored_as}"))
             dropped[item.stored_as] = "tied to the word embeddings, stored once"
+            continue
+        if name in unused_adapters:
+            dropped[item.stored_as] = unused_adapters[name]
             continue
         targets = match_rows(name, table)
         if not targets:
@@ -200,31 +216,32 @@ def make_plan(checkpoint: Checkpoint, dictionary: Dictionary, options: PlanOptio
         for target in targets:
             mapped[target] = TensorPlan(target, item.tensor.shape, dtype, item.tensor, item.stored_as)
 
-    _append_alias_rows(mapped, options.alias_rows)
+    _append_alias_rows(mapped, options.alias_rows, family.base)
     float_dtype = out_dtype or embed.tensor.dtype
-    token_types = "roberta.embeddings.token_type_embeddings.weight"
-    mapped[token_types] = TensorPlan(token_types, (1, dims.hidden_size), float_dtype, None,
-                                     "zeros (fairseq has no token types)")
+    for target, (source_name, shape) in expected.items():
+        if source_name is None:
+            mapped[target] = TensorPlan(target, shape, float_dtype, None, "zeros (fairseq has no token types)")
 
-    expected = expected_shapes(family, dims, head, tie, options.alias_rows)
-    for target, shape in expected.items():
+    expected_shape = {target: shape for target, (_, shape) in expected.items()}
+    for target, shape in expected_shape.items():
         planned = mapped.get(target)
         if planned is None:
             problems.add(f"missing: nothing in the checkpoint fills {target} {list(shape)}")
         elif tuple(planned.shape) != shape:
             problems.add(f"{planned.source_name} has shape {list(planned.shape)}, expected {list(shape)}")
-    for target in sorted(set(mapped) - set(expected)):
+    for target in sorted(set(mapped) - set(expected_shape)):
         problems.add(f"{mapped[target].source_name} maps to {target}, which the model does not have")
     problems.raise_if_any(ConversionError, "the checkpoint does not fit the target layout", path=path)
     fit = fit_embedding(dictionary, dims.vocab_size)
 
     plan = ConversionPlan(
         family=family,
+        layout=layout,
         architecture=family.masked_lm_class if head is None else family.classifier_class,
         dims=dims,
         head=head,
         heads=heads,
-        tensors=[mapped[target] for target in expected],
+        tensors=[mapped[target] for target in expected_shape],
         config={},
         dropped=dropped,
         tied_checks=tied_checks,
@@ -250,7 +267,60 @@ def make_plan(checkpoint: Checkpoint, dictionary: Dictionary, options: PlanOptio
                 raise
             plan.notes.append(f"labels not taken from the label dict: {error.message}")
     plan.config = build_config(plan, hparams, tie, float_dtype, labels, options.alias_rows)
+    if family.adapters:
+        plan.config.update(_xmod_config(dims, hparams, layout, adapter_norm, options.default_language, path))
     return plan
+
+
+def strip_language(language: str) -> str:
+    """The adapter fairseq runs for a language code: it drops `_rom` and `_zaw` (romanised, Zawgyi)."""
+    return language.replace("_rom", "").replace("_zaw", "")
+
+
+def _unused_adapters(source: dict[str, SourceTensor], languages: tuple[str, ...]) -> dict[str, str]:
+    """Adapters fairseq never runs (their code loses `_rom`/`_zaw` before the lookup) -> why dropped."""
+    unused = {}
+    for name in source:
+        found = families.ADAPTER_NAME.match(name)
+        if found and found.group(1) not in languages:
+            language = found.group(1)
+            unused[name] = (f"adapter {language!r}, which fairseq never runs: it takes "
+                            f"{strip_language(language)!r}'s adapter for {language} text")
+    return unused
+
+
+def adapter_languages(source: dict[str, SourceTensor]) -> tuple[str, ...]:
+    """The X-MOD languages fairseq can run, in the order of the checkpoint's adapters."""
+    names = dict.fromkeys(m.group(1) for key in source if (m := families.ADAPTER_NAME.match(key)))
+    return tuple(name for name in names if strip_language(name) == name)
+
+
+# fairseq's xmod_base* architectures' defaults; xmod_large_prenorm sets its own in the checkpoint's cfg.
+XMOD_DEFAULTS = {"adapter_reuse_layer_norm": True, "ln_before_adapter": True}
+DEFAULT_LANGUAGE = "en_XX"  # what fairseq's lang_adapter runs when no language is given
+
+
+def _xmod_config(dims: Dims, hparams: dict[str, Any], layout: families.Layout, adapter_norm: bool,
+                 default_language: str | None, path: Path) -> dict[str, Any]:
+    languages = list(dims.languages)
+    if default_language is None:
+        if DEFAULT_LANGUAGE not in languages:
+            raise ConversionError(f"is an X-MOD model without {DEFAULT_LANGUAGE}, fairseq's default language; "
+                                  f"name one with --default-language (one of {', '.join(languages)})", path=path)
+        default_language = DEFAULT_LANGUAGE
+    if strip_language(default_language) not in languages:
+        raise ConversionError(f"has no adapter for --default-language {default_language}; "
+                              f"choose one of {', '.join(languages)}", path=path)
+    return {
+        "languages": languages,
+        "default_language": strip_language(default_language),
+        "pre_norm": layout.pre_norm,
+        "adapter_reduction_factor": dims.hidden_size // dims.adapter_size,
+        "adapter_layer_norm": adapter_norm,  # fairseq makes it exactly when its cfg asks for it
+        "adapter_reuse_layer_norm": bool(hparams.get("adapter_reuse_layer_norm",
+                                                     XMOD_DEFAULTS["adapter_reuse_layer_norm"])),
+        "ln_before_adapter": bool(hparams.get("ln_before_adapter", XMOD_DEFAULTS["ln_before_adapter"])),
+    }
 
 
 # The MLM bias of alias rows: far below any real logit, so they get no probability, yet finite in float16.
@@ -263,14 +333,14 @@ _ALIAS_ROWS = {
 }
 
 
-def _append_alias_rows(mapped: dict[str, TensorPlan], alias_rows: int) -> None:
+def _append_alias_rows(mapped: dict[str, TensorPlan], alias_rows: int, base: str) -> None:
     """Alias ids embed as <unk> and are never predicted, so the model computes what fairseq computes."""
     if not alias_rows:
         return
     for target, how in _ALIAS_ROWS.items():
-        planned = mapped.get(target)
+        planned = mapped.get(target.replace("roberta.", f"{base}.", 1))
         if planned is not None:
-            mapped[target] = replace(planned, shape=(planned.shape[0] + alias_rows, *planned.shape[1:]),
+            mapped[planned.target] = replace(planned, shape=(planned.shape[0] + alias_rows, *planned.shape[1:]),
                                      extra_rows=alias_rows, **how)
 
 
@@ -336,32 +406,29 @@ def _dims(source: dict[str, SourceTensor], hparams: dict[str, Any], problems: Pr
     heads = hparams["encoder_attention_heads"]  # resolved: never guessed from the hidden size
     if hidden % heads:
         problems.add(f"hidden size {hidden} does not divide into {heads} attention heads")
-    return Dims(vocab_size, hidden, len(layers), heads, ffn[0] if ffn else 0, positions[0] if positions else 0)
+    languages = adapter_languages(source)
+    adapter = 0
+    if languages:
+        adapter = (shape(f"{E}.layers.0.adapter_modules.{languages[0]}.fc1.weight") + (0,))[0]
+        if not adapter or hidden % adapter:
+            problems.add(f"X-MOD adapters of width {adapter} do not divide the hidden size {hidden}")
+    return Dims(vocab_size, hidden, len(layers), heads, ffn[0] if ffn else 0, positions[0] if positions else 0,
+                adapter, languages)
 
 
-def _family(pre_norm: bool, embedding_norm: bool, vocabulary: str, requested: str | None, path: Path) -> Family:
-    """The Transformers family: the layout decides pre-norm (XL) or not, the vocabulary RoBERTa or XLM-R."""
-    if pre_norm and embedding_norm:
-        raise UnsupportedModelError(
-            "is pre-norm with an embedding LayerNorm; no Transformers class has that layout", path=path
-        )
-    if not pre_norm and not embedding_norm:
-        raise UnsupportedModelError(
-            "is post-norm without an embedding LayerNorm; no Transformers class has that layout", path=path
-        )
-    if pre_norm:
-        detected = families.XLM_ROBERTA_XL
-    else:
-        detected = families.XLM_ROBERTA if vocabulary == "sentencepiece" else families.ROBERTA
+def _family(layout: families.Layout, vocabulary: str, requested: str | None, path: Path) -> Family:
+    """The Transformers family: the layout decides the class, the vocabulary RoBERTa or XLM-R."""
+    detected = families.detect(layout, vocabulary)
+    if detected is None:
+        raise UnsupportedModelError(f"is {layout.describe()}; no Transformers class has that layout", path=path)
     if requested is None:
         return detected
     family = families.FAMILIES.get(requested)
     if family is None:
         raise ConversionError(f"unknown --model-type {requested!r}; choose from {', '.join(families.FAMILIES)}")
-    if family.pre_norm != pre_norm:
-        layout = "pre-norm" if pre_norm else "post-norm"
+    if layout not in family.layouts:
         raise ConversionError(
-            f"--model-type {requested} contradicts the checkpoint: it is {layout}, which only "
+            f"--model-type {requested} contradicts the checkpoint: it is {layout.describe()}, which only "
             f"{detected.model_type}-layout classes reproduce", path=path,
         )
     if family in (families.XLM_ROBERTA, families.CAMEMBERT) and vocabulary == "gpt2":
@@ -436,52 +503,6 @@ def _not_in_output(name: str, head: HeadInfo | None, family: Family) -> str | No
     if found and (head is None or found.group(1) != head.name):
         return f"classification head {found.group(1)!r}, not the one converted"
     return None
-
-
-def expected_shapes(family: Family, dims: Dims, head: HeadInfo | None, tie: bool,
-                    alias_rows: int = 0) -> dict[str, tuple[int, ...]]:
-    """Every tensor the Transformers model needs from us, in writing order, with its shape."""
-    h, f = dims.hidden_size, dims.ffn_size
-    vocab = dims.vocab_size + alias_rows
-    out: dict[str, tuple[int, ...]] = {
-        "roberta.embeddings.word_embeddings.weight": (vocab, h),
-        "roberta.embeddings.position_embeddings.weight": (dims.positions, h),
-        "roberta.embeddings.token_type_embeddings.weight": (1, h),
-    }
-    if family.embedding_layer_norm:
-        out.update({"roberta.embeddings.LayerNorm.weight": (h,), "roberta.embeddings.LayerNorm.bias": (h,)})
-    norm_rows = [target for source, target in family.encoder_rows if "{i}" in source and "layer_norm" in source]
-    for i in range(dims.num_layers):
-        prefix = f"roberta.encoder.layer.{i}"
-        for name in ("query", "key", "value"):
-            out[f"{prefix}.attention.self.{name}.weight"] = (h, h)
-            out[f"{prefix}.attention.self.{name}.bias"] = (h,)
-        out[f"{prefix}.attention.output.dense.weight"] = (h, h)
-        out[f"{prefix}.attention.output.dense.bias"] = (h,)
-        out[f"{prefix}.intermediate.dense.weight"] = (f, h)
-        out[f"{prefix}.intermediate.dense.bias"] = (f,)
-        out[f"{prefix}.output.dense.weight"] = (h, f)
-        out[f"{prefix}.output.dense.bias"] = (h,)
-        for template in norm_rows:
-            for part in ("weight", "bias"):
-                out[template.format(i=i, p=part)] = (h,)
-    if family.pre_norm:
-        out.update({"roberta.encoder.LayerNorm.weight": (h,), "roberta.encoder.LayerNorm.bias": (h,)})
-    if head is None:
-        out.update({
-            "lm_head.dense.weight": (h, h), "lm_head.dense.bias": (h,),
-            "lm_head.layer_norm.weight": (h,), "lm_head.layer_norm.bias": (h,),
-            "lm_head.bias": (vocab,),
-        })
-        if not tie:
-            out["lm_head.decoder.weight"] = (vocab, h)
-            out["lm_head.decoder.bias"] = (vocab,)
-    else:
-        out.update({
-            "classifier.dense.weight": (h, h), "classifier.dense.bias": (h,),
-            "classifier.out_proj.weight": (head.num_classes, h), "classifier.out_proj.bias": (head.num_classes,),
-        })
-    return out
 
 
 def _probability(hparams: dict[str, Any], name: str, default: float) -> float:

@@ -101,8 +101,6 @@ def normalise_state_dict(
 # fairseq variants with tensors no Transformers RoBERTa class has; recognised so that the error names
 # the variant instead of listing its tensors one by one.
 UNSUPPORTED_LAYOUTS: tuple[tuple[str, str], ...] = (
-    (r"\.adapter_modules\.", "X-MOD language adapters"),
-    (r"\.adapter_layer_norm\.", "X-MOD language adapters"),
     (r"\.compress_[kv]\.|\.compress_layer\.", "Linformer projections"),
     (r"\.(centroids|assignments|counts)$", "iPQ-quantised weights (quant-noise blocks)"),
     (r"\.weight_(orig|u|v)$", "spectral normalisation"),

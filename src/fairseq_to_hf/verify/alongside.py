@@ -105,9 +105,9 @@ class ReferenceAlongside:
     """
 
     def __init__(self, reference: FairseqReference, rows: list[torch.Tensor], head: str | None,
-                 written_sources: list[LazyTensor]) -> None:
+                 written_sources: list[LazyTensor], languages: list[str] | None = None) -> None:
         self.reference = reference
-        self.rows, self.head = rows, head
+        self.rows, self.head, self.languages = rows, head, languages
         stages = reference.stages(head)
         wanted = {key for stage in stages for key in reference.stage_keys(stage)}
         written = {id(source) for source in written_sources}
@@ -141,7 +141,8 @@ class ReferenceAlongside:
 
     def _run(self) -> ReferenceOutputs:
         try:
-            return self.reference.forward(self.rows, self.head, take_stage=self._take_stage)
+            return self.reference.forward(self.rows, self.head, take_stage=self._take_stage,
+                                          languages=self.languages)
         finally:
             self.reads.stop()  # a reference that ended (or failed) holds up no writer
 

@@ -110,6 +110,31 @@ def verification_inputs(vocab_size: int, positions: int, streamed: bool) -> dict
     return {"all_inputs_as_one_batch": pad_together(list(inputs.values()))}
 
 
+def per_language(inputs: dict[str, torch.Tensor], languages: tuple[str, ...]) -> tuple[dict[str, torch.Tensor],
+                                                                                      dict[str, list[str]]]:
+    """An X-MOD model's inputs, each once per language (named `input@lang`), and a padded batch with a
+    language per row; with the language of every row. No languages: the inputs as they are."""
+    if not languages:
+        return inputs, {}
+    expanded: dict[str, torch.Tensor] = {}
+    row_languages: dict[str, list[str]] = {}
+    for name, tokens in inputs.items():
+        for language in languages:
+            expanded[f"{name}@{language}"] = tokens
+            row_languages[f"{name}@{language}"] = [language] * len(tokens)
+    last = list(inputs)[-1]
+    expanded[f"{last}@mixed"] = inputs[last]
+    row_languages[f"{last}@mixed"] = [languages[row % len(languages)] for row in range(len(inputs[last]))]
+    return expanded, row_languages
+
+
+def reference_languages(inputs: dict[str, torch.Tensor], row_languages: dict[str, list[str]]) -> list[str] | None:
+    """The language of every row of `reference_rows(inputs)`, or None for a model without languages."""
+    if not row_languages:
+        return None
+    return [language for name in inputs for language in row_languages[name]]
+
+
 def reference_rows(inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     """Every row of every input without its pads, in order: what the reference runs on.
 
@@ -140,6 +165,7 @@ def verify_weights(
     vocab_size: int,
     tolerance: float = DEFAULT_TOLERANCE,
     streamed: bool = False,
+    row_languages: dict[str, list[str]] | None = None,
 ) -> WeightsVerification:
     """Compares the reference's outputs on `reference_rows(inputs)` with the folder's model on `inputs`.
 
@@ -154,7 +180,7 @@ def verify_weights(
             model, warnings = load_transformers_model(folder, architecture)
         result = WeightsVerification(loading_warnings=warnings,
                                      loaded_with="block by block" if streamed else "from_pretrained")
-        _compare(model, expected, inputs, head, vocab_size, tolerance, result)
+        _compare(model, expected, inputs, head, vocab_size, tolerance, result, row_languages or {})
     return result
 
 
@@ -179,19 +205,24 @@ def pad_together(batches: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _compare(model, everything: ReferenceOutputs, inputs: dict[str, torch.Tensor], head: str | None,
-             vocab_size: int, tolerance: float, result: WeightsVerification) -> None:
+             vocab_size: int, tolerance: float, result: WeightsVerification,
+             row_languages: dict[str, list[str]]) -> None:
     for (name, tokens), expected in zip(inputs.items(), outputs_per_input(everything, inputs).values()):
         result.inputs[name] = list(tokens.shape)
         real = tokens.ne(PAD)  # fairseq zeroes pad positions; only real tokens are compared
+        extra = {}
+        if name in row_languages:  # X-MOD: each row through its language's adapters
+            languages = list(model.config.languages)
+            extra["lang_ids"] = torch.tensor([languages.index(lang) for lang in row_languages[name]])
         with torch.no_grad():
             if head is None:
                 # The MLM head runs on the real positions only: full B x T x vocab logits of a large
                 # vocabulary would dwarf everything else in memory.
                 base = getattr(model, model.base_model_prefix)
-                got = base(input_ids=tokens, attention_mask=real.long(), output_hidden_states=True)
+                got = base(input_ids=tokens, attention_mask=real.long(), output_hidden_states=True, **extra)
                 logits = model.lm_head(got.last_hidden_state[real])
             else:
-                got = model(input_ids=tokens, attention_mask=real.long(), output_hidden_states=True)
+                got = model(input_ids=tokens, attention_mask=real.long(), output_hidden_states=True, **extra)
                 logits = got.logits
         if len(expected.hidden_states) != len(got.hidden_states):
             raise AssertionError("layer counts differ between the reference and the converted model")

@@ -16,7 +16,8 @@ from ..reader.checkpoint import read_checkpoint
 from ..reader.dictionary import read_dictionary
 from ..reader.folder import find_source_files, read_text_lines
 from ..tokenizer import prepare_tokenizer
-from .compare import DEFAULT_TOLERANCE, reference_rows, verification_inputs, verify_weights
+from .compare import (DEFAULT_TOLERANCE, per_language, reference_languages, reference_rows, verification_inputs,
+                      verify_weights)
 from .reference import FairseqReference
 from .tokenizer_check import verify_tokenizer
 
@@ -35,6 +36,7 @@ def verify_folder(
     vocab_bpe: str | Path | None = None,
     sentencepiece_model: str | Path | None = None,
     head: str | None = None,
+    default_language: str | None = None,
     verify_text: str | Path | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     streamed: bool = False,
@@ -53,7 +55,9 @@ def verify_folder(
     source = read_checkpoint(files.checkpoint)
     token_dictionary = read_dictionary(files.dictionary)
     head_name = _head_for(architecture, config, source, head, out)
-    plan = make_plan(source, token_dictionary, PlanOptions(head=head_name or "lm", supplied=hyper_parameters))
+    plan = make_plan(source, token_dictionary, PlanOptions(
+        head=head_name or "lm", supplied=hyper_parameters,
+        default_language=config.get("default_language") or default_language))
     dims = plan.dims
     report: dict[str, Any] = {"source_checkpoint": str(files.checkpoint), "folder": str(out),
                               "architecture": architecture, "head": head_name,
@@ -67,11 +71,13 @@ def verify_folder(
 
     # A folder saved in half precision is compared with the source rounded alike.
     stored_dtype = HALF_DTYPES.get(str(config.get("dtype") or config.get("torch_dtype")))
-    inputs = verification_inputs(dims.vocab_size, dims.positions, streamed)
+    inputs, row_languages = per_language(verification_inputs(dims.vocab_size, dims.positions, streamed),
+                                         dims.languages)
     reference = FairseqReference(source.tensors, plan.hyper_parameters.values, round_to=stored_dtype)
-    expected = reference.forward(reference_rows(inputs), head_name)
+    expected = reference.forward(reference_rows(inputs), head_name,
+                                 languages=reference_languages(inputs, row_languages))
     weights = verify_weights(out, architecture, inputs, expected, head=head_name, vocab_size=dims.vocab_size,
-                             tolerance=tolerance, streamed=streamed)
+                             tolerance=tolerance, streamed=streamed, row_languages=row_languages)
     report["verification"] = weights.as_dict()
     passed = weights.passed
 

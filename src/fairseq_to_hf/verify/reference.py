@@ -203,7 +203,8 @@ class FairseqReference:
 
     @torch.no_grad()
     def forward(self, sequences: list[torch.Tensor], head: str | None,
-                take_stage: Callable[[Stage], dict[str, torch.Tensor]] | None = None) -> ReferenceOutputs:
+                take_stage: Callable[[Stage], dict[str, torch.Tensor]] | None = None,
+                languages: list[str | None] | None = None) -> ReferenceOutputs:
         """fairseq's forward pass on each sequence of token ids (no pads), all at once.
 
         fairseq's outputs at a sequence's real positions do not depend on padding or on the other
@@ -212,6 +213,8 @@ class FairseqReference:
 
         `take_stage(stage)` supplies a stage's tensors (by fairseq key, prepared); by default they are
         read from the checkpoint, the next stage's while this one computes.
+
+        `languages`: an X-MOD model's lang_id of each sequence (None: fairseq's default, en_XX).
         """
         enc = "encoder.sentence_encoder"
         activation = ACTIVATIONS[self._hparam("activation_fn")]
@@ -230,7 +233,7 @@ class FairseqReference:
             hidden_states = [x]
             for i in range(self.num_layers()):
                 with self._using(take_stage(next(stages))):
-                    x = self._layer(f"{enc}.layers.{i}", x, lengths, pre_norm, activation)
+                    x = self._layer(f"{enc}.layers.{i}", x, lengths, pre_norm, activation, languages)
                 hidden_states.append(x)
             if pre_norm:
                 with self._using(take_stage(next(stages))):
@@ -249,14 +252,39 @@ class FairseqReference:
             x = self._layer_norm(x, f"{enc}.layernorm_embedding")
         return x
 
-    def _layer(self, layer: str, x: torch.Tensor, lengths: list[int], pre_norm: bool, activation) -> torch.Tensor:
+    def _layer(self, layer: str, x: torch.Tensor, lengths: list[int], pre_norm: bool, activation,
+               languages: list[str | None] | None) -> torch.Tensor:
         if pre_norm:
             x = x + self._attention(self._layer_norm(x, f"{layer}.self_attn_layer_norm"), f"{layer}.self_attn", lengths)
             y = self._layer_norm(x, f"{layer}.final_layer_norm")
-            return x + self._linear(activation(self._linear(y, f"{layer}.fc1")), f"{layer}.fc2")
+            x = x + self._linear(activation(self._linear(y, f"{layer}.fc1")), f"{layer}.fc2")
+            return self._lang_adapter(layer, x, lengths, activation, languages)
         x = self._layer_norm(x + self._attention(x, f"{layer}.self_attn", lengths), f"{layer}.self_attn_layer_norm")
         y = self._linear(activation(self._linear(x, f"{layer}.fc1")), f"{layer}.fc2")
-        return self._layer_norm(x + y, f"{layer}.final_layer_norm")
+        x = self._lang_adapter(layer, x + y, lengths, activation, languages)
+        return self._layer_norm(x, f"{layer}.final_layer_norm")
+
+    def _lang_adapter(self, layer: str, x: torch.Tensor, lengths: list[int], activation,
+                      languages: list[str | None] | None) -> torch.Tensor:
+        """fairseq's XMODTransformerEncoderLayerBase.lang_adapter: after the FFN's residual, before a
+        post-norm final_layer_norm; each sequence through its language's bottleneck adapter."""
+        marker = layer.removeprefix("encoder") + ".adapter_modules."  # under encoder. or decoder.
+        if not any(marker in key for key in self.state):
+            return x
+        # The xmod_base architectures' defaults, where the checkpoint's cfg does not say.
+        ln_before_adapter = self.hparams.get("ln_before_adapter", True)
+        residual = x
+        if self.has(f"{layer}.adapter_layer_norm.weight"):
+            x = self._layer_norm(x, f"{layer}.adapter_layer_norm")
+        elif self.hparams.get("adapter_reuse_layer_norm", True):
+            x = self._layer_norm(x, f"{layer}.final_layer_norm")
+        if ln_before_adapter:
+            residual = x
+        adapted = []
+        for language, rows in zip(languages or [None] * len(lengths), x.split(lengths)):
+            name = f"{layer}.adapter_modules.{(language or 'en_XX').replace('_rom', '').replace('_zaw', '')}"
+            adapted.append(self._linear(activation(self._linear(rows, f"{name}.fc1")), f"{name}.fc2"))
+        return torch.cat(adapted) + residual
 
     def _lm_logits(self, x: torch.Tensor, activation) -> torch.Tensor:
         y = activation(self._linear(x, "encoder.lm_head.dense"))
