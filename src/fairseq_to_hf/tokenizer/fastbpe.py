@@ -6,9 +6,12 @@ fairseq looks each piece ("xx@@" or "xx") up in dict.txt. The tokenizer is a `to
 `</w>` as end-of-word suffix: a piece without the suffix is a non-final one, so its id is the one of
 "piece@@", and "piece</w>" has the id of "piece".
 
-What `tokenizers` cannot do: fairseq splits fastBPE's output again on any whitespace, so a tab,
-newline or U+00A0 inside a word cuts a piece in two (or leaves a bare "@@"). The tokenizer splits the
-text on every whitespace character first, which equals fairseq on every line whose words hold none.
+Whitespace other than ' ' (tab, newline, U+00A0) is a character of its word for fastBPE, and fairseq
+then splits the pieces again on any whitespace: "a\tb" gives "a@@ \t@@ b", so "a@@ @@ b". The
+tokenizer splits on ' ' only and keeps such characters in the word; they become one character the
+codes never merge, whose token has the id of the bare separator "@@". What no `tokenizers` pipeline can
+reproduce: a word ending in such whitespace ("a\t" gives "a@@", the whitespace piece vanishes), and a
+piece that merges hold whitespace inside (fairseq cuts it in two).
 """
 
 from __future__ import annotations
@@ -69,9 +72,20 @@ def prepare_word_bpe(kind: TokenizerKind, files: TokenizerFiles, dictionary: Dic
     from ..verify.fairseq_encode import WordBpeEncoder
 
     merges = list(dict.fromkeys((a, b) for a, b, _ in codes))  # a repeated merge keeps its first rank
-    vocabulary = word_bpe_vocabulary(dictionary, model_rows, merges, separator)
-    tokenizer = build_word_bpe_tokenizer(vocabulary, merges, fastbpe=fastbpe)
+    merged_chars = {char for a, b in merges for char in a + b}
+    # Whitespace the codes never merge all acts alike: one character stands for it.
+    free_whitespace = [char for char in PYTHON_WHITESPACE if char != " " and char not in merged_chars]
+    vocabulary = word_bpe_vocabulary(dictionary, model_rows, merges, separator, free_whitespace[:1])
+    tokenizer = build_word_bpe_tokenizer(vocabulary, merges, free_whitespace, fastbpe=fastbpe)
     reference = WordBpeEncoder(merges, separator, fastbpe=fastbpe)
+
+    free_pieces = {char + separator for char in free_whitespace}
+
+    def known_difference(text: str) -> bool:
+        """A piece holding whitespace that the tokenizer cannot give fairseq's ids: one that fairseq's
+        whitespace split drops (a word ending in a tab) or cuts in two, or merged with other characters."""
+        return any(piece not in free_pieces and piece.split() != [piece] for piece in reference.pieces(text))
+
     # vocab.txt (dict.txt's symbols) and bpe.codes in fastBPE's format: what PhobertTokenizer reads.
     vocab_txt = "".join(f"{symbol} 1\n" for symbol in dictionary.symbols[len(SPECIAL_SYMBOLS):]
                         if symbol != MASK)
@@ -79,15 +93,18 @@ def prepare_word_bpe(kind: TokenizerKind, files: TokenizerFiles, dictionary: Dic
     return PreparedTokenizer(
         kind.name, files, tokenizer, vocabulary, reference.bpe_string, dictionary,
         details={"merges": len(merges), "separator": separator},
-        known_difference=lambda text: whitespace_inside_word(text, fastbpe=fastbpe),
+        known_difference=known_difference,
         extra_files={"vocab.txt": vocab_txt, "bpe.codes": codes_txt},
     )
 
 
 def word_bpe_vocabulary(dictionary: Dictionary, model_rows: int, merges: list[tuple[str, str]],
-                        separator: str) -> TokenVocabulary:
-    def symbol_of(token: str) -> str:
-        return token.removesuffix(END_OF_WORD) if token.endswith(END_OF_WORD) else token + separator
+                        separator: str, whitespace: list[str]) -> TokenVocabulary:
+    def symbol_of(token: str) -> str | None:
+        """The dict.txt symbol fairseq looks the piece up as, after splitting it on whitespace."""
+        text = token.removesuffix(END_OF_WORD) if token.endswith(END_OF_WORD) else token + separator
+        parts = text.split()
+        return parts[0] if len(parts) == 1 else None  # None: no single id can stand for it
 
     segment_tokens = []
     for symbol in dictionary.symbols[len(SPECIAL_SYMBOLS):]:
@@ -95,21 +112,29 @@ def word_bpe_vocabulary(dictionary: Dictionary, model_rows: int, merges: list[tu
         if token and token != END_OF_WORD:
             segment_tokens.append((token, symbol))
     needed = {part for a, b in merges for part in (a, b, a + b)}
-    segment_tokens += [(token, symbol_of(token)) for token in sorted(needed)]
+    segment_tokens += [(token, symbol_of(token)) for token in (*sorted(needed), *whitespace)]
     return assign_ids(dictionary, model_rows, segment_tokens, needed)
 
 
-def build_word_bpe_tokenizer(vocabulary: TokenVocabulary, merges: list[tuple[str, str]], *,
-                             fastbpe: bool) -> Tokenizer:
+def build_word_bpe_tokenizer(vocabulary: TokenVocabulary, merges: list[tuple[str, str]],
+                             free_whitespace: list[str], *, fastbpe: bool) -> Tokenizer:
     tokenizer = Tokenizer(models.BPE(vocab=vocabulary.ids, merges=merges, unk_token="<unk>", fuse_unk=False,
                                      end_of_word_suffix=END_OF_WORD))
-    whitespace = "[" + "".join(f"\\x{{{ord(char):x}}}" for char in PYTHON_WHITESPACE) + "]"
+    steps = []
     if fastbpe:
         # fastBPE stops reading characters at a NUL: the character before it and the rest of the word
         # are one symbol, never a merge nor in dict.txt, so <unk>; one NUL stands for it.
-        not_space = whitespace.replace("[", "[^", 1)
-        tokenizer.normalizer = normalizers.Replace(Regex(f"{not_space}?\\x00{not_space}*"), "\x00")
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(whitespace + "+"), behavior="removed")
+        steps.append(normalizers.Replace(Regex("[^ ]?\\x00[^ ]*"), "\x00"))
+    else:
+        steps.append(normalizers.Replace(Regex("\\A[ \\r\\n]+|[ \\r\\n]+\\z"), ""))  # process_line's strip
+    if len(free_whitespace) > 1:
+        pattern = "[" + "".join(f"\\x{{{ord(char):x}}}" for char in free_whitespace[1:]) + "]"
+        steps.append(normalizers.Replace(Regex(pattern), free_whitespace[0]))
+    # A word that is one whitespace character is one piece, whitespace only, which fairseq drops.
+    lone = "[" + "".join(f"\\x{{{ord(char):x}}}" for char in PYTHON_WHITESPACE if char != " ") + "]"
+    steps.append(normalizers.Replace(Regex(f"(?<![^ ]){lone}(?![^ ])"), ""))
+    tokenizer.normalizer = normalizers.Sequence(steps)
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(" +"), behavior="removed")
     tokenizer.decoder = decoders.BPEDecoder(suffix=END_OF_WORD)
     # <s> A </s> and <s> A </s> </s> B </s>, as RobertaHubInterface.encode frames sentences.
     tokenizer.post_processor = processors.TemplateProcessing(
@@ -123,12 +148,6 @@ def build_word_bpe_tokenizer(vocabulary: TokenVocabulary, merges: list[tuple[str
     return tokenizer
 
 
-def whitespace_inside_word(text: str, *, fastbpe: bool) -> bool:
-    """True when a word (split on ' ', as fastBPE and subword-nmt split) holds other whitespace."""
-    line = text if fastbpe else text.strip(" \r\n")
-    return any(char in PYTHON_WHITESPACE for word in line.split(" ") for char in word)
-
-
 KIND = TokenizerKind(
     name="fastbpe",
     fairseq_bpe="fastbpe",
@@ -136,7 +155,7 @@ KIND = TokenizerKind(
     prepare=prepare_fastbpe,
     card="fastBPE codes applied word by word with `@@` continuation marks (as PhoBERT and BERTweet); "
          "`vocab.txt` and `bpe.codes` also load with `PhobertTokenizer` / `BertweetTokenizer`",
-    known_difference="a word holding a tab, newline or other non-space whitespace: fairseq cuts fastBPE's "
-                     "piece at it, which no `tokenizers` pipeline reproduces",
+    known_difference="a word ends in a tab, newline or other non-space whitespace (fairseq drops that piece), "
+                     "or a merged piece holds such whitespace (fairseq cuts it in two)",
     claims=lambda files: not has_version_header(files),
 )

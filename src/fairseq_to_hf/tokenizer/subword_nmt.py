@@ -42,7 +42,7 @@ KIND = TokenizerKind(
     prepare=prepare_subword_nmt,
     card="subword-nmt codes applied word by word with `@@` continuation marks; `vocab.txt` and `bpe.codes` "
          "(rewritten in fastBPE's format) also load with `PhobertTokenizer`",
-    known_difference="a word holding a tab, newline or other non-space whitespace: fairseq cuts subword-nmt's "
-                     "piece at it, which no `tokenizers` pipeline reproduces",
+    known_difference="a word ends in a tab, newline or other non-space whitespace (fairseq drops that piece), "
+                     "or a merged piece holds such whitespace (fairseq cuts it in two)",
     claims=has_version_header,
 )

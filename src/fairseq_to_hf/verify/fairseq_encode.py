@@ -121,7 +121,8 @@ class WordBpeEncoder:
         symbols[-1] = symbols[-1].removesuffix(END_OF_WORD)
         return tuple(symbol for symbol in symbols if symbol) or ("",)
 
-    def bpe_string(self, text: str) -> str:
+    def pieces(self, text: str) -> list[str]:
+        """The line's pieces, separator included: what fairseq then splits on whitespace."""
         line = text if self.fastbpe else text.strip(" \r\n")
         pieces = []
         for word in line.split(" "):
@@ -129,12 +130,16 @@ class WordBpeEncoder:
                 continue
             parts = self._bpe(word) if len(word) > 1 or self.fastbpe else (word,)
             pieces += [part + self.separator for part in parts[:-1]] + [parts[-1]]
+        return pieces
+
+    def bpe_string(self, text: str) -> str:
+        pieces = " ".join(self.pieces(text))
         if self.fastbpe:
-            return " ".join(pieces)
+            return pieces
         # process_line gives the stripped ends back (fairseq's encode_line drops them again).
         lead = len(text) - len(text.lstrip(" \r\n"))
         trail = len(text) - len(text.rstrip(" \r\n"))
-        return text[:lead] + " ".join(pieces) + (text[len(text) - trail:] if trail and trail != len(text) else "")
+        return text[:lead] + pieces + (text[len(text) - trail:] if trail and trail != len(text) else "")
 
 
 def fairseq_encode(bpe: Callable[[str], str], index: dict[str, int], sentence: str, *more: str) -> list[int]:
