@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -144,3 +145,73 @@ def test_nan_weights_are_named_and_need_a_flag(tmp_path: Path) -> None:
                    "--allow-non-finite")
     allowed = run_cli("convert", src, out, "--allow-non-finite")
     assert allowed.returncode == 0, allowed.stderr
+
+
+def _without_layers(state: OrderedDict) -> None:
+    for key in [key for key in state if ".layers." in key]:
+        del state[key]
+
+
+def _short_position_table(state: OrderedDict) -> None:
+    key = "encoder.sentence_encoder.embed_positions.weight"
+    state[key] = state[key][:4].clone()
+
+
+@pytest.mark.parametrize("edit, phrase", [(_without_layers, "no encoder layers"),
+                                          (_short_position_table, "the position table has 4 rows")],
+                         ids=["zero-layers", "4-row-position-table"])
+def test_degenerate_encoders_are_refused_in_one_line(tmp_path: Path, edit, phrase: str) -> None:
+    src = edited_mlm_checkpoint(tmp_path / "src", edit)
+    out = tmp_path / "out"
+    assert_refused(run_cli("convert", src, out), out, 2, phrase)
+
+
+def test_keys_mixing_both_prefixes_convert_as_fairseq_loads_them(tmp_path: Path) -> None:
+    """fairseq renames `decoder.` (<= 0.9) to `encoder.` key by key; the reference must find either."""
+    def edit(state: OrderedDict) -> None:
+        for key in [key for key in state if key.startswith("encoder.sentence_encoder.layers.1.")]:
+            state["decoder" + key[len("encoder"):]] = state.pop(key)
+
+    src = edited_mlm_checkpoint(tmp_path / "src", edit)
+    out = tmp_path / "out"
+    result = run_cli("convert", src, out)
+    assert result.returncode == 0, result.stderr
+    assert "verified" in result.stderr.splitlines()[-1]
+    from conftest import assert_matches_fairseq
+    from transformers import AutoModelForMaskedLM
+
+    assert_matches_fairseq("roberta_mlm", out, AutoModelForMaskedLM, None)
+
+
+@pytest.fixture(scope="module")
+def converted_mlm(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("verify") / "good"
+    result = run_cli("convert", MLM, out, "--no-verify")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.mark.parametrize("key, value", [("num_hidden_layers", 3), ("hidden_size", 64)])
+def test_verify_on_a_folder_whose_config_was_edited_fails_with_the_reason(converted_mlm: Path, tmp_path: Path,
+                                                                          key: str, value: int) -> None:
+    folder = tmp_path / "edited"
+    shutil.copytree(converted_mlm, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    result = run_cli("verify", MLM, folder)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"config.json says {key} {value}" in result.stderr and "DOES NOT match" in result.stderr
+
+
+def test_verify_refuses_other_models_and_missing_folders(converted_mlm: Path, tmp_path: Path) -> None:
+    bert = tmp_path / "bert"
+    shutil.copytree(converted_mlm, bert)
+    config = json.loads((bert / "config.json").read_text())
+    config.update(model_type="bert", architectures=["BertForMaskedLM"])
+    (bert / "config.json").write_text(json.dumps(config))
+    for folder, phrase in ((bert, "holds a BertForMaskedLM"), (tmp_path / "missing", "does not exist")):
+        result = run_cli("verify", MLM, folder)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and phrase in lines[0], result.stderr

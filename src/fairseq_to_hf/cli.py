@@ -272,7 +272,9 @@ def _verify(args: argparse.Namespace, log) -> int:
     report = verify_folder(args.src, args.out, checkpoint=args.checkpoint, dictionary=args.dictionary,
                            head=args.head, verify_text=args.verify_text, tolerance=args.tolerance,
                            streamed=args.block_by_block, **_tokenizer_files(args))
-    weights = report["verification"]
+    for mismatch in report.get("config_mismatches", []):
+        log(f"  {mismatch}")
+    weights = report["verification"] or {"max_abs_diff": {}, "loading_warnings": []}
     for kind, diff in weights["max_abs_diff"].items():
         log(f"  max abs diff {kind:<18} {diff:.3g}")
     for warning in weights["loading_warnings"]:

@@ -32,6 +32,7 @@ ACTIVATIONS = {"gelu": "gelu", "gelu_accurate": "gelu_new", "gelu_fast": "gelu_n
                "tanh": "tanh", "linear": "linear"}
 OUTPUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 LAYER_NORM_EPS = 1e-5
+MIN_POSITION_ROWS = 5  # the padding and offset rows, then <s>, one token, </s>
 LAYER_INDEX = re.compile(rf"^{re.escape(E)}\.layers\.(\d+)\.")
 
 
@@ -299,12 +300,17 @@ def _dims(source: dict[str, SourceTensor], hparams: dict[str, Any], problems: Pr
 
     vocab_size, hidden = (shape(f"{E}.embed_tokens.weight") + (0, 0))[:2]
     layers = sorted({int(m.group(1)) for key in source if (m := LAYER_INDEX.match(key))})
-    if layers != list(range(len(layers))):
+    if not layers:
+        problems.add(f"no encoder layers ({E}.layers.*): there is no model to convert")
+    elif layers != list(range(len(layers))):
         problems.add(f"encoder layers are numbered {layers}, not 0..{len(layers) - 1}")
     positions = shape(f"{E}.embed_positions.weight")
     if not positions:
         problems.add("no learned position table (encoder.sentence_encoder.embed_positions.weight): "
                      "sinusoidal or absent positions have no Transformers equivalent")
+    elif positions[0] < MIN_POSITION_ROWS:
+        problems.add(f"the position table has {positions[0]} rows; fairseq's has max_positions + 2 (pads and the "
+                     f"offset take two), so at least {MIN_POSITION_ROWS} to hold <s>, a token and </s>")
     # The configured size if some layer has it, else the layers' majority: a damaged layer is then
     # reported as such rather than blamed on all the others.
     ffn_sizes = Counter(shape(f"{E}.layers.{i}.fc1.weight")[:1] for i in layers)

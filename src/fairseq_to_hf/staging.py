@@ -140,7 +140,8 @@ def _publish(staging: Path, target: OutputTarget) -> None:
             raise OutputError("was replaced by another folder, or changed, while converting; it was left as it is",
                               path=out, hint="nothing was written; run the conversion again")
         _exchange(staging, out)
-        if _identity(staging) != target.replaces:  # swapped with a folder that appeared in between
+        swapped_out = _identity(staging)  # a rename changes the change time: compare device and inode
+        if swapped_out is None or swapped_out[:2] != target.replaces[:2]:  # a folder that appeared in between
             _exchange(staging, out)
             raise OutputError("was replaced by another folder, or changed, while converting; it was left as it is",
                               path=out, hint="nothing was written; run the conversion again")

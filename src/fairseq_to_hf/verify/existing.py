@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from ..errors import ConversionError
-from ..plan import PlanOptions, list_heads, make_plan
+from ..arch.families import FAMILIES
+from ..plan import Dims, PlanOptions, list_heads, make_plan
 from ..reader.checkpoint import read_checkpoint
 from ..reader.dictionary import read_dictionary
 from ..reader.folder import find_source_files, read_text_lines
@@ -18,7 +19,8 @@ from .compare import DEFAULT_TOLERANCE, reference_rows, verification_inputs, ver
 from .reference import FairseqReference
 from .tokenizer_check import verify_tokenizer
 
-SUPPORTED_SUFFIXES = ("ForMaskedLM", "ForSequenceClassification")
+SUPPORTED_CLASSES = frozenset(name for family in FAMILIES.values()
+                              for name in (family.masked_lm_class, family.classifier_class))
 HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -41,9 +43,10 @@ def verify_folder(
     out = Path(out)
     config = _read_config(out)
     architecture = (config.get("architectures") or [""])[0]
-    if not architecture.endswith(SUPPORTED_SUFFIXES):
-        raise ConversionError(f"holds a {architecture or 'model without architectures'}; verify checks "
-                              "*ForMaskedLM and *ForSequenceClassification folders", path=out / "config.json")
+    if architecture not in SUPPORTED_CLASSES:
+        raise ConversionError(f"holds a {architecture or 'model without architectures'}; verify checks the "
+                              "masked-LM and classifier folders of fairseq's RoBERTa family", path=out / "config.json",
+                              hint=f"one of {', '.join(sorted(SUPPORTED_CLASSES))}")
     files = find_source_files(src, checkpoint=checkpoint, dictionary=dictionary, **tokenizer_files)
     source = read_checkpoint(files.checkpoint)
     token_dictionary = read_dictionary(files.dictionary)
@@ -52,6 +55,12 @@ def verify_folder(
     dims = plan.dims
     report: dict[str, Any] = {"source_checkpoint": str(files.checkpoint), "folder": str(out),
                               "architecture": architecture, "head": head_name}
+
+    mismatches = config_mismatches(config, dims)
+    if mismatches:  # the model would not even run on the checkpoint's inputs
+        report.update(verification=None, config_mismatches=mismatches, tokenizer_verification=None,
+                      tokenizer_note="config.json does not describe this checkpoint", passed=False)
+        return report
 
     # A folder saved in half precision is compared with the source rounded alike.
     stored_dtype = HALF_DTYPES.get(str(config.get("dtype") or config.get("torch_dtype")))
@@ -82,7 +91,19 @@ def verify_folder(
     return report
 
 
+def config_mismatches(config: dict[str, Any], dims: Dims) -> list[str]:
+    """Sizes in config.json that differ from the checkpoint's (taken from its tensors)."""
+    expected = {"num_hidden_layers": dims.num_layers, "hidden_size": dims.hidden_size,
+                "num_attention_heads": dims.num_heads, "intermediate_size": dims.ffn_size,
+                "max_position_embeddings": dims.positions}
+    return [f"config.json says {key} {config.get(key)!r}, the checkpoint has {value}"
+            for key, value in expected.items() if config.get(key) != value]
+
+
 def _read_config(out: Path) -> dict[str, Any]:
+    if not out.is_dir():
+        raise ConversionError("does not exist" if not out.exists() else "is not a folder", path=out,
+                              hint="pass the Transformers folder to check")
     try:
         return json.loads((out / "config.json").read_text(encoding="utf-8"))
     except FileNotFoundError:

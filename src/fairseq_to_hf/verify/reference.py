@@ -54,6 +54,11 @@ class ReferenceOutputs:
 Stage = tuple[str, ...]  # prefixes of the fairseq tensor names a stage of the forward pass uses
 
 
+def _stored_spellings(name: str) -> tuple[str, ...]:
+    """`encoder.X` may be stored as `decoder.X` (fairseq <= 0.9); fairseq renames key by key, so both can mix."""
+    return (name, "decoder." + name.removeprefix("encoder.")) if name.startswith("encoder.") else (name,)
+
+
 class FairseqReference:
     """Computes fairseq RoBERTa outputs from a raw fairseq state dict of lazy tensors."""
 
@@ -61,7 +66,6 @@ class FairseqReference:
         self.state = state
         self.hparams = hparams
         self.round_to = round_to  # the output dtype when the converter casts; the reference rounds alike
-        self.prefix = "decoder" if any(k.startswith("decoder.sentence_encoder.") for k in state) else "encoder"
         self._stage_tensors: dict[str, torch.Tensor] = {}
 
     # ---- finding fairseq tensors under any generation's names --------------------------------------
@@ -88,12 +92,15 @@ class FairseqReference:
     def _load(self, key: str) -> torch.Tensor:
         return self.prepare(self.state[key].load())
 
-    def _source_name(self, name: str) -> str:
-        return name.replace("encoder.", f"{self.prefix}.", 1) if name.startswith("encoder.") else name
-
     def _lookup(self, name: str) -> tuple[str, int | None] | None:
         """(fairseq key, which third of a fused q/k/v projection or None) holding `name`'s values."""
-        name = self._source_name(name)
+        for stored in _stored_spellings(name):
+            found = self._lookup_spelling(stored)
+            if found is not None:
+                return found
+        return None
+
+    def _lookup_spelling(self, name: str) -> tuple[str, int | None] | None:
         candidates = [name]
         if ".layernorm_embedding." in name:
             candidates.append(name.replace(".layernorm_embedding.", ".emb_layer_norm."))
@@ -132,7 +139,7 @@ class FairseqReference:
 
     def stage_keys(self, stage: Stage) -> list[str]:
         """The fairseq keys of the tensors a stage uses."""
-        prefixes = tuple(self._source_name(prefix) for prefix in stage)
+        prefixes = tuple(spelling for prefix in stage for spelling in _stored_spellings(prefix))
         return [key for key in self.state if key.startswith(prefixes)]
 
     def _load_stage(self, stage: Stage) -> dict[str, torch.Tensor]:
@@ -181,7 +188,7 @@ class FairseqReference:
 
     def num_layers(self) -> int:
         count = 0
-        while any(k.startswith(f"{self.prefix}.sentence_encoder.layers.{count}.") for k in self.state):
+        while any(k.startswith(_stored_spellings(f"encoder.sentence_encoder.layers.{count}.")) for k in self.state):
             count += 1
         return count
 
