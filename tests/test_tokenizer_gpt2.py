@@ -97,7 +97,8 @@ def test_a_wrong_tokenizer_fails_verification(tmp_path: Path) -> None:
     from fairseq_to_hf.tokenizer import TokenizerFiles, prepare_tokenizer, write_tokenizer
 
     dictionary = read_dictionary(FIXTURES / "roberta_mlm" / "dict.txt")
-    prepared = prepare_tokenizer(TokenizerFiles(GPT2_BPE / "encoder.json", GPT2_BPE / "vocab.bpe"),
+    prepared = prepare_tokenizer(TokenizerFiles({"encoder_json": GPT2_BPE / "encoder.json",
+                                                 "vocab_bpe": GPT2_BPE / "vocab.bpe"}),
                                  dictionary, MODEL_ROWS)
     write_tokenizer(tmp_path, prepared, model_max_length=64)
     vocabulary = prepared.vocabulary

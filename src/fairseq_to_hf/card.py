@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .tokenizer import kind_named, looked_for
+
 REPO_PLACEHOLDER = "your-username"
 
 
@@ -79,12 +81,12 @@ def model_card(report: dict[str, Any], output: dict[str, Any], options: CardOpti
                  f"key layout, hyper-parameters from `{source['hyper_parameters_from']}`.",
                  f"- Weights: `{output['dtype']}` safetensors ({', '.join(f for f in output['files'] if f.endswith('.safetensors'))})."]
     if tokenizer:
-        sections.append(f"- Tokenizer: {tokenizer['kind']} with fairseq's dict.txt ids; "
+        sections.append(f"- Tokenizer: {kind_named(tokenizer['kind']).card}, with fairseq's dict.txt ids; "
                         + (f"{tokenizer['alias_count']} tokens absent from dict.txt have alias ids "
                            f"{tokenizer['fairseq_vocab_rows']}..{tokenizer['vocab_size'] - 1} that the model treats "
                            "as `<unk>`, as fairseq does." if tokenizer["alias_count"] else "every token has its fairseq id."))
     else:
-        sections.append("- No tokenizer was written (the BPE or sentencepiece files were not given).")
+        sections.append(f"- No tokenizer was written (SRC had none of {looked_for()}).")
     dropped = output.get("dropped_tensors") or {}
     if dropped:
         sections.append(f"- Left out: {len(dropped)} checkpoint tensors not used by this architecture "
@@ -136,7 +138,6 @@ def verification_section(output: dict[str, Any]) -> list[str]:
     if tokens:
         lines += ["", f"Tokenizer: {tokens['lines_checked']} lines and {tokens['pairs_checked']} sentence pairs "
                   f"encoded as fairseq's `encode` does; {tokens['mismatch_count']} differ."]
-        if tokens.get("unknown_run_differences"):
-            lines.append(f"{tokens['unknown_run_differences']} more differ only where sentencepiece keeps a run of "
-                         "characters unknown to its model as one piece.")
+        if tokens.get("known_differences"):
+            lines.append(f"{tokens['known_differences']} more differ only where {tokens['known_difference']}.")
     return lines

@@ -83,18 +83,17 @@ def _repo_id(text: str) -> str:
 
 def _add_source_options(parser: argparse.ArgumentParser, tokenizer_purpose: str, checkpoint_extra: str = "") -> None:
     """SRC and the flags that locate its files, the same for every command."""
+    from .tokenizer import TOKENIZER_FILES
+
     parser.add_argument("src", metavar="SRC", help="fairseq model folder (or the checkpoint file itself)")
     parser.add_argument("--checkpoint", metavar="FILE",
                         help=f"checkpoint file in SRC (default: model.pt, or the only .pt file){checkpoint_extra}")
     parser.add_argument("--dict", dest="dictionary", metavar="FILE",
                         help="fairseq token dictionary (default: SRC/dict.txt or SRC/input0/dict.txt)")
-    parser.add_argument("--encoder-json", metavar="FILE",
-                        help=f"GPT-2 BPE encoder.json {tokenizer_purpose} (default: SRC/encoder.json if present)")
-    parser.add_argument("--vocab-bpe", metavar="FILE",
-                        help=f"GPT-2 BPE vocab.bpe {tokenizer_purpose} (default: SRC/vocab.bpe if present)")
-    parser.add_argument("--sentencepiece-model", metavar="FILE",
-                        help=f"sentencepiece model {tokenizer_purpose} "
-                        "(default: SRC/sentencepiece.bpe.model if present)")
+    for file in TOKENIZER_FILES:
+        parser.add_argument(file.flag, dest=file.role, metavar="FILE",
+                            help=f"{file.what} {tokenizer_purpose} (default: SRC/{' or SRC/'.join(file.names)} "
+                                 "if present)")
 
 
 def _positive_int(text: str) -> int:
@@ -298,15 +297,19 @@ def _run(args: argparse.Namespace) -> int:
     return _verify(args, log)
 
 
+def _tokenizer_files(args: argparse.Namespace) -> dict[str, str | None]:
+    from .tokenizer import TOKENIZER_FILES
+
+    return {file.role: getattr(args, file.role) for file in TOKENIZER_FILES}
+
+
 def _verify(args: argparse.Namespace, log) -> int:
     from .verify.existing import verify_folder
 
     report = verify_folder(args.src, args.out, checkpoint=args.checkpoint, dictionary=args.dictionary,
-                           encoder_json=args.encoder_json, vocab_bpe=args.vocab_bpe,
-                           sentencepiece_model=args.sentencepiece_model, head=args.head,
-                           default_language=args.default_language, verify_text=args.verify_text,
-                           tolerance=args.tolerance, streamed=args.block_by_block,
-                           hyper_parameters=_supplied(args))
+                           default_language=args.default_language, head=args.head, verify_text=args.verify_text,
+                           tolerance=args.tolerance, streamed=args.block_by_block, hyper_parameters=_supplied(args),
+                           **_tokenizer_files(args))
     for mismatch in report.get("config_mismatches", []):
         log(f"  {mismatch}")
     weights = report["verification"] or {"max_abs_diff": {}, "loading_warnings": [], "checks": []}
@@ -348,8 +351,7 @@ def _inspect(args: argparse.Namespace) -> int:
     from .inspection import format_inspection, inspect_source
 
     description = inspect_source(args.src, checkpoint=args.checkpoint, dictionary=args.dictionary,
-                                 encoder_json=args.encoder_json, vocab_bpe=args.vocab_bpe,
-                                 sentencepiece_model=args.sentencepiece_model, hyper_parameters=_supplied(args))
+                                 hyper_parameters=_supplied(args), **_tokenizer_files(args))
     print(json.dumps(description, indent=2) if args.json else format_inspection(description))
     return EXIT_OK
 
@@ -361,7 +363,7 @@ def _convert(args: argparse.Namespace, log) -> int:
 
     options = ConvertOptions(
         checkpoint=args.checkpoint, dictionary=args.dictionary, label_dict=args.label_dict,
-        encoder_json=args.encoder_json, vocab_bpe=args.vocab_bpe, sentencepiece_model=args.sentencepiece_model,
+        tokenizer_files=_tokenizer_files(args),
         head=args.head, all_heads=args.all_heads, model_type=args.model_type, dtype=args.dtype,
         default_language=args.default_language, max_shard_size=args.max_shard_size,
         card=CardOptions(language=args.language, license=args.license, base_model=args.base_model,

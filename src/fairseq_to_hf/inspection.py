@@ -13,16 +13,18 @@ from .plan import LM_HEAD, ConversionPlan, PlanOptions, adapter_languages, detec
 from .reader.checkpoint import read_checkpoint
 from .reader.dictionary import Dictionary, read_dictionary
 from .reader.folder import find_source_files
+from .tokenizer import TokenizerFiles, choose_kind, looked_for
 from .writer import DEFAULT_MAX_SHARD_BYTES, plan_shards, shard_file_names
 
 
 def inspect_source(src: str | Path, *, checkpoint: str | Path | None = None, dictionary: str | Path | None = None,
-                   encoder_json: str | Path | None = None, vocab_bpe: str | Path | None = None,
-                   sentencepiece_model: str | Path | None = None,
-                   hyper_parameters: SuppliedHyperParameters = SuppliedHyperParameters()) -> dict[str, Any]:
-    """Describes a fairseq model folder; reads the pickle and zip directory, never tensor data."""
-    files = find_source_files(src, checkpoint=checkpoint, dictionary=dictionary, encoder_json=encoder_json,
-                              vocab_bpe=vocab_bpe, sentencepiece_model=sentencepiece_model)
+                   hyper_parameters: SuppliedHyperParameters = SuppliedHyperParameters(),
+                   **tokenizer_files: str | Path | None) -> dict[str, Any]:
+    """Describes a fairseq model folder; reads the pickle and zip directory, never tensor data.
+
+    `tokenizer_files`: paths by role of tokenizer.TOKENIZER_FILES (encoder_json=..., bpe_codes=...).
+    """
+    files = find_source_files(src, checkpoint=checkpoint, dictionary=dictionary, **tokenizer_files)
     source = read_checkpoint(files.checkpoint)
     token_dictionary = read_dictionary(files.dictionary)
     normalised, _, _ = normalise_state_dict(source.tensors)
@@ -53,7 +55,9 @@ def inspect_source(src: str | Path, *, checkpoint: str | Path | None = None, dic
         "dictionary": {"path": str(files.dictionary), "symbols": len(token_dictionary),
                        "kind": dictionary_kind(token_dictionary)},
         "label_dictionary": str(files.label_dictionary) if files.label_dictionary else None,
-        "tokenizer_files": {k: str(v) for k, v in vars(files.tokenizer).items() if v is not None},
+        "tokenizer_files": {k: str(v) for k, v in files.tokenizer.paths.items()},
+        "trained_with_bpe": source.bpe.get("_name"),
+        "tokenizer_kind": _tokenizer_kind(files.tokenizer, source.bpe),
         "tensors": len(source.tensors),
         "parameters_by_dtype": dict(by_dtype),
         "languages": list(adapter_languages(normalised)),  # X-MOD adapters; none for other models
@@ -103,6 +107,15 @@ def describe_plan(plan: ConversionPlan, max_shard_bytes: int = DEFAULT_MAX_SHARD
     }
 
 
+def _tokenizer_kind(files: TokenizerFiles, bpe: dict) -> str | None:
+    """The kind convert would write, or why it would refuse."""
+    try:
+        kind = choose_kind(files, bpe)
+    except ConversionError as error:
+        return f"refused: {error.render().splitlines()[0]}"
+    return kind.name if kind else None
+
+
 def format_inspection(description: dict[str, Any]) -> str:
     lines = [f"checkpoint   {description['checkpoint']} ({description['checkpoint_format']} format, "
              f"{description['checkpoint_bytes'] / 1e6:.1f} MB; hyper-parameters from {description['hyper_parameters_from']}"
@@ -123,8 +136,9 @@ def format_inspection(description: dict[str, Any]) -> str:
     lines.append("heads        " + (", ".join(f"{name} ({info['num_classes']} outputs)" for name, info in heads.items())
                                    or "none (masked LM)"))
     tokenizer = description["tokenizer_files"]
-    lines.append("tokenizer    " + (", ".join(tokenizer.values()) if tokenizer else
-                                   "no files found (pass --encoder-json/--vocab-bpe or --sentencepiece-model)"))
+    trained = f"; trained with --bpe {description['trained_with_bpe']}" if description["trained_with_bpe"] else ""
+    lines.append("tokenizer    " + (f"{description['tokenizer_kind']}: {', '.join(tokenizer.values())}{trained}"
+                                   if tokenizer else f"no files found (looked for {looked_for()}){trained}"))
     for target, outcome in description["convert_would_produce"].items():
         flag = "" if target == "default" else f" --head {target}"
         if "plan" in outcome:

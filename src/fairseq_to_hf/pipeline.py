@@ -24,7 +24,7 @@ from .reader.checkpoint import Checkpoint, read_checkpoint
 from .reader.dictionary import Dictionary, read_dictionary
 from .reader.folder import SourceFiles, find_source_files, read_text_lines
 from .report import REPORT_FILE, ConversionReport, OutputReport
-from .tokenizer import PreparedTokenizer, prepare_tokenizer, write_tokenizer
+from .tokenizer import TOKENIZER_FILES, PreparedTokenizer, kind_named, looked_for, prepare_tokenizer, write_tokenizer
 from .verify.alongside import ReferenceAlongside
 from .verify.compare import (DEFAULT_TOLERANCE, per_language, reference_languages, reference_rows,
                              verification_inputs, verify_weights)
@@ -38,8 +38,8 @@ Log = Callable[[str], None]
 STREAMED_VERIFY_BYTES = 64 << 20
 NOT_FINITE_HINT = ("its outputs are not finite (NaN or Inf), which no comparison can verify; a model converted "
                    "with --allow-non-finite can only be written with --no-verify")
-NO_TOKENIZER = ("no tokenizer written: SRC has neither encoder.json + vocab.bpe (GPT-2 BPE) nor a sentencepiece "
-                "model; pass --encoder-json and --vocab-bpe, or --sentencepiece-model, to write one")
+NO_TOKENIZER = (f"no tokenizer written: SRC has none of {looked_for()}; pass their paths with "
+                f"{', '.join(f.flag for f in TOKENIZER_FILES)} to write one")
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,9 @@ class ConvertOptions:
     checkpoint: str | Path | None = None
     dictionary: str | Path | None = None
     label_dict: str | Path | None = None
-    encoder_json: str | Path | None = None
-    vocab_bpe: str | Path | None = None
-    sentencepiece_model: str | Path | None = None
+    # Tokenizer files by role (tokenizer.TOKENIZER_FILES: encoder_json, bpe_codes, ...); convert() also
+    # takes the roles as keywords.
+    tokenizer_files: dict[str, str | Path | None] = field(default_factory=dict)
     # What to write.
     head: str | None = None
     all_heads: bool = False
@@ -101,16 +101,16 @@ class SharedSources:
     verify_lines: tuple[str, ...] = ()
     tokenizers: dict[int, PreparedTokenizer | None] = field(default_factory=dict)  # by model vocabulary rows
 
-    def tokenizer(self, model_rows: int) -> PreparedTokenizer | None:
+    def tokenizer(self, model_rows: int, bpe: dict) -> PreparedTokenizer | None:
         if model_rows not in self.tokenizers:
-            self.tokenizers[model_rows] = prepare_tokenizer(self.files.tokenizer, self.dictionary, model_rows)
+            self.tokenizers[model_rows] = prepare_tokenizer(self.files.tokenizer, self.dictionary, model_rows, bpe)
         return self.tokenizers[model_rows]
 
     def inputs(self, options: ConvertOptions) -> list[Path]:
         """Every file and folder this conversion reads: OUT must hold none of them."""
         files = self.files
         paths = [files.folder, files.checkpoint, files.dictionary, files.label_dictionary,
-                 *vars(files.tokenizer).values(), options.verify_text]
+                 *files.tokenizer.paths.values(), options.verify_text]
         return [Path(path) for path in paths if path is not None]
 
 
@@ -123,7 +123,7 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = N
     (with nothing written) when the converted model or tokenizer does not reproduce fairseq.
     `num_heads`, `activation_fn`, `pooler_activation_fn`: hyper-parameters the checkpoint lacks.
     """
-    options = replace(options or ConvertOptions(), **option_fields)
+    options = _with_fields(options, option_fields)
     say = log or (lambda message: None)
     shared = _shared_sources(src, options, options.checkpoint)
     target = output_target(out, force=options.force, inputs=shared.inputs(options))
@@ -149,7 +149,7 @@ def convert_batch(src: str | Path, out: str | Path, options: ConvertOptions | No
     checkpoint is recorded and the others go on; OUT appears, with the checkpoints that converted, when
     all have been tried, and not at all when none did.
     """
-    options = replace(options or ConvertOptions(), **option_fields)
+    options = _with_fields(options, option_fields)
     say = log or (lambda message: None)
     checkpoints = matching_checkpoints(src, str(options.checkpoint))
     shared = _shared_sources(src, options, next(iter(checkpoints.values())))
@@ -209,10 +209,17 @@ def matching_checkpoints(src: str | Path, pattern: str) -> dict[str, Path]:
     return {str(path.relative_to(common).with_suffix("")): path for path in found}
 
 
+def _with_fields(options: ConvertOptions | None, fields: dict) -> ConvertOptions:
+    """ConvertOptions fields by keyword; tokenizer file roles (encoder_json=...) go into tokenizer_files."""
+    options = options or ConvertOptions()
+    roles = {f.role for f in TOKENIZER_FILES}
+    files = {**options.tokenizer_files, **{k: v for k, v in fields.items() if k in roles}}
+    return replace(options, tokenizer_files=files, **{k: v for k, v in fields.items() if k not in roles})
+
+
 def _shared_sources(src: str | Path, options: ConvertOptions, checkpoint: str | Path | None) -> SharedSources:
     files = find_source_files(src, checkpoint=checkpoint, dictionary=options.dictionary,
-                              label_dictionary=options.label_dict, encoder_json=options.encoder_json,
-                              vocab_bpe=options.vocab_bpe, sentencepiece_model=options.sentencepiece_model)
+                              label_dictionary=options.label_dict, **options.tokenizer_files)
     labels = read_dictionary(files.label_dictionary) if files.label_dictionary else None
     lines = tuple(read_text_lines(options.verify_text)) if options.verify_text else ()
     return SharedSources(files, read_dictionary(files.dictionary), labels, lines)
@@ -231,7 +238,7 @@ def _prepare(source: Checkpoint, shared: SharedSources, options: ConvertOptions,
         if not heads:
             raise ConversionError("has no classification heads for --all-heads", path=source.path)
     first = make_plan(source, shared.dictionary, replace(base, head=heads[0]))
-    tokenizer = shared.tokenizer(first.dims.vocab_size)
+    tokenizer = shared.tokenizer(first.dims.vocab_size, source.bpe)
     alias_rows = len(tokenizer.vocabulary.aliases) if tokenizer else 0
     # With --all-heads each head gets a subfolder named after it; otherwise the one plan fills OUT.
     plans = {(name if options.all_heads else ""): make_plan(source, shared.dictionary,
@@ -376,12 +383,12 @@ def _verify_tokenizer(folder: Path, tokenizer: PreparedTokenizer, extra_lines: l
 
     vocabulary = tokenizer.vocabulary
     result = verify_tokenizer(folder, tokenizer.reference_bpe, tokenizer.dictionary, vocabulary.model_rows,
-                              vocabulary.size, extra_lines, tokenizer.unknown_run_quirk)
-    quirks = len(result.unknown_run_differences)
+                              vocabulary.size, extra_lines, tokenizer.known_difference,
+                              kind_named(tokenizer.kind).known_difference)
+    known = len(result.known_differences)
     say(f"  tokenizer: {result.lines_checked} lines and {result.pairs_checked} pairs checked against "
         f"fairseq's encode, {len(result.mismatches)} differ"
-        + (f" ({quirks} more differ only in runs of characters unknown to the sentencepiece model)"
-           if quirks else ""))
+        + (f" ({known} more differ where {result.known_difference})" if known else ""))
     return result.as_dict()
 
 

@@ -50,6 +50,8 @@ class Checkpoint:
     hparams_source: str  # "args", "cfg" or "none"
     top_level_keys: list[str] = field(default_factory=list)
     storages: StorageIndex | None = None  # where the tensors' bytes are; records the file's sha256 once read
+    # The BPE the model was trained with: cfg["bpe"] or args.bpe ("_name") and the bpe_* options.
+    bpe: dict[str, Any] = field(default_factory=dict)
 
     @property
     def total_bytes(self) -> int:
@@ -298,7 +300,20 @@ def _interpret(path: Path, root: Any, index: StorageIndex, format_name: str) -> 
         hparams_source=source,
         top_level_keys=[printable(str(key)) for key in root],
         storages=index,
+        bpe=_bpe_settings(root, hparams),
     )
+
+
+def _bpe_settings(root: dict[str, Any], hparams: dict[str, Any]) -> dict[str, Any]:
+    cfg = to_plain(root.get("cfg"))
+    bpe = cfg.get("bpe") if isinstance(cfg, dict) else None
+    if isinstance(bpe, dict) and bpe.get("_name"):
+        return {str(key): value for key, value in bpe.items()}
+    # args (fairseq <= 0.10), or a cfg whose model section kept the bpe fields
+    settings = {key: value for key, value in hparams.items() if isinstance(key, str) and key.startswith("bpe_")}
+    if isinstance(hparams.get("bpe"), str):
+        return {"_name": hparams["bpe"], **settings}
+    return {}
 
 
 def _hyper_parameters(root: dict[str, Any]) -> tuple[dict[str, Any], str]:

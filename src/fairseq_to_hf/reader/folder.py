@@ -6,14 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConversionError
-from ..tokenizer import TokenizerFiles
+from ..tokenizer import TOKENIZER_FILES, TokenizerFiles
 from .files import check_input_file, read_input_file
 
 DEFAULT_CHECKPOINT = "model.pt"
 # A released model keeps dict.txt beside model.pt; a GLUE-style data-bin keeps it in input0/.
 DICTIONARY_CANDIDATES = ("dict.txt", "input0/dict.txt")
 LABEL_DICTIONARY_CANDIDATES = ("label/dict.txt",)
-SENTENCEPIECE_CANDIDATES = ("sentencepiece.bpe.model", "sentencepiece.model", "spm.model")
 
 
 @dataclass(frozen=True)
@@ -40,10 +39,9 @@ def _find_source_files(
     checkpoint: str | Path | None = None,
     dictionary: str | Path | None = None,
     label_dictionary: str | Path | None = None,
-    encoder_json: str | Path | None = None,
-    vocab_bpe: str | Path | None = None,
-    sentencepiece_model: str | Path | None = None,
+    **tokenizer_files: str | Path | None,
 ) -> SourceFiles:
+    """`tokenizer_files`: a path by role of tokenizer.TOKENIZER_FILES (encoder_json=..., bpe_codes=...)."""
     src = Path(src)
     if not src.exists():
         raise ConversionError("does not exist", path=src, hint="pass a fairseq model folder or checkpoint file")
@@ -84,16 +82,13 @@ def _find_source_files(
             raise ConversionError("label dictionary not found", path=label_path, hint="check the --label-dict path")
     else:
         label_path = next((folder / name for name in LABEL_DICTIONARY_CANDIDATES if (folder / name).exists()), None)
-    tokenizer = TokenizerFiles(
-        encoder_json=_optional_file(folder, encoder_json, ("encoder.json",), "--encoder-json", "a GPT-2 encoder.json"),
-        vocab_bpe=_optional_file(folder, vocab_bpe, ("vocab.bpe",), "--vocab-bpe", "a GPT-2 vocab.bpe"),
-        sentencepiece_model=_optional_file(folder, sentencepiece_model, SENTENCEPIECE_CANDIDATES,
-                                           "--sentencepiece-model", "a sentencepiece model"),
-    )
-    if bool(tokenizer.encoder_json) != bool(tokenizer.vocab_bpe) and not tokenizer.sentencepiece_model:
-        have, lack = ("encoder.json", "--vocab-bpe") if tokenizer.encoder_json else ("vocab.bpe", "--encoder-json")
-        raise ConversionError(f"has {have} but not its partner", path=folder,
-                              hint=f"a GPT-2 BPE needs both files; pass the other with {lack}")
+    roles = {f.role for f in TOKENIZER_FILES}
+    if unknown := sorted(set(tokenizer_files) - roles):
+        raise TypeError(f"unknown tokenizer file option {unknown[0]!r}")
+    paths = {f.role: _optional_file(folder, tokenizer_files.get(f.role), f.names, f.flag, f"a {f.what}")
+             for f in TOKENIZER_FILES}
+    tokenizer = TokenizerFiles({role: path for role, path in paths.items() if path is not None},
+                               frozenset(role for role, given in tokenizer_files.items() if given))
     return SourceFiles(folder, checkpoint_path, dictionary_path, label_path, tokenizer)
 
 

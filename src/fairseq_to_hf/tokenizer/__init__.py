@@ -1,82 +1,96 @@
-"""Tokenizer files whose ids equal fairseq's: GPT-2 BPE or sentencepiece, remapped through dict.txt."""
+"""Tokenizer files whose ids equal fairseq's, remapped through dict.txt: the registry of tokenizer kinds.
+
+Each kind is one module with one `KIND` entry (tokenizer/base.py says what an entry holds): the files
+it reads, how it builds the `tokenizers` Tokenizer and its vocabulary, fairseq's encode that verifies
+it, and what the card says. Folder discovery, the command-line flags, inspect, convert, verify and the
+card all read KINDS.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenizers import Tokenizer
-
+from ..errors import ConversionError
 from ..reader.dictionary import BOS, EOS, MASK, PAD, UNK, Dictionary
-from .gpt2 import build_gpt2_tokenizer, gpt2_vocabulary, read_gpt2_files
 from ..writer import write_json, write_text
-from .vocab import TokenVocabulary
+from . import fastbpe, gpt2, hf_byte_bpe, sentencepiece, subword_nmt
+from .base import PreparedTokenizer, TokenizerFile, TokenizerFiles, TokenizerKind
+
+# Without the checkpoint's word, the first kind whose files are all there (and that claims them) wins.
+KINDS: tuple[TokenizerKind, ...] = (sentencepiece.KIND, gpt2.KIND, hf_byte_bpe.KIND, fastbpe.KIND,
+                                    subword_nmt.KIND)
+KINDS_BY_BPE = {kind.fairseq_bpe: kind for kind in KINDS}
+# Every file role once (fastBPE and subword-nmt share bpe_codes), in registry order.
+TOKENIZER_FILES: tuple[TokenizerFile, ...] = tuple({f.role: f for kind in KINDS for f in kind.files}.values())
 
 # transformers 4.x and 5.x both load tokenizer.json as it is through this class; model-specific classes
 # (RobertaTokenizer in 5.x) rebuild the tokenizer from vocab and merges and drop the unknown token.
 TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 
+__all__ = ["KINDS", "TOKENIZER_FILES", "PreparedTokenizer", "TokenizerFiles", "TokenizerKind", "choose_kind",
+           "looked_for", "prepare_tokenizer", "write_tokenizer"]
 
-@dataclass
-class TokenizerFiles:
-    encoder_json: Path | None = None
-    vocab_bpe: Path | None = None
-    sentencepiece_model: Path | None = None
 
-    @property
-    def kind(self) -> str | None:
-        if self.sentencepiece_model:
-            return "sentencepiece"
-        if self.encoder_json and self.vocab_bpe:
-            return "gpt2"
+def looked_for() -> str:
+    """The files a tokenizer is made from, for messages: "encoder.json + vocab.bpe (gpt2), ..."."""
+    seen, parts = set(), []
+    for kind in KINDS:
+        names = " + ".join(f.names[0] for f in kind.files)
+        if names not in seen:
+            seen.add(names)
+            parts.append(f"{names} ({kind.name})")
+    return ", ".join(parts)
+
+
+def choose_kind(files: TokenizerFiles, bpe: dict) -> TokenizerKind | None:
+    """The kind the model was trained with (cfg bpe), or the one the files make; None without files.
+
+    A file set that contradicts the checkpoint's bpe, or half of a kind's files, is refused.
+    """
+    complete = [kind for kind in KINDS if all(f.role in files.paths for f in kind.files)]
+    trained_with = KINDS_BY_BPE.get(str(bpe.get("_name") or ""))
+    if trained_with:
+        foreign = sorted(files.given - {f.role for f in trained_with.files})
+        if trained_with in complete and not foreign:
+            return trained_with
+        if files.paths:
+            have = ", ".join(sorted(Path(p).name for p in files.paths.values()))
+            raise ConversionError(
+                f"the model was trained with fairseq's --bpe {trained_with.fairseq_bpe}, but the tokenizer files "
+                f"are {have}", path=files.paths[foreign[0]] if foreign else None,
+                hint=f"give {' and '.join(f.flag for f in trained_with.files)} "
+                     f"({' + '.join(f.names[0] for f in trained_with.files)})")
         return None
-
-
-@dataclass
-class PreparedTokenizer:
-    """A tokenizer ready to write, with the reference segmentation that verifies it."""
-
-    kind: str
-    files: TokenizerFiles
-    tokenizer: Tokenizer
-    vocabulary: TokenVocabulary
-    reference_bpe: Callable[[str], str]  # fairseq's bpe.encode: text -> space-separated symbols
-    dictionary: Dictionary
-    details: dict = field(default_factory=dict)
-    # Lines where a difference is the known sentencepiece unknown-run limitation, not an error.
-    unknown_run_quirk: Callable[[str], bool] = lambda text: False
-
-    def summary(self) -> dict:
-        vocabulary = self.vocabulary
-        return {
-            "kind": self.kind,
-            "source_files": {k: v for k, v in vars(self.files).items() if v is not None},
-            "vocab_size": vocabulary.size,
-            "fairseq_vocab_rows": vocabulary.model_rows,
-            "alias_count": len(vocabulary.aliases),
-            "aliases": {token: vocabulary.ids[token] for token in vocabulary.aliases},
-            "unknown_tokens_left_out": len(vocabulary.unknown),
-            "mask_id": vocabulary.mask_id,
-            **self.details,
-        }
-
-
-def prepare_tokenizer(files: TokenizerFiles, dictionary: Dictionary, model_rows: int) -> PreparedTokenizer | None:
-    if files.kind == "gpt2":
-        from ..verify.fairseq_encode import Gpt2Encoder
-
-        encoder, merges = read_gpt2_files(files.encoder_json, files.vocab_bpe)
-        vocabulary = gpt2_vocabulary(encoder, merges, dictionary, model_rows, merges_path=files.vocab_bpe,
-                                     encoder_path=files.encoder_json)
-        tokenizer = build_gpt2_tokenizer(vocabulary, merges)
-        reference = Gpt2Encoder(encoder, merges).bpe_string
-        return PreparedTokenizer("gpt2", files, tokenizer, vocabulary, reference, dictionary)
-    if files.kind == "sentencepiece":
-        from .sentencepiece import prepare_sentencepiece
-
-        return prepare_sentencepiece(files, dictionary, model_rows)
+    for kind in complete:
+        if kind.claims(files):
+            return kind
+    if complete:
+        return complete[0]
+    for kind in KINDS:
+        have = [f for f in kind.files if f.role in files.paths]
+        if have and len(have) < len(kind.files):
+            lack = [f for f in kind.files if f not in have]
+            raise ConversionError(
+                f"has {' and '.join(f.names[0] for f in have)} but not its partner",
+                path=files.paths[have[0].role].parent,
+                hint=f"a {kind.name} tokenizer needs {' + '.join(f.names[0] for f in kind.files)}; "
+                     f"pass the other with {' '.join(f.flag for f in lack)}")
     return None
+
+
+def prepare_tokenizer(files: TokenizerFiles, dictionary: Dictionary, model_rows: int,
+                      bpe: dict | None = None) -> PreparedTokenizer | None:
+    """`bpe`: the checkpoint's bpe settings (Checkpoint.bpe): which kind, and its options."""
+    bpe = bpe or {}
+    kind = choose_kind(files, bpe)
+    if kind is None:
+        return None
+    used = TokenizerFiles({f.role: files.paths[f.role] for f in kind.files}, files.given)
+    return kind.prepare(used, dictionary, model_rows, bpe)
+
+
+def kind_named(name: str) -> TokenizerKind:
+    return next(kind for kind in KINDS if kind.name == name)
 
 
 def write_tokenizer(folder: Path, prepared: PreparedTokenizer, model_max_length: int) -> list[str]:
@@ -91,9 +105,10 @@ def write_tokenizer(folder: Path, prepared: PreparedTokenizer, model_max_length:
         "model_max_length": model_max_length,
         "clean_up_tokenization_spaces": False,
         **specials,
+        **prepared.config,
     }
-    if prepared.kind == "gpt2":
-        config["add_prefix_space"] = False
     write_json(folder / "tokenizer_config.json", config)
     write_json(folder / "special_tokens_map.json", specials)
-    return ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+    for name, text in prepared.extra_files.items():
+        write_text(folder / name, text)
+    return ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", *prepared.extra_files]

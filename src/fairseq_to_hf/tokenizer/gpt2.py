@@ -14,6 +14,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from ..errors import ConversionError
 from ..reader.dictionary import BOS, EOS, MASK, SPECIAL_SYMBOLS, UNK, Dictionary
 from ..reader.files import read_input_file
+from .base import PreparedTokenizer, TokenizerFile, TokenizerFiles, TokenizerKind
 from .vocab import TokenVocabulary, assign_ids
 
 
@@ -54,14 +55,16 @@ def gpt2_vocabulary(encoder: dict[str, int], merges: list[tuple[str, str]], dict
                       produced_as="GPT-2 ids in", segmenter_path=encoder_path)
 
 
-def build_gpt2_tokenizer(vocabulary: TokenVocabulary, merges: list[tuple[str, str]]) -> Tokenizer:
+def build_gpt2_tokenizer(vocabulary: TokenVocabulary, merges: list[tuple[str, str]], *,
+                         add_prefix_space: bool = False) -> Tokenizer:
     tokenizer = Tokenizer(models.BPE(vocab=vocabulary.ids, merges=merges, unk_token=UNK, fuse_unk=False))
     # The same split regex and byte mapping as OpenAI's encoder, which fairseq uses.
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
     # <s> A </s> and <s> A </s> </s> B </s>, as RobertaHubInterface.encode frames sentences.
     tokenizer.post_processor = processors.RobertaProcessing(
-        (EOS, vocabulary.ids[EOS]), (BOS, vocabulary.ids[BOS]), trim_offsets=True, add_prefix_space=False
+        (EOS, vocabulary.ids[EOS]), (BOS, vocabulary.ids[BOS]), trim_offsets=True,
+        add_prefix_space=add_prefix_space
     )
     specials = [AddedToken(symbol, special=True, normalized=False) for symbol in SPECIAL_SYMBOLS]
     if vocabulary.mask_id is not None:
@@ -70,3 +73,25 @@ def build_gpt2_tokenizer(vocabulary: TokenVocabulary, merges: list[tuple[str, st
     return tokenizer
 
 
+
+
+def prepare_gpt2(files: TokenizerFiles, dictionary: Dictionary, model_rows: int, bpe: dict) -> PreparedTokenizer:
+    from ..verify.fairseq_encode import Gpt2Encoder
+
+    encoder, merges = read_gpt2_files(files.encoder_json, files.vocab_bpe)
+    vocabulary = gpt2_vocabulary(encoder, merges, dictionary, model_rows, merges_path=files.vocab_bpe,
+                                 encoder_path=files.encoder_json)
+    tokenizer = build_gpt2_tokenizer(vocabulary, merges)
+    reference = Gpt2Encoder(encoder, merges).bpe_string
+    return PreparedTokenizer(KIND.name, files, tokenizer, vocabulary, reference, dictionary,
+                             config={"add_prefix_space": False})
+
+
+KIND = TokenizerKind(
+    name="gpt2",
+    fairseq_bpe="gpt2",
+    files=(TokenizerFile("encoder_json", ("encoder.json",), "GPT-2 BPE encoder.json"),
+           TokenizerFile("vocab_bpe", ("vocab.bpe",), "GPT-2 BPE vocab.bpe")),
+    prepare=prepare_gpt2,
+    card="GPT-2 byte-level BPE (`encoder.json` + `vocab.bpe`)",
+)

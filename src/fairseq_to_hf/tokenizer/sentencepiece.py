@@ -21,6 +21,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 from ..errors import ConversionError, UnsupportedModelError
 from ..reader.dictionary import BOS, BOS_ID, EOS, EOS_ID, MASK, SPECIAL_SYMBOLS, Dictionary
 from ..reader.files import read_input_file
+from .base import PreparedTokenizer, TokenizerFile, TokenizerFiles, TokenizerKind
 from .spm_proto import SpmSettings, read_spm_settings
 from .vocab import TokenVocabulary, assign_ids
 
@@ -30,10 +31,9 @@ UNREACHABLE_SCORE = -1e6  # specials and placeholders: never chosen by the latti
 PYTHON_WHITESPACE = tuple(chr(code) for code in range(0x3001) if chr(code).isspace())  # none above U+3000
 
 
-def prepare_sentencepiece(files, dictionary: Dictionary, model_rows: int):
+def prepare_sentencepiece(files: TokenizerFiles, dictionary: Dictionary, model_rows: int,
+                          bpe: dict) -> PreparedTokenizer:
     import sentencepiece
-
-    from . import PreparedTokenizer
 
     path = Path(files.sentencepiece_model)
     processor = sentencepiece.SentencePieceProcessor()
@@ -81,7 +81,7 @@ def prepare_sentencepiece(files, dictionary: Dictionary, model_rows: int):
                    for piece in processor.EncodeAsPieces(text))
 
     details = {"model_type": settings.model_type, "unknown_character_runs_in_dict": runs}
-    return PreparedTokenizer("sentencepiece", files, tokenizer, vocabulary, reference_bpe, dictionary, details,
+    return PreparedTokenizer(KIND.name, files, tokenizer, vocabulary, reference_bpe, dictionary, details,
                              unknown_run_quirk)
 
 
@@ -171,3 +171,14 @@ def _merges_by_score(scores: dict[str, float]) -> list[tuple[str, str]]:
             if left in scores and right in scores:
                 ranked.append((-score, rank, left, right))
     return [(left, right) for _, _, left, right in sorted(ranked)]
+
+
+KIND = TokenizerKind(
+    name="sentencepiece",
+    fairseq_bpe="sentencepiece",
+    files=(TokenizerFile("sentencepiece_model", ("sentencepiece.bpe.model", "sentencepiece.model", "spm.model"),
+                         "sentencepiece model"),),
+    prepare=prepare_sentencepiece,
+    card="sentencepiece",
+    known_difference="sentencepiece keeps a run of characters unknown to its model as one piece",
+)

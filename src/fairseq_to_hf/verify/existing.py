@@ -15,7 +15,7 @@ from ..plan import Dims, PlanOptions, list_heads, make_plan
 from ..reader.checkpoint import read_checkpoint
 from ..reader.dictionary import read_dictionary
 from ..reader.folder import find_source_files, read_text_lines
-from ..tokenizer import prepare_tokenizer
+from ..tokenizer import kind_named, looked_for, prepare_tokenizer
 from .compare import (DEFAULT_TOLERANCE, per_language, reference_languages, reference_rows, verification_inputs,
                       verify_weights)
 from .reference import FairseqReference
@@ -32,17 +32,18 @@ def verify_folder(
     *,
     checkpoint: str | Path | None = None,
     dictionary: str | Path | None = None,
-    encoder_json: str | Path | None = None,
-    vocab_bpe: str | Path | None = None,
-    sentencepiece_model: str | Path | None = None,
     head: str | None = None,
     default_language: str | None = None,
     verify_text: str | Path | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     streamed: bool = False,
     hyper_parameters: SuppliedHyperParameters = SuppliedHyperParameters(),
+    **tokenizer_files: str | Path | None,
 ) -> dict[str, Any]:
-    """Returns a report like convert's verification; `report["passed"]` says whether OUT matches SRC."""
+    """Returns a report like convert's verification; `report["passed"]` says whether OUT matches SRC.
+
+    `tokenizer_files`: paths by role of tokenizer.TOKENIZER_FILES (encoder_json=..., bpe_codes=...).
+    """
     out = Path(out)
     config = _read_config(out)
     architecture = (config.get("architectures") or [""])[0]
@@ -50,8 +51,7 @@ def verify_folder(
         raise ConversionError(f"holds a {architecture or 'model without architectures'}; verify checks the "
                               "masked-LM and classifier folders of fairseq's RoBERTa family", path=out / "config.json",
                               hint=f"one of {', '.join(sorted(SUPPORTED_CLASSES))}")
-    files = find_source_files(src, checkpoint=checkpoint, dictionary=dictionary, encoder_json=encoder_json,
-                              vocab_bpe=vocab_bpe, sentencepiece_model=sentencepiece_model)
+    files = find_source_files(src, checkpoint=checkpoint, dictionary=dictionary, **tokenizer_files)
     source = read_checkpoint(files.checkpoint)
     token_dictionary = read_dictionary(files.dictionary)
     head_name = _head_for(architecture, config, source, head, out)
@@ -81,20 +81,21 @@ def verify_folder(
     report["verification"] = weights.as_dict()
     passed = weights.passed
 
-    tokenizer = prepare_tokenizer(files.tokenizer, token_dictionary, dims.vocab_size)
-    has_tokenizer_files = any((out / name).exists() for name in ("tokenizer.json", "vocab.json",
+    tokenizer = prepare_tokenizer(files.tokenizer, token_dictionary, dims.vocab_size, source.bpe)
+    # tokenizer.json (ours), or the files an old script left for a slow tokenizer
+    has_tokenizer_files = any((out / name).exists() for name in ("tokenizer.json", "vocab.json", "vocab.txt",
                                                                   "sentencepiece.bpe.model"))
     if tokenizer and has_tokenizer_files:
         extra = read_text_lines(verify_text) if verify_text else []
         tokens = verify_tokenizer(out, tokenizer.reference_bpe, token_dictionary, dims.vocab_size,
-                                  int(config.get("vocab_size", dims.vocab_size)), extra, tokenizer.unknown_run_quirk)
+                                  int(config.get("vocab_size", dims.vocab_size)), extra, tokenizer.known_difference,
+                                  kind_named(tokenizer.kind).known_difference)
         report["tokenizer_verification"] = tokens.as_dict()
         passed = passed and tokens.passed
     else:
         report["tokenizer_verification"] = None
         report["tokenizer_note"] = ("OUT has no tokenizer files" if tokenizer else
-                                    "SRC has no BPE/sentencepiece files: pass --encoder-json/--vocab-bpe or "
-                                    "--sentencepiece-model to check the tokenizer")
+                                    f"SRC has none of {looked_for()}: pass their paths to check the tokenizer")
     report["passed"] = passed
     return report
 

@@ -2,7 +2,8 @@
 
 `RobertaHubInterface.encode(a, *more)` builds "<s> " + bpe(a) + " </s>" (+ " </s> " + bpe(b) + " </s>"
 per further sentence), splits it on whitespace and looks every token up in dict.txt, unknown -> <unk>.
-bpe() is OpenAI's GPT-2 encoder (ids written as strings) or sentencepiece's EncodeAsPieces.
+bpe() is OpenAI's GPT-2 encoder (ids written as strings; hf_byte_bpe is the same algorithm over its own
+vocab.json), sentencepiece's EncodeAsPieces, or fastBPE / subword-nmt word BPE with "@@" separators.
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ def byte_to_unicode() -> dict[int, str]:
 class Gpt2Encoder:
     """OpenAI's GPT-2 BPE encoder: text -> GPT-2 ids."""
 
-    def __init__(self, encoder: dict[str, int], merges: list[tuple[str, str]]) -> None:
+    def __init__(self, encoder: dict[str, int], merges: list[tuple[str, str]], *,
+                 add_prefix_space: bool = False) -> None:
         self.encoder = encoder
+        self.add_prefix_space = add_prefix_space  # tokenizers' ByteLevel: a space before a text without one
         self.ranks = {pair: rank for rank, pair in enumerate(merges)}
         self.byte_map = byte_to_unicode()
         self._bpe = functools.lru_cache(maxsize=100_000)(self._merge)
@@ -61,6 +64,8 @@ class Gpt2Encoder:
 
     def encode(self, text: str) -> list[int]:
         ids = []
+        if self.add_prefix_space and not text.startswith(" "):
+            text = " " + text
         for piece in GPT2_SPLIT.findall(text):
             word = "".join(self.byte_map[b] for b in piece.encode("utf-8"))
             ids.extend(self.encoder[token] for token in self._bpe(word))
@@ -68,6 +73,73 @@ class Gpt2Encoder:
 
     def bpe_string(self, text: str) -> str:
         return " ".join(map(str, self.encode(text)))
+
+
+END_OF_WORD = "</w>"
+
+
+class WordBpeEncoder:
+    """fastBPE's `apply` and subword-nmt's `process_line`: word by word BPE, "@@" after non-final pieces.
+
+    Both split the line on ' ' only, so any other whitespace (tab, newline, U+00A0) is a character of
+    its word. fastBPE reads a word's characters only up to a NUL: the character before it and the rest
+    of the word become one symbol. subword-nmt first strips ' ', '\\r' and '\\n' off the line's ends.
+    """
+
+    def __init__(self, merges: list[tuple[str, str]], separator: str = "@@", *, fastbpe: bool) -> None:
+        self.ranks: dict[tuple[str, str], int] = {}
+        for rank, pair in enumerate(merges):
+            self.ranks.setdefault(pair, rank)  # a repeated merge keeps its first rank, as both libraries do
+        self.separator = separator
+        self.fastbpe = fastbpe
+        self._bpe = functools.lru_cache(maxsize=100_000)(self._merge)
+
+    def _symbols(self, word: str) -> list[str]:
+        if self.fastbpe and "\0" in word:
+            nul = word.index("\0")
+            start = max(nul - 1, 0)
+            return [*word[:start], word[start:]]
+        return list(word)
+
+    def _merge(self, word: str) -> tuple[str, ...]:
+        symbols = self._symbols(word)
+        symbols[-1] += END_OF_WORD
+        while len(symbols) > 1:
+            ranked = [(self.ranks[pair], pair) for pair in zip(symbols, symbols[1:]) if pair in self.ranks]
+            if not ranked:
+                break
+            best = min(ranked)[1]
+            merged, i = [], 0
+            while i < len(symbols):
+                if i < len(symbols) - 1 and (symbols[i], symbols[i + 1]) == best:
+                    merged.append(symbols[i] + symbols[i + 1])
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            symbols = merged
+        symbols[-1] = symbols[-1].removesuffix(END_OF_WORD)
+        return tuple(symbol for symbol in symbols if symbol) or ("",)
+
+    def pieces(self, text: str) -> list[str]:
+        """The line's pieces, separator included: what fairseq then splits on whitespace."""
+        line = text if self.fastbpe else text.strip(" \r\n")
+        pieces = []
+        for word in line.split(" "):
+            if not word:
+                continue
+            parts = self._bpe(word) if len(word) > 1 or self.fastbpe else (word,)
+            pieces += [part + self.separator for part in parts[:-1]] + [parts[-1]]
+        return pieces
+
+    def bpe_string(self, text: str) -> str:
+        pieces = " ".join(self.pieces(text))
+        if self.fastbpe:
+            return pieces
+        # process_line gives the stripped ends back (fairseq's encode_line drops them again).
+        lead = len(text) - len(text.lstrip(" \r\n"))
+        trail = len(text) - len(text.rstrip(" \r\n"))
+        return text[:lead] + pieces + (text[len(text) - trail:] if trail and trail != len(text) else "")
 
 
 def fairseq_encode(bpe: Callable[[str], str], index: dict[str, int], sentence: str, *more: str) -> list[int]:

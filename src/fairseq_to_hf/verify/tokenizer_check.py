@@ -52,7 +52,8 @@ class TokenizerVerification:
     lines_checked: int = 0
     pairs_checked: int = 0
     mismatches: list[LineCheck] = field(default_factory=list)
-    unknown_run_differences: list[LineCheck] = field(default_factory=list)
+    known_differences: list[LineCheck] = field(default_factory=list)
+    known_difference: str | None = None  # the kind's known limitation, e.g. sentencepiece's unknown runs
     out_of_range: list[str] = field(default_factory=list)
     tokenizer_class: str = ""
 
@@ -69,9 +70,10 @@ class TokenizerVerification:
             "mismatches": [{"text": m.text, "fairseq_ids": m.expected, "tokenizer_ids": m.got}
                            for m in self.mismatches[:20]],
             "mismatch_count": len(self.mismatches),
-            # sentencepiece keeps a run of unknown characters whole; see tokenizer/sentencepiece.py
-            "unknown_run_differences": len(self.unknown_run_differences),
-            "unknown_run_examples": [m.text for m in self.unknown_run_differences[:5]],
+            # lines that differ only by the kind's known limitation (TokenizerKind.known_difference)
+            "known_difference": self.known_difference,
+            "known_differences": len(self.known_differences),
+            "known_difference_examples": [m.text for m in self.known_differences[:5]],
             "ids_out_of_range": self.out_of_range[:20],
         }
 
@@ -83,7 +85,8 @@ def verify_tokenizer(
     model_rows: int,
     vocab_size: int,
     extra_lines: list[str] = (),
-    unknown_run_quirk=lambda text: False,
+    known_difference=lambda text: False,
+    known_difference_reason: str | None = None,
 ) -> TokenizerVerification:
     """Ids at or past `model_rows` are aliases of <unk>; ids at or past `vocab_size` are out of range."""
     from transformers import AutoTokenizer
@@ -93,7 +96,8 @@ def verify_tokenizer(
     transformers_logging.set_verbosity_error()  # "longer than model_max_length" is expected here
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        result = TokenizerVerification(tokenizer_class=type(tokenizer).__name__)
+        result = TokenizerVerification(tokenizer_class=type(tokenizer).__name__,
+                                       known_difference=known_difference_reason)
         index = dictionary.index()
         cases: list[tuple[str, ...]] = [(text,) for text in (*SAMPLE_TEXTS, *extra_lines)]
         cases += [pair for pair in SAMPLE_PAIRS]
@@ -104,8 +108,8 @@ def verify_tokenizer(
                 result.out_of_range.append(case[0])
             if [UNK_ID if token >= model_rows else token for token in got] != expected:
                 check = LineCheck(" ||| ".join(case), expected, got)
-                if any(unknown_run_quirk(text) for text in case):
-                    result.unknown_run_differences.append(check)
+                if any(known_difference(text) for text in case):
+                    result.known_differences.append(check)
                 else:
                     result.mismatches.append(check)
             if len(case) == 1:

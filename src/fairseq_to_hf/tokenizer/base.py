@@ -1,0 +1,87 @@
+"""What every tokenizer kind provides: its files, how to build it, and what verifies it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer
+
+from ..reader.dictionary import Dictionary
+from .vocab import TokenVocabulary
+
+
+@dataclass(frozen=True)
+class TokenizerFile:
+    """One file a tokenizer kind reads: its option name, its usual names in SRC, what it is."""
+
+    role: str  # keyword and --flag (underscores as dashes), e.g. "bpe_codes" -> --bpe-codes
+    names: tuple[str, ...]
+    what: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.role.replace("_", "-")
+
+
+@dataclass
+class TokenizerFiles:
+    """The tokenizer files found in SRC or given by flag, by role."""
+
+    paths: dict[str, Path] = field(default_factory=dict)
+    given: frozenset[str] = frozenset()  # roles named by a flag rather than found by their usual names
+
+    def __getattr__(self, role: str) -> Path | None:  # files.encoder_json, files.bpe_codes, ...
+        if role.startswith("_") or role in ("paths", "given"):
+            raise AttributeError(role)
+        return self.paths.get(role)
+
+
+@dataclass
+class PreparedTokenizer:
+    """A tokenizer ready to write, with the reference segmentation that verifies it."""
+
+    kind: str
+    files: TokenizerFiles
+    tokenizer: Tokenizer
+    vocabulary: TokenVocabulary
+    reference_bpe: Callable[[str], str]  # fairseq's bpe.encode: text -> space-separated symbols
+    dictionary: Dictionary
+    details: dict = field(default_factory=dict)
+    # Lines where a difference is the kind's known limitation (TokenizerKind.known_difference).
+    known_difference: Callable[[str], bool] = lambda text: False
+    # Written beside tokenizer.json (name -> text), e.g. vocab.txt and bpe.codes for PhobertTokenizer.
+    extra_files: dict[str, str] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)  # extra tokenizer_config.json entries
+
+    def summary(self) -> dict:
+        vocabulary = self.vocabulary
+        return {
+            "kind": self.kind,
+            "source_files": dict(self.files.paths),
+            "vocab_size": vocabulary.size,
+            "fairseq_vocab_rows": vocabulary.model_rows,
+            "alias_count": len(vocabulary.aliases),
+            "aliases": {token: vocabulary.ids[token] for token in vocabulary.aliases},
+            "unknown_tokens_left_out": len(vocabulary.unknown),
+            "mask_id": vocabulary.mask_id,
+            **self.details,
+        }
+
+
+@dataclass(frozen=True)
+class TokenizerKind:
+    """One entry of the registry (tokenizer/__init__.py)."""
+
+    name: str
+    fairseq_bpe: str  # the checkpoint's cfg["bpe"]["_name"] / args.bpe for models trained with it
+    files: tuple[TokenizerFile, ...]  # all needed
+    # (files, dict.txt, embedding rows, the checkpoint's bpe settings) -> PreparedTokenizer
+    prepare: Callable[[TokenizerFiles, Dictionary, int, dict], PreparedTokenizer]
+    card: str  # what the model card says about the tokenizer
+    # Why some lines may differ from fairseq (None: none do); the report and card say it.
+    known_difference: str | None = None
+    # When several kinds share files and the checkpoint does not say: does this kind claim them?
+    claims: Callable[[TokenizerFiles], bool] = lambda files: True
