@@ -75,7 +75,8 @@ def prepare_word_bpe(kind: TokenizerKind, files: TokenizerFiles, dictionary: Dic
     merged_chars = {char for a, b in merges for char in a + b}
     # Whitespace the codes never merge all acts alike: one character stands for it.
     free_whitespace = [char for char in PYTHON_WHITESPACE if char != " " and char not in merged_chars]
-    vocabulary = word_bpe_vocabulary(dictionary, model_rows, merges, separator, free_whitespace[:1])
+    vocabulary = word_bpe_vocabulary(dictionary, model_rows, merges, separator, free_whitespace[:1],
+                                     files.bpe_codes)
     tokenizer = build_word_bpe_tokenizer(vocabulary, merges, free_whitespace, fastbpe=fastbpe)
     reference = WordBpeEncoder(merges, separator, fastbpe=fastbpe)
 
@@ -99,7 +100,7 @@ def prepare_word_bpe(kind: TokenizerKind, files: TokenizerFiles, dictionary: Dic
 
 
 def word_bpe_vocabulary(dictionary: Dictionary, model_rows: int, merges: list[tuple[str, str]],
-                        separator: str, whitespace: list[str]) -> TokenVocabulary:
+                        separator: str, whitespace: list[str], codes_path: Path) -> TokenVocabulary:
     def symbol_of(token: str) -> str | None:
         """The dict.txt symbol fairseq looks the piece up as, after splitting it on whitespace."""
         text = token.removesuffix(END_OF_WORD) if token.endswith(END_OF_WORD) else token + separator
@@ -113,7 +114,11 @@ def word_bpe_vocabulary(dictionary: Dictionary, model_rows: int, merges: list[tu
             segment_tokens.append((token, symbol))
     needed = {part for a, b in merges for part in (a, b, a + b)}
     segment_tokens += [(token, symbol_of(token)) for token in (*sorted(needed), *whitespace)]
-    return assign_ids(dictionary, model_rows, segment_tokens, needed)
+    # What the codes can emit: a merge's part or result, or a single character (with or without </w>).
+    produced = {symbol_of(token) for token in needed} | {
+        symbol for _, symbol in segment_tokens if symbol and len(symbol.removesuffix(separator)) == 1}
+    return assign_ids(dictionary, model_rows, segment_tokens, needed, produced_as="producible by the codes in",
+                      segmenter_path=codes_path, produced=produced)
 
 
 def build_word_bpe_tokenizer(vocabulary: TokenVocabulary, merges: list[tuple[str, str]],

@@ -90,8 +90,8 @@ def prepare_gpt2(files: TokenizerFiles, dictionary: Dictionary, model_rows: int,
 KIND = TokenizerKind(
     name="gpt2",
     fairseq_bpe="gpt2",
-    files=(TokenizerFile("encoder_json", ("encoder.json",), "GPT-2 BPE encoder.json"),
-           TokenizerFile("vocab_bpe", ("vocab.bpe",), "GPT-2 BPE vocab.bpe")),
+    files=(TokenizerFile("encoder_json", ("encoder.json",), "GPT-2 encoder.json"),
+           TokenizerFile("vocab_bpe", ("vocab.bpe",), "GPT-2 vocab.bpe")),
     prepare=prepare_gpt2,
     card="GPT-2 byte-level BPE (`encoder.json` + `vocab.bpe`)",
 )

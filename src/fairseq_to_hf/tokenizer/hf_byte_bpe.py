@@ -18,7 +18,8 @@ def prepare_hf_byte_bpe(files: TokenizerFiles, dictionary: Dictionary, model_row
 
     add_prefix_space = bool(bpe.get("bpe_add_prefix_space", False))
     encoder, merges = read_gpt2_files(files.bpe_vocab, files.bpe_merges)
-    vocabulary = gpt2_vocabulary(encoder, merges, dictionary, model_rows, merges_path=files.bpe_merges)
+    vocabulary = gpt2_vocabulary(encoder, merges, dictionary, model_rows, merges_path=files.bpe_merges,
+                                 encoder_path=files.bpe_vocab)
     tokenizer = build_gpt2_tokenizer(vocabulary, merges, add_prefix_space=add_prefix_space)
     reference = Gpt2Encoder(encoder, merges, add_prefix_space=add_prefix_space).bpe_string
     return PreparedTokenizer(KIND.name, files, tokenizer, vocabulary, reference, dictionary,

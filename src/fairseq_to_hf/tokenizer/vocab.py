@@ -44,14 +44,18 @@ def assign_ids(
     *,
     produced_as: str,
     segmenter_path: Path,
+    produced: set[str] | None = None,
 ) -> TokenVocabulary:
     """Builds the vocabulary.
 
     `segment_tokens` lists (token string, dict.txt symbol) for every token the segmenter can emit;
     `needed` holds the tokens the segmenter cannot do without (merge inputs and outputs for BPE).
-    `produced_as` says what those symbols are, for the refusal of files that are not the model's own.
+    `produced_as` says what those symbols are, for the refusal of files that are not the model's own;
+    `produced`: the dict.txt symbols the segmenter can emit, when not all of `segment_tokens`' are.
     """
-    check_symbols_produced(dictionary, {symbol for _, symbol in segment_tokens}, produced_as, segmenter_path)
+    if produced is None:
+        produced = {symbol for _, symbol in segment_tokens}
+    check_symbols_produced(dictionary, produced, produced_as, segmenter_path)
     symbols = dictionary.symbols
     fairseq_ids = dictionary.index()
     mask_id = fit_embedding(dictionary, model_rows).mask_id  # dict.txt's own <mask>, or the row after it
