@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer
+from tokenizers import AddedToken, Tokenizer, processors
 
-from ..reader.dictionary import Dictionary
+from ..reader.dictionary import BOS, BOS_ID, EOS, EOS_ID, MASK, SPECIAL_SYMBOLS, Dictionary
 from .vocab import TokenVocabulary
 
 
@@ -85,3 +85,17 @@ class TokenizerKind:
     known_difference: str | None = None
     # When several kinds share files and the checkpoint does not say: does this kind claim them?
     claims: Callable[[TokenizerFiles], bool] = lambda files: True
+
+
+def frame_like_fairseq(tokenizer: Tokenizer, mask_id: int | None) -> Tokenizer:
+    """<s> A </s> and <s> A </s> </s> B </s>, as RobertaHubInterface.encode frames sentences; the specials
+    are never split, and <mask> takes the space on its left."""
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A {EOS}", pair=f"{BOS} $A {EOS} {EOS} $B {EOS}",
+        special_tokens=[(BOS, BOS_ID), (EOS, EOS_ID)],
+    )
+    specials = [AddedToken(symbol, special=True, normalized=False) for symbol in SPECIAL_SYMBOLS]
+    if mask_id is not None:
+        specials.append(AddedToken(MASK, special=True, lstrip=True, normalized=False))
+    tokenizer.add_special_tokens(specials)
+    return tokenizer

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from ..errors import ConversionError
-from ..reader.dictionary import BOS, BOS_ID, EOS, EOS_ID, MASK, SPECIAL_SYMBOLS, Dictionary
-from .base import PreparedTokenizer, TokenizerFile, TokenizerFiles, TokenizerKind
+from ..reader.dictionary import MASK, SPECIAL_SYMBOLS, Dictionary
+from .base import PreparedTokenizer, TokenizerFile, TokenizerFiles, TokenizerKind, frame_like_fairseq
 from .vocab import TokenVocabulary, assign_ids
 
 END_OF_WORD = "</w>"
@@ -141,16 +141,7 @@ def build_word_bpe_tokenizer(vocabulary: TokenVocabulary, merges: list[tuple[str
     tokenizer.normalizer = normalizers.Sequence(steps)
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(" +"), behavior="removed")
     tokenizer.decoder = decoders.BPEDecoder(suffix=END_OF_WORD)
-    # <s> A </s> and <s> A </s> </s> B </s>, as RobertaHubInterface.encode frames sentences.
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A {EOS}", pair=f"{BOS} $A {EOS} {EOS} $B {EOS}",
-        special_tokens=[(BOS, BOS_ID), (EOS, EOS_ID)],
-    )
-    specials = [AddedToken(symbol, special=True, normalized=False) for symbol in SPECIAL_SYMBOLS]
-    if vocabulary.mask_id is not None:
-        specials.append(AddedToken(MASK, special=True, lstrip=True, normalized=False))
-    tokenizer.add_special_tokens(specials)
-    return tokenizer
+    return frame_like_fairseq(tokenizer, vocabulary.mask_id)
 
 
 KIND = TokenizerKind(

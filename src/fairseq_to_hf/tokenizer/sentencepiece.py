@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from ..errors import ConversionError, UnsupportedModelError
-from ..reader.dictionary import BOS, BOS_ID, EOS, EOS_ID, MASK, SPECIAL_SYMBOLS, Dictionary
+from ..reader.dictionary import MASK, SPECIAL_SYMBOLS, Dictionary
 from ..reader.files import read_input_file
-from .base import PreparedTokenizer, TokenizerFile, TokenizerFiles, TokenizerKind
+from .base import PreparedTokenizer, TokenizerFile, TokenizerFiles, TokenizerKind, frame_like_fairseq
 from .spm_proto import SpmSettings, read_spm_settings
 from .vocab import TokenVocabulary, assign_ids
 
@@ -134,16 +134,7 @@ def build_sentencepiece_tokenizer(vocabulary: TokenVocabulary, scores: dict[str,
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence(steps)
     tokenizer.decoder = decoders.Sequence([decoders.Replace(SPIECE_UNDERLINE, " "), decoders.Fuse(),
                                            decoders.Strip(content=" ", left=1 if settings.add_dummy_prefix else 0)])
-    # <s> A </s> and <s> A </s> </s> B </s>, as RobertaHubInterface.encode frames sentences.
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A {EOS}", pair=f"{BOS} $A {EOS} {EOS} $B {EOS}",
-        special_tokens=[(BOS, BOS_ID), (EOS, EOS_ID)],
-    )
-    specials = [AddedToken(symbol, special=True, normalized=False) for symbol in SPECIAL_SYMBOLS]
-    if vocabulary.mask_id is not None:
-        specials.append(AddedToken(MASK, special=True, lstrip=True, normalized=False))
-    tokenizer.add_special_tokens(specials)
-    return tokenizer
+    return frame_like_fairseq(tokenizer, vocabulary.mask_id)
 
 
 def _normalizers(settings: SpmSettings) -> list:
