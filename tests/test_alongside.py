@@ -15,7 +15,7 @@ from fairseq_to_hf.reader.checkpoint import read_checkpoint
 from fairseq_to_hf.reader.dictionary import read_dictionary
 from fairseq_to_hf.verify.alongside import ReferenceAlongside, SharedReads
 from fairseq_to_hf.verify.compare import reference_rows, verification_inputs
-from fairseq_to_hf.verify.reference import FairseqReference
+from fairseq_to_hf.reference.forward import FairseqReference
 from fairseq_to_hf.writer import write_weights
 
 

@@ -9,7 +9,7 @@ from conftest import FIXTURES, PAD_ID, TOLERANCE, recording
 from fairseq_to_hf.reader.checkpoint import read_checkpoint
 from fairseq_to_hf.verify.compare import outputs_per_input, reference_rows
 from fairseq_to_hf.prefetch import Prefetcher
-from fairseq_to_hf.verify.reference import FairseqReference
+from fairseq_to_hf.reference.forward import FairseqReference
 
 # (fixture, classification head or None for the masked-LM head)
 CASES = [

@@ -13,7 +13,7 @@ from .plan import (LM_HEAD, ConversionPlan, OutputRequest, SourceModel, analyse_
 from .reader.checkpoint import read_checkpoint
 from .reader.dictionary import read_dictionary
 from .reader.folder import find_source_files
-from .tokenizer import TokenizerFiles, choose_kind, looked_for
+from .tokenizer import TOKENIZER_FILES, TokenizerFiles, choose_kind, looked_for
 from .writer import DEFAULT_MAX_SHARD_BYTES, plan_shards, shard_file_names
 
 
@@ -24,7 +24,7 @@ def inspect_source(src: str | Path, *, checkpoint: str | Path | None = None, dic
 
     `tokenizer_files`: paths by role of tokenizer.TOKENIZER_FILES (encoder_json=..., bpe_codes=...).
     """
-    files = find_source_files(src, checkpoint=checkpoint, dictionary=dictionary, **tokenizer_files)
+    files = find_source_files(src, TOKENIZER_FILES, checkpoint=checkpoint, dictionary=dictionary, **tokenizer_files)
     source = read_checkpoint(files.checkpoint)
     token_dictionary = read_dictionary(files.dictionary)
     normalised = normalise_source(source)

@@ -25,11 +25,11 @@ from .reader.checkpoint import Checkpoint, read_checkpoint
 from .reader.dictionary import Dictionary, read_dictionary
 from .reader.folder import SourceFiles, find_source_files, read_text_lines
 from .report import REPORT_FILE, ConversionReport, OutputReport
-from .tokenizer import TOKENIZER_FILES, PreparedTokenizer, kind_named, looked_for, prepare_tokenizer, write_tokenizer
+from .tokenizer import TOKENIZER_FILES, PreparedTokenizer, kind_named, looked_for, prepare_tokenizer, tokenizer_documents
 from .verify.alongside import ReferenceAlongside
 from .verify.compare import (DEFAULT_TOLERANCE, per_language, reference_languages, reference_rows,
                              verification_inputs, verify_weights)
-from .verify.reference import FairseqReference
+from .reference.forward import FairseqReference
 from .verify.tokenizer_check import TokenizerVerification, verify_tokenizer
 from .staging import output_target, staged_output
 from .writer import (DEFAULT_MAX_SHARD_BYTES, OnRead, parse_size, plan_shards, shard_file_names,
@@ -220,7 +220,7 @@ def _with_fields(options: ConvertOptions | None, fields: dict) -> ConvertOptions
 
 
 def _shared_sources(src: str | Path, options: ConvertOptions, checkpoint: str | Path | None) -> SharedSources:
-    files = find_source_files(src, checkpoint=checkpoint, dictionary=options.dictionary,
+    files = find_source_files(src, TOKENIZER_FILES, checkpoint=checkpoint, dictionary=options.dictionary,
                               label_dictionary=options.label_dict, **options.tokenizer_files)
     labels = read_dictionary(files.label_dictionary) if files.label_dictionary else None
     lines = tuple(read_text_lines(options.verify_text)) if options.verify_text else ()
@@ -250,7 +250,7 @@ def _prepare(source: Checkpoint, shared: SharedSources, options: ConvertOptions,
     plans = {(name if options.all_heads else ""): make_plan(model, replace(request, head=name),
                                                               extra_vocab_rows=alias_rows)
              for name in heads}
-    report = ConversionReport.of_source(model, shared.files, tokenizer.summary() if tokenizer else None)
+    report = ConversionReport.of_source(model, shared.files, tokenizer)
     say(f"read {source.path} ({source.format} format, {model.source.key_generation} keys, "
         f"{len(source.tensors)} tensors); heads: {', '.join(describe_heads(model.heads)) or 'none'}")
     if tokenizer is None:
@@ -322,7 +322,9 @@ def _write_one(folder: Path, final_folder: Path, plan: ConversionPlan, tokenizer
     write_json(folder / "config.json", plan.config)
     files.append("config.json")
     if tokenizer:
-        files += write_tokenizer(folder, tokenizer, model_max_length=plan.dims.positions - 2)
+        for name, document in tokenizer_documents(tokenizer, model_max_length=plan.dims.positions - 2).items():
+            (write_json if isinstance(document, dict) else write_text)(folder / name, document)
+            files.append(name)
     head = plan.head
     labels = None
     if head is not None and head.num_classes > 1:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConversionError
-from .reference import PAD, ReferenceOutputs, sample_inputs, scale_of
+from ..reference.forward import PAD, ReferenceOutputs, sample_inputs, scale_of
 from .streamed_model import StreamedModel
 
 # Allowed max abs difference, relative to the output's own scale (max |value|, at least 1).

@@ -16,10 +16,10 @@ from ..plan import (FAMILIES, LM_HEAD, Dims, NormalisedSource, OutputRequest, an
 from ..reader.checkpoint import read_checkpoint
 from ..reader.dictionary import read_dictionary
 from ..reader.folder import find_source_files, read_text_lines
-from ..tokenizer import kind_named, looked_for, prepare_tokenizer
+from ..tokenizer import TOKENIZER_FILES, kind_named, looked_for, prepare_tokenizer
 from .compare import (DEFAULT_TOLERANCE, WeightsVerification, per_language, reference_languages, reference_rows,
                       verification_inputs, verify_weights)
-from .reference import FairseqReference
+from ..reference.forward import FairseqReference
 from .tokenizer_check import TokenizerVerification, verify_tokenizer
 
 SUPPORTED_CLASSES = frozenset(name for family in FAMILIES.values()
@@ -80,7 +80,7 @@ def verify_folder(
         raise ConversionError(f"holds a {architecture or 'model without architectures'}; verify checks the "
                               "masked-LM and classifier folders of fairseq's RoBERTa family", path=out / "config.json",
                               hint=f"one of {', '.join(sorted(SUPPORTED_CLASSES))}")
-    files = find_source_files(src, checkpoint=checkpoint, dictionary=dictionary, **tokenizer_files)
+    files = find_source_files(src, TOKENIZER_FILES, checkpoint=checkpoint, dictionary=dictionary, **tokenizer_files)
     source = normalise_source(read_checkpoint(files.checkpoint))
     token_dictionary = read_dictionary(files.dictionary)
     head_name = _head_for(architecture, config, source, head, out)
