@@ -72,7 +72,7 @@ _ADAPTER_ROWS: tuple[Row, ...] = (
     (f"{L}.adapter_modules.{{lang}}.fc2.{{p}}", f"{LAYER_OUT}.output.adapter_modules.{{lang}}.dense2.{{p}}",
      ("hidden", "adapter")),
 )
-ADAPTER_LAYER_NORM_ROWS: tuple[Row, ...] = (
+_ADAPTER_LAYER_NORM_ROWS: tuple[Row, ...] = (
     (f"{L}.adapter_layer_norm.{{p}}", f"{LAYER_OUT}.output.adapter_layer_norm.{{p}}", ("hidden",)),
 )
 XMOD_POST_NORM_ROWS = (*POST_NORM_ROWS, *_ADAPTER_ROWS)
@@ -110,11 +110,14 @@ class Layout:
     pre_norm: bool  # a final encoder LayerNorm: each block normalises its input
     embedding_layer_norm: bool
     adapters: bool  # X-MOD language adapters
+    adapter_layer_norm: bool = False  # the adapters have a LayerNorm of their own
 
     def describe(self) -> str:
         parts = ["pre-norm" if self.pre_norm else "post-norm",
                  "with" if self.embedding_layer_norm else "without", "an embedding LayerNorm"]
-        return " ".join(parts) + (", with X-MOD language adapters" if self.adapters else "")
+        if self.adapters:
+            parts.append(", with X-MOD language adapters" + (" and their LayerNorm" if self.adapter_layer_norm else ""))
+        return " ".join(parts).replace(" ,", ",")
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,7 @@ def xmod_config(model: Any, default_language: str | None) -> dict[str, Any]:
         "default_language": strip_language(default_language),
         "pre_norm": model.layout.pre_norm,
         "adapter_reduction_factor": model.dims.hidden_size // model.dims.adapter_size,
-        "adapter_layer_norm": model.adapter_layer_norm,  # fairseq makes it exactly when its cfg asks for it
+        "adapter_layer_norm": model.layout.adapter_layer_norm,  # fairseq makes it exactly when its cfg asks
         "adapter_reuse_layer_norm": bool(hparams.get("adapter_reuse_layer_norm",
                                                      XMOD_DEFAULTS["adapter_reuse_layer_norm"])),
         "ln_before_adapter": bool(hparams.get("ln_before_adapter", XMOD_DEFAULTS["ln_before_adapter"])),
@@ -181,8 +184,11 @@ def xmod_config(model: Any, default_language: str | None) -> dict[str, Any]:
 _POST = Layout(pre_norm=False, embedding_layer_norm=True, adapters=False)
 _PRE_XL = Layout(pre_norm=True, embedding_layer_norm=False, adapters=False)
 _PRE_LN = Layout(pre_norm=True, embedding_layer_norm=True, adapters=False)
-_XMOD_POST = Layout(pre_norm=False, embedding_layer_norm=True, adapters=True)
-_XMOD_PRE = Layout(pre_norm=True, embedding_layer_norm=True, adapters=True)
+# X-MOD's adapters with or without their LayerNorm (xmod_base* or xmod_large_prenorm's defaults).
+_XMOD_POST, _XMOD_POST_ADAPTER_LN = (Layout(pre_norm=False, embedding_layer_norm=True, adapters=True,
+                                            adapter_layer_norm=norm) for norm in (False, True))
+_XMOD_PRE, _XMOD_PRE_ADAPTER_LN = (Layout(pre_norm=True, embedding_layer_norm=True, adapters=True,
+                                          adapter_layer_norm=norm) for norm in (False, True))
 
 ROBERTA = Family("roberta", "roberta", "RobertaForMaskedLM", "RobertaForSequenceClassification", "roberta",
                  ((_POST, POST_NORM_ROWS),))
@@ -196,7 +202,10 @@ ROBERTA_PRELAYERNORM = Family("roberta-prelayernorm", "roberta-prelayernorm", "R
                               "RobertaPreLayerNormForSequenceClassification", "roberta_prelayernorm",
                               ((_PRE_LN, PRE_LAYER_NORM_ROWS),))
 XMOD = Family("xmod", "xmod", "XmodForMaskedLM", "XmodForSequenceClassification", "roberta",
-              ((_XMOD_POST, XMOD_POST_NORM_ROWS), (_XMOD_PRE, XMOD_PRE_NORM_ROWS)), config_fields=xmod_config)
+              ((_XMOD_POST, XMOD_POST_NORM_ROWS), (_XMOD_PRE, XMOD_PRE_NORM_ROWS),
+               (_XMOD_POST_ADAPTER_LN, (*XMOD_POST_NORM_ROWS, *_ADAPTER_LAYER_NORM_ROWS)),
+               (_XMOD_PRE_ADAPTER_LN, (*XMOD_PRE_NORM_ROWS, *_ADAPTER_LAYER_NORM_ROWS))),
+              config_fields=xmod_config)
 
 FAMILIES = {family.name: family for family in
             (ROBERTA, XLM_ROBERTA, CAMEMBERT, XLM_ROBERTA_XL, ROBERTA_PRELAYERNORM, XMOD)}

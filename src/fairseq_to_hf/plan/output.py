@@ -19,7 +19,7 @@ from ..arch.fairseq_keys import SourceTensor
 from ..reader.tensors import LazyTensor
 from . import families
 from .config import ACTIVATIONS, build_config
-from .families import Family, compile_rows, match_rows, strip_language
+from .families import Family, compile_rows, match_rows
 from .source import Dims, HeadInfo, SourceModel, describe_heads
 
 E = families.E
@@ -106,7 +106,6 @@ def make_plan(model: SourceModel, request: OutputRequest, *, extra_vocab_rows: i
     table = compile_rows(rows)
     expected = families.expand_rows(rows, dimension_sizes(model.dims, head, extra_vocab_rows),
                                     model.dims.num_layers, model.dims.languages)
-    unused_adapters = _unused_adapters(source, model.dims.languages)
 
     out_dtype = OUTPUT_DTYPES[request.dtype] if request.dtype else None
     dropped = dict(model.source.dropped)
@@ -119,8 +118,8 @@ def make_plan(model: SourceModel, request: OutputRequest, *, extra_vocab_rows: i
                 tied_checks.append((item.tensor, embed.tensor, f"{item.stored_as} == {embed.stored_as}"))
             dropped[item.stored_as] = "tied to the word embeddings, stored once"
             continue
-        if name in unused_adapters:
-            dropped[item.stored_as] = unused_adapters[name]
+        if name in model.left_out:
+            dropped[item.stored_as] = model.left_out[name]
             continue
         targets = match_rows(name, table)
         if not targets:
@@ -178,8 +177,6 @@ def dimension_sizes(dims: Dims, head: HeadInfo | None, extra_vocab_rows: int) ->
 def _rows(model: SourceModel, head: HeadInfo | None) -> tuple[families.Row, ...]:
     """The rows of this output: the family's encoder for the layout, then the head's."""
     rows = list(model.family.encoder_rows(model.layout))
-    if model.adapter_layer_norm:
-        rows += [(s, t.replace("{base}", model.family.base), shape) for s, t, shape in families.ADAPTER_LAYER_NORM_ROWS]
     if head is None:
         rows += families.LM_HEAD_ROWS
         if not model.tied:
@@ -187,18 +184,6 @@ def _rows(model: SourceModel, head: HeadInfo | None) -> tuple[families.Row, ...]
     else:
         rows += [(src.replace("{head}", head.name), dst, shape) for src, dst, shape in families.CLASSIFIER_ROWS]
     return tuple(rows)
-
-
-def _unused_adapters(source: dict[str, SourceTensor], languages: tuple[str, ...]) -> dict[str, str]:
-    """Adapters fairseq never runs (their code loses `_rom`/`_zaw` before the lookup) -> why dropped."""
-    unused = {}
-    for name in source:
-        found = families.ADAPTER_NAME.match(name)
-        if found and found.group(1) not in languages:
-            language = found.group(1)
-            unused[name] = (f"adapter {language!r}, which fairseq never runs: it takes "
-                            f"{strip_language(language)!r}'s adapter for {language} text")
-    return unused
 
 
 # The MLM bias of alias rows: far below any real logit, so they get no probability, yet finite in float16.

@@ -74,7 +74,7 @@ class SourceModel:
     dims: Dims
     hyper_parameters: HyperParameters  # what the reference forward pass computes with too
     tied: bool  # the LM head shares the word embeddings
-    adapter_layer_norm: bool  # X-MOD adapters have a LayerNorm of their own
+    left_out: dict[str, str] = field(default_factory=dict)  # normalised name -> why no output has it
     problems: list[str] = field(default_factory=list)  # raised by the plan with its own
     embedding_fit: EmbeddingFit | None = None  # None while there are problems
     notes: list[str] = field(default_factory=list)
@@ -136,14 +136,14 @@ def analyse_source(source: NormalisedSource, dictionary: Dictionary, *, model_ty
     _refuse_unsupported_layouts(checkpoint)
     layout = families.Layout(pre_norm=f"{E}.layer_norm.weight" in tensors,
                              embedding_layer_norm=f"{E}.layernorm_embedding.weight" in tensors,
-                             adapters=bool(source.languages))
+                             adapters=bool(source.languages),
+                             adapter_layer_norm=f"{E}.layers.0.adapter_layer_norm.weight" in tensors)
     family = _family(layout, dictionary_kind(dictionary), model_type, checkpoint.path)
     hyper_parameters = resolve_hyper_parameters(checkpoint, supplied)
     problems = list(source.problems)
     model = SourceModel(source, dictionary, layout, family,
                         _dims(source, hyper_parameters.values, problems), hyper_parameters,
-                        _tied(hyper_parameters.values, tensors),
-                        f"{E}.layers.0.adapter_layer_norm.weight" in tensors, problems)
+                        _tied(hyper_parameters.values, tensors), _unused_adapters(source), problems)
     if problems:
         return model
     model.embedding_fit = fit = fit_embedding(dictionary, model.dims.vocab_size)
@@ -174,6 +174,18 @@ def _languages(tensors: dict[str, SourceTensor]) -> tuple[str, ...]:
     """The X-MOD languages fairseq can run, in the order of the checkpoint's adapters."""
     names = dict.fromkeys(m.group(1) for key in tensors if (m := families.ADAPTER_NAME.match(key)))
     return tuple(name for name in names if strip_language(name) == name)
+
+
+def _unused_adapters(source: NormalisedSource) -> dict[str, str]:
+    """Adapters fairseq never runs (their code loses `_rom`/`_zaw` before the lookup) -> why dropped."""
+    unused = {}
+    for name in source.tensors:
+        found = families.ADAPTER_NAME.match(name)
+        if found and found.group(1) not in source.languages:
+            language = found.group(1)
+            unused[name] = (f"adapter {language!r}, which fairseq never runs: it takes "
+                            f"{strip_language(language)!r}'s adapter for {language} text")
+    return unused
 
 
 def _tied(hparams: dict[str, Any], tensors: dict[str, SourceTensor]) -> bool:
