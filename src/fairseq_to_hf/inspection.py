@@ -89,8 +89,8 @@ def describe_plan(plan: ConversionPlan, max_shard_bytes: int = DEFAULT_MAX_SHARD
     return {
         "model": {
             "family": plan.family.model_type,
-            "layout": "pre-norm" if plan.layout.pre_norm else "post-norm",
-            "key_generation": plan.key_generation,
+            "layout": "pre-norm" if plan.model.layout.pre_norm else "post-norm",
+            "key_generation": plan.model.source.key_generation,
             "layers": dims.num_layers, "hidden_size": dims.hidden_size, "attention_heads": dims.num_heads,
             "ffn_size": dims.ffn_size, "position_rows": dims.positions, "max_tokens": dims.positions - 2,
             "vocab_rows": dims.vocab_size,

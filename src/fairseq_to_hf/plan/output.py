@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import ConversionError, ProblemList, UnsupportedModelError
+from ..hparams import HyperParameters
 from ..reader.dictionary import UNK_ID, Dictionary, labels_for_head
 from ..arch.fairseq_keys import SourceTensor
 from ..reader.tensors import LazyTensor
@@ -51,26 +52,28 @@ class TensorPlan:
 
 @dataclass
 class ConversionPlan:
-    family: Family
-    layout: families.Layout
+    """One output folder: its class, every tensor in order, its config; what the source says is `model`."""
+
+    model: SourceModel
     architecture: str
-    dims: Dims
     head: HeadInfo | None  # None: masked LM
-    heads: list[HeadInfo]
     tensors: list[TensorPlan]
     config: dict[str, Any]
     dropped: dict[str, str]  # stored key -> why it is not in the output
     tied_checks: list[tuple[LazyTensor, LazyTensor, str]]
-    model: SourceModel
     notes: list[str] = field(default_factory=list)
 
     @property
-    def hyper_parameters(self):
-        return self.model.hyper_parameters
+    def family(self) -> Family:
+        return self.model.family
 
     @property
-    def key_generation(self) -> str:
-        return self.model.source.key_generation
+    def dims(self) -> Dims:
+        return self.model.dims
+
+    @property
+    def hyper_parameters(self) -> HyperParameters:
+        return self.model.hyper_parameters
 
     @property
     def total_bytes(self) -> int:
@@ -92,7 +95,6 @@ def make_plan(model: SourceModel, request: OutputRequest, *, extra_vocab_rows: i
     """The plan of one output. `extra_vocab_rows`: tokenizer ids beyond the embedding (aliases of <unk>,
     see tokenizer/vocab.py), appended to the word embeddings and the LM head."""
     path, source, family = model.path, model.tensors, model.family
-    heads = model.heads
     head = _select_head(model, request.head)
     model.hyper_parameters.require(classifier=head is not None, path=path)
     hparams = model.hyper_parameters.values
@@ -162,9 +164,8 @@ def make_plan(model: SourceModel, request: OutputRequest, *, extra_vocab_rows: i
     config = build_config(model, architecture, head, float_dtype, labels, extra_vocab_rows)
     if family.config_fields:
         config.update(family.config_fields(model, request.default_language))
-    return ConversionPlan(family=family, layout=model.layout, architecture=architecture, dims=model.dims,
-                          head=head, heads=heads, tensors=[mapped[target] for target in expected], config=config,
-                          dropped=dropped, tied_checks=tied_checks, model=model, notes=notes)
+    return ConversionPlan(model, architecture, head, [mapped[target] for target in expected], config, dropped,
+                          tied_checks, notes)
 
 
 def dimension_sizes(dims: Dims, head: HeadInfo | None, extra_vocab_rows: int) -> dict[str, int]:
