@@ -66,6 +66,10 @@ def test_inspect_lists_the_languages() -> None:
     description = inspect_source(FIXTURES / "xmod_base")
     assert description["family"] == "xmod" and description["languages"] == ["en_XX", "de_DE", "hi_IN"]
     assert inspect_source(FIXTURES / "roberta_preln")["family"] == "roberta-prelayernorm"
+    # Without en_XX, convert needs a default language; inspect takes one to describe the plan.
+    assert "family" not in inspect_source(FIXTURES / "xmod_prenorm")
+    described = inspect_source(FIXTURES / "xmod_prenorm", default_language="ru_RU")
+    assert described["family"] == "xmod" and described["languages"] == ["de_DE", "fr_XX", "ru_RU"]
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["from_pretrained", "block-by-block"])

@@ -226,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_source_options(inspect, "to look for")
+    inspect.add_argument("--default-language", metavar="LANG",
+                         help="X-MOD: the default language convert would be given (default: en_XX)")
     inspect.add_argument("--json", action="store_true", help="print JSON for scripts")
     _add_hyper_parameter_options(inspect)
     return parser
@@ -352,7 +354,8 @@ def _inspect(args: argparse.Namespace) -> int:
     from .inspection import format_inspection, inspect_source
 
     description = inspect_source(args.src, checkpoint=args.checkpoint, dictionary=args.dictionary,
-                                 hyper_parameters=_supplied(args), **_tokenizer_files(args))
+                                 default_language=args.default_language, hyper_parameters=_supplied(args),
+                                 **_tokenizer_files(args))
     print(json.dumps(description, indent=2) if args.json else format_inspection(description))
     return EXIT_OK
 

@@ -18,7 +18,7 @@ from .writer import DEFAULT_MAX_SHARD_BYTES, plan_shards, shard_file_names
 
 
 def inspect_source(src: str | Path, *, checkpoint: str | Path | None = None, dictionary: str | Path | None = None,
-                   hyper_parameters: SuppliedHyperParameters = SuppliedHyperParameters(),
+                   default_language: str | None = None, hyper_parameters: SuppliedHyperParameters = SuppliedHyperParameters(),
                    **tokenizer_files: str | Path | None) -> dict[str, Any]:
     """Describes a fairseq model folder; reads the pickle and zip directory, never tensor data.
 
@@ -46,7 +46,8 @@ def inspect_source(src: str | Path, *, checkpoint: str | Path | None = None, dic
         model: SourceModel | ConversionError = analyse_source(normalised, token_dictionary, supplied=hyper_parameters)
     except ConversionError as error:  # no output can be made: each says why
         model = error
-    outputs = {target or "default": _would_produce(model, target) for target in targets}
+    outputs = {target or "default": _would_produce(model, OutputRequest(head=target, default_language=default_language))
+               for target in targets}
 
     description: dict[str, Any] = {
         "checkpoint": str(files.checkpoint),
@@ -73,11 +74,11 @@ def inspect_source(src: str | Path, *, checkpoint: str | Path | None = None, dic
     return description
 
 
-def _would_produce(model: SourceModel | ConversionError, head: str | None) -> dict[str, Any]:
+def _would_produce(model: SourceModel | ConversionError, request: OutputRequest) -> dict[str, Any]:
     try:
         if isinstance(model, ConversionError):
             raise model
-        plan = make_plan(model, OutputRequest(head=head))
+        plan = make_plan(model, request)
     except ConversionError as error:
         return {"refused": error.render()}
     return {"plan": describe_plan(plan)}
