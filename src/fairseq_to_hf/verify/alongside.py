@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 
 from ..reader.tensors import LazyTensor
-from .reference import FairseqReference, ReferenceOutputs, Stage
+from ..reference.forward import FairseqReference, ReferenceOutputs, Stage
 
 
 class ReferenceStopped(Exception):
