@@ -87,3 +87,25 @@ def test_verify_checks_an_xmod_folder_in_every_language(tmp_path: Path, streamed
     result = verify_folder(FIXTURES / "xmod_base", out, streamed=streamed).weights
     failing = {check.input.split("@")[1] for check in result.checks if not check.passed}
     assert failing == {"de_DE", "mixed"}
+
+
+@pytest.mark.parametrize("fixture,options", [("xmod_prenorm", {"default_language": "ru_RU"}), ("xmod_base", {})])
+def test_xmod_wiring_missing_from_the_cfg_is_the_arch_default(fixture: str, options: dict, tmp_path: Path) -> None:
+    """fairseq's loader runs the arch function, which fills the adapters' wiring the args lack:
+    xmod_large_prenorm and xmod_base* differ, so the defaults go by arch, and an unknown arch is refused."""
+    from fairseq_to_hf.reader import read_checkpoint
+    from test_hyper_parameters import resaved
+
+    wiring = ("adapter_reuse_layer_norm", "ln_before_adapter")
+    hparams = {key: value for key, value in read_checkpoint(FIXTURES / fixture / "model.pt").hparams.items()
+               if key not in wiring}
+    src = resaved(fixture, tmp_path / "src", hparams)
+    out = tmp_path / "out"
+    assert convert(src, out, head="lm", **options).verified
+    assert max(assert_matches_fairseq(fixture, out, MLM, None).values()) <= 1e-5
+    config, recorded = json_file(out / "config.json"), recording(fixture).meta["xmod"]["cfg_model"]
+    assert {name: config[name] for name in wiring} == {name: recorded[name] for name in wiring}
+
+    renamed = resaved(fixture, tmp_path / "renamed", {**hparams, "arch": "my_xmod"})
+    with pytest.raises(ConversionError, match="do not give adapter_reuse_layer_norm and ln_before_adapter"):
+        convert(renamed, tmp_path / "out2", head="lm", **options)

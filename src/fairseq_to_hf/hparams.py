@@ -19,9 +19,17 @@ HEADS, ACTIVATION, POOLER_ACTIVATION = "encoder_attention_heads", "activation_fn
 FLAGS = {HEADS: "--num-heads", ACTIVATION: "--activation-fn", POOLER_ACTIVATION: "--pooler-activation-fn"}
 FLAG_METAVARS = {HEADS: "N", ACTIVATION: "NAME", POOLER_ACTIVATION: "NAME"}
 
-# fairseq/models/roberta/model.py: the head count each registered arch function sets when args lack it
-# (roberta, roberta_base and roberta_prenorm through base_architecture). Other archs may set anything.
-ARCH_ATTENTION_HEADS = {"roberta": 12, "roberta_base": 12, "roberta_prenorm": 12, "roberta_large": 16, "xlm": 16}
+# What each registered arch function sets when args lack it, of the values no tensor shows: the head
+# count (fairseq/models/roberta/model.py; roberta, roberta_base, roberta_prenorm and every xmod_base*
+# through base_architecture) and X-MOD's adapter wiring (fairseq/models/xmod/model.py). Other archs
+# may set anything.
+_XMOD_BASE = {HEADS: 12, "adapter_reuse_layer_norm": True, "ln_before_adapter": True}
+ARCH_SPECIFIC_DEFAULTS: dict[str, dict[str, Any]] = {
+    "roberta": {HEADS: 12}, "roberta_base": {HEADS: 12}, "roberta_prenorm": {HEADS: 12},
+    "roberta_large": {HEADS: 16}, "xlm": {HEADS: 16},
+    **{arch: _XMOD_BASE for arch in ("xmod_base", "xmod_base_13", "xmod_base_30", "xmod_base_60", "xmod_base_75")},
+    "xmod_large_prenorm": {HEADS: 16, "adapter_reuse_layer_norm": False, "ln_before_adapter": False},
+}
 # base_architecture, which every roberta arch ends with, sets these whatever the arch.
 ARCH_DEFAULTS = {ACTIVATION: "gelu", POOLER_ACTIVATION: "tanh", "untie_weights_roberta": False,
                  "no_scale_embedding": True}
@@ -73,9 +81,7 @@ def resolve_hyper_parameters(checkpoint: Checkpoint, supplied: SuppliedHyperPara
     defaulted: set[str] = set()
     if checkpoint.hparams_source != "none":
         # fairseq's loader runs the arch function on args/cfg, which fills what they lack.
-        defaults = dict(ARCH_DEFAULTS)
-        if arch in ARCH_ATTENTION_HEADS:
-            defaults[HEADS] = ARCH_ATTENTION_HEADS[arch]
+        defaults = {**ARCH_DEFAULTS, **ARCH_SPECIFIC_DEFAULTS.get(arch or "", {})}
         for key, value in defaults.items():
             if key not in values:
                 values[key] = value

@@ -151,8 +151,8 @@ def strip_language(language: str) -> str:
     return language.replace("_rom", "").replace("_zaw", "")
 
 
-# fairseq's xmod_base* architectures' defaults; xmod_large_prenorm sets its own in the checkpoint's cfg.
-XMOD_DEFAULTS = {"adapter_reuse_layer_norm": True, "ln_before_adapter": True}
+# How X-MOD's adapters are wired, which no tensor shows: from the checkpoint's cfg, or its arch's defaults.
+XMOD_WIRING = ("adapter_reuse_layer_norm", "ln_before_adapter")
 DEFAULT_LANGUAGE = "en_XX"  # what fairseq's lang_adapter runs when no language is given
 
 
@@ -169,15 +169,18 @@ def xmod_config(model: Any, default_language: str | None) -> dict[str, Any]:
         raise ConversionError(f"has no adapter for --default-language {default_language}; "
                               f"choose one of {', '.join(languages)}", path=model.path)
     hparams = model.hyper_parameters.values
+    unknown = [name for name in XMOD_WIRING if not isinstance(hparams.get(name), bool)]
+    if unknown:
+        raise ConversionError(f"is an X-MOD model whose {model.hyper_parameters.source} do not give "
+                              f"{' and '.join(unknown)}, and its arch is not one whose defaults are known "
+                              "(xmod_base*, xmod_large_prenorm)", path=model.path)
     return {
         "languages": languages,
         "default_language": strip_language(default_language),
         "pre_norm": model.layout.pre_norm,
         "adapter_reduction_factor": model.dims.hidden_size // model.dims.adapter_size,
         "adapter_layer_norm": model.layout.adapter_layer_norm,  # fairseq makes it exactly when its cfg asks
-        "adapter_reuse_layer_norm": bool(hparams.get("adapter_reuse_layer_norm",
-                                                     XMOD_DEFAULTS["adapter_reuse_layer_norm"])),
-        "ln_before_adapter": bool(hparams.get("ln_before_adapter", XMOD_DEFAULTS["ln_before_adapter"])),
+        **{name: hparams[name] for name in XMOD_WIRING},
     }
 
 

@@ -271,12 +271,11 @@ class FairseqReference:
         marker = layer.removeprefix("encoder") + ".adapter_modules."  # under encoder. or decoder.
         if not any(marker in key for key in self.state):
             return x
-        # The xmod_base architectures' defaults, where the checkpoint's cfg does not say.
-        ln_before_adapter = self.hparams.get("ln_before_adapter", True)
+        ln_before_adapter = self._hparam("ln_before_adapter")
         residual = x
         if self.has(f"{layer}.adapter_layer_norm.weight"):
             x = self._layer_norm(x, f"{layer}.adapter_layer_norm")
-        elif self.hparams.get("adapter_reuse_layer_norm", True):
+        elif self._hparam("adapter_reuse_layer_norm"):
             x = self._layer_norm(x, f"{layer}.final_layer_norm")
         if ln_before_adapter:
             residual = x
