@@ -398,10 +398,10 @@ class _OnePass:
                     self._write_values(files, placed, materialise(placed.planned))
                     if progress:
                         progress(placed.planned)
-            # The pass checks region i + 1 while region i is copied.
-            prefetch = stack.enter_context(Prefetcher(self.regions, lambda region: self._scan(region, reader)))
+            # The pass runs ahead of the copies on its own thread (see _PassAhead).
+            ahead = stack.enter_context(_PassAhead(self, reader, source.fileno()))
             for region in self.regions:
-                scanned = prefetch.take(region)
+                scanned = ahead.take()
                 for placed in scanned.copies:
                     self._copy(source.fileno(), files[placed.shard].fileno(), placed)
                 for placed, values in scanned.writes:
@@ -409,6 +409,7 @@ class _OnePass:
                 if scanned.buffer is not None and self.pool is not None:
                     self.pool.release(scanned.buffer)
                 non_finite.update(id(placed) for placed in scanned.non_finite)
+                ahead.written(region)
                 if progress:
                     for placed in region.tensors:
                         progress(placed.planned)
@@ -426,11 +427,13 @@ class _OnePass:
 
     # -- on the prefetch thread --
 
-    def _scan(self, region: _Region, reader: _MappedSource) -> _Scanned:
+    def _copies(self, region: _Region) -> list[_Placed]:
+        """The region's tensors to copy inside the kernel (the others are written from user space)."""
+        return [placed for placed in region.tensors if self.copy_in_kernel and placed.unchanged]
+
+    def _scan(self, region: _Region, reader: _MappedSource, copies: list[_Placed]) -> _Scanned:
         """Reads the region once: CRC-32 of its storage, sha256, NaN/Inf of the tensors copied as they are,
         and the values of the others (and of all when `on_read` wants them)."""
-        copy = self.copy_in_kernel
-        copies = [placed for placed in region.tensors if copy and placed.unchanged]
         wanted = [placed for placed in region.tensors if self.on_read or placed not in copies]
         low = min((placed.start for placed in wanted), default=region.end)
         high = max((placed.end for placed in wanted), default=region.end)
@@ -511,6 +514,98 @@ class _OnePass:
         if values.numel():
             data = memoryview(values.contiguous().view(torch.uint8).numpy())
             pwrite_fully(files[placed.shard].fileno(), data, placed.offset)
+
+
+class _PassAhead:
+    """The pass over the source on a thread of its own, as far ahead of the writer as memory allows.
+
+    The regions of a checkpoint alternate between storages and the few bytes of zip header between
+    them, so a pass one region ahead (as a Prefetcher) would check the header after a storage while
+    that storage is copied, then wait: checking and copying would take turns instead of overlapping.
+    Here the pass goes on to the next regions while the writer copies, within two bounds:
+    - the values it reads for the writer (cast tensors, alias rows): at most one region's worth waits
+      besides the one being written, as before;
+    - the bytes checked but not yet copied: at most LEAD_BYTES beyond one region, so the copies still
+      find them in the page cache.
+    The kernel is asked to read ahead of the pass (POSIX_FADV_WILLNEED), which matters when the
+    checkpoint is not yet in the page cache.
+    """
+
+    LEAD_BYTES = 256 << 20
+
+    def __init__(self, one_pass: _OnePass, reader: _MappedSource, source_fd: int) -> None:
+        self._pass, self._reader, self._fd = one_pass, reader, source_fd
+        self._results: list[tuple[_Scanned | None, BaseException | None]] = []
+        self._lead = 0  # bytes of regions scanned, not yet written
+        self._holding = 0  # results not yet taken that hold values for the writer
+        self._advised = 0  # the kernel was asked to read the source up to here
+        self._stopped = False
+        self._condition = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="source-pass", daemon=True)
+
+    def __enter__(self) -> _PassAhead:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._condition:
+            self._stopped = True
+            self._condition.notify_all()
+        self._thread.join()
+
+    def take(self) -> _Scanned:
+        """The next region's result, in file order (raises what the pass raised)."""
+        with self._condition:
+            while not self._results:
+                self._condition.wait()
+            scanned, error = self._results.pop(0)
+            self._holding -= scanned is not None and bool(scanned.writes)
+            self._condition.notify_all()
+        if error is not None:
+            raise error
+        assert scanned is not None
+        return scanned
+
+    def written(self, region: _Region) -> None:
+        with self._condition:
+            self._lead -= region.end - region.start
+            self._condition.notify_all()
+
+    def _run(self) -> None:
+        regions = self._pass.regions
+        try:
+            for number, region in enumerate(regions):
+                copies = self._pass._copies(region)
+                holds = len(copies) < len(region.tensors)
+                with self._condition:
+                    while not self._stopped and self._lead and (
+                            self._lead > self.LEAD_BYTES or (holds and self._holding)):
+                        self._condition.wait()
+                    if self._stopped:
+                        return
+                self._read_ahead(regions, number)
+                scanned = self._pass._scan(region, self._reader, copies)
+                with self._condition:
+                    self._lead += region.end - region.start
+                    self._holding += bool(scanned.writes)
+                    self._results.append((scanned, None))
+                    self._condition.notify_all()
+        except BaseException as error:  # handed to the writer, which raises it
+            with self._condition:
+                self._results.append((None, error))
+                self._condition.notify_all()
+
+    def _read_ahead(self, regions: list[_Region], number: int) -> None:
+        """Asks the kernel to start reading the bytes the pass needs next, LEAD_BYTES at a time."""
+        start, end = regions[number].start, regions[-1].end
+        if self._advised - start > self.LEAD_BYTES // 2 or not hasattr(os, "posix_fadvise"):
+            return
+        begin, self._advised = max(start, self._advised), min(end, start + self.LEAD_BYTES)
+        if begin < self._advised:
+            try:
+                os.posix_fadvise(self._fd, begin, self._advised - begin, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass
 
 
 def _regions(index: StorageIndex, placed: list[_Placed], hash_file: bool) -> list[_Region] | None:
