@@ -25,7 +25,7 @@ import struct
 import threading
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -437,13 +437,19 @@ class _OnePass:
         wanted = [placed for placed in region.tensors if self.on_read or placed not in copies]
         low = min((placed.start for placed in wanted), default=region.end)
         high = max((placed.end for placed in wanted), default=region.end)
-        buffer, pooled = self._buffer(high - low) if wanted else (None, None)
+        # The values wanted lie on a mapping of their own, kept with them; else they are copied into a buffer.
+        held = reader.held(low, high) if wanted else None
+        buffer, pooled = (held, None) if held is not None else self._buffer(high - low) if wanted else (None, None)
         scanned = _Scanned(copies, [], [], pooled)
         expected = self.index.unchecked_crc(region.key) if region.key is not None else None
         crc = 0
         for start, end in _pieces(region.start, region.end, (low, high)):
-            into = buffer[start - low:end - low] if buffer is not None and low <= start < high else None
-            with reader.piece(start, end, into) as piece:
+            inside = buffer is not None and low <= start < high
+            if held is not None and inside:
+                pieces: AbstractContextManager[memoryview] = nullcontext(memoryview(held[start - low:end - low].numpy()))
+            else:
+                pieces = reader.piece(start, end, buffer[start - low:end - low] if inside else None)
+            with pieces as piece:
                 if expected is not None:
                     crc = zlib.crc32(piece, crc)
                 if self.digest is not None:
@@ -657,13 +663,14 @@ class _MappedSource:
     def __init__(self, index: StorageIndex) -> None:
         self.index = index
         self._map: mmap.mmap | None = None
+        self._file = None
         self._scratch: torch.Tensor | None = None
 
     def __enter__(self) -> _MappedSource:
         try:
-            with open(self.index.path, "rb") as file:
-                # Private and writable (never written): tensors made on it need no read-only warning.
-                self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+            self._file = open(self.index.path, "rb")
+            # Private and writable (never written): tensors made on it need no read-only warning.
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
         except (OSError, ValueError):  # ValueError: an empty file
             self._map = None
         return self
@@ -671,6 +678,30 @@ class _MappedSource:
     def __exit__(self, *exc: object) -> None:
         if self._map is not None:
             self._map.close()
+        if self._file is not None:
+            self._file.close()
+
+    def held(self, start: int, end: int) -> torch.Tensor | None:
+        """The bytes [start, end) as a uint8 tensor on a mapping of its own, unmapped when the tensor (and
+        every view of it) is freed: values the writer or the verification keep a while, at no copy.
+        None where the file cannot be mapped (then the caller copies the bytes into a buffer)."""
+        # Elements must be aligned in the mapping for the tensor views of them (8: the widest dtype).
+        if self._map is None or end > len(self._map) or end <= start or start % 8:
+            return None
+        aligned = start - start % mmap.ALLOCATIONGRANULARITY
+        try:
+            mapping = mmap.mmap(self._file.fileno(), end - aligned, access=mmap.ACCESS_COPY, offset=aligned)
+        except (OSError, ValueError):
+            return None
+        try:
+            mapping.madvise(MADV_POPULATE_READ)
+        except OSError as error:
+            mapping.close()
+            if error.errno == errno.EFAULT:  # pages past the end of the file: it shrank
+                raise CheckpointFormatError("the file ends in the middle of a tensor", path=self.index.path,
+                                            hint="the file is truncated; copy it again") from None
+            return None
+        return torch.frombuffer(mapping, dtype=torch.uint8, count=end - start, offset=start - aligned)
 
     @contextmanager
     def piece(self, start: int, end: int, into: torch.Tensor | None) -> Iterator[memoryview]:
