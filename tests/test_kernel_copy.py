@@ -158,3 +158,35 @@ def test_where_the_kernel_cannot_copy_the_bytes_are_written_from_user_space(tmp_
     convert_fixture("roberta_legacy_v09", tmp_path / "one_pass", True, monkeypatch)
     assert written_weights(tmp_path / "one_pass") == written_weights(tmp_path / "before")
     assert refused["calls"] == 1  # not asked again once refused
+
+
+def test_the_pass_checks_ahead_while_the_kernel_copies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Storages and the zip headers between them alternate in the file: the pass must not stop after the
+    region following the one being copied, or checking and copying take turns instead of overlapping."""
+    import threading
+    import time
+
+    scanned: Counter = Counter()
+    real_scan, real_copy = writer._OnePass._scan, os.copy_file_range
+
+    def counting_scan(self, *args, **kwargs):
+        result = real_scan(self, *args, **kwargs)
+        scanned["regions"] += 1
+        return result
+
+    ahead_during_first_copy = []
+
+    def waiting_copy(*args, **kwargs):
+        if not ahead_during_first_copy:  # hold the first copy until the pass is 3 regions further on
+            seen = scanned["regions"]
+            deadline = time.monotonic() + 10
+            while scanned["regions"] < seen + 3 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            ahead_during_first_copy.append(scanned["regions"] - seen)
+        return real_copy(*args, **kwargs)
+
+    monkeypatch.setattr(writer._OnePass, "_scan", counting_scan)
+    monkeypatch.setattr(os, "copy_file_range", waiting_copy)
+    convert_fixture("roberta_mlm", tmp_path / "out", True, monkeypatch)
+    assert not any(thread.name == "source-pass" for thread in threading.enumerate())  # joined
+    assert ahead_during_first_copy and ahead_during_first_copy[0] >= 3
