@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from conftest import FIXTURES
-from fairseq_to_hf.plan import PlanOptions, make_plan
+from fairseq_to_hf.plan import OutputRequest, analyse_source, make_plan, normalise_source
 from fairseq_to_hf.reader.checkpoint import read_checkpoint
 from fairseq_to_hf.reader.dictionary import read_dictionary
 from fairseq_to_hf.verify.alongside import ReferenceAlongside, SharedReads
 from fairseq_to_hf.verify.compare import reference_rows, verification_inputs
-from fairseq_to_hf.verify.reference import FairseqReference
+from fairseq_to_hf.reference.forward import FairseqReference
 from fairseq_to_hf.writer import write_weights
 
 
@@ -37,7 +37,8 @@ def _count_reads(source) -> Counter:
                                           ("xlmr_prenorm_cls", "script_head")])
 def test_reference_fed_by_the_writer_reads_each_tensor_once(fixture: str, head: str | None, tmp_path: Path) -> None:
     source = read_checkpoint(FIXTURES / fixture / "model.pt")
-    plan = make_plan(source, read_dictionary(FIXTURES / fixture / "dict.txt"), PlanOptions(head=head or "lm"))
+    model = analyse_source(normalise_source(source), read_dictionary(FIXTURES / fixture / "dict.txt"))
+    plan = make_plan(model, OutputRequest(head=head or "lm"))
     rows = reference_rows(verification_inputs(plan.dims.vocab_size, plan.dims.positions, streamed=False))
     alone = FairseqReference(source.tensors, source.hparams).forward(rows, head)
 

@@ -31,7 +31,7 @@ def test_a_listed_mask_keeps_its_id(tmp_path: Path) -> None:
     # fairseq's add_symbol("<mask>") returns the id dict.txt gave it; no row is added.
     src = with_dict(tmp_path, ["<mask> 0", *LINES])
     report = converted(src, tmp_path / "out")
-    assert report.verified and report.tokenizer["mask_id"] == 4
+    assert report.verified and report.tokenizer.vocabulary.mask_id == 4
     vocab = json.loads((tmp_path / "out" / "tokenizer.json").read_text())["model"]["vocab"]
     assert vocab["<mask>"] == 4
     assert json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())["mask_token"] == "<mask>"
@@ -40,7 +40,7 @@ def test_a_listed_mask_keeps_its_id(tmp_path: Path) -> None:
 def test_stripped_padding_lines_put_mask_on_the_last_row(tmp_path: Path) -> None:
     src = with_dict(tmp_path, [line for line in LINES if not line.startswith("madeupword")])
     report = converted(src, tmp_path / "out")
-    assert report.verified and report.tokenizer["mask_id"] == 344
+    assert report.verified and report.tokenizer.vocabulary.mask_id == 344
     assert any("madeupword padding" in note for note in report.outputs[0].notes)
 
 

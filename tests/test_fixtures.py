@@ -105,12 +105,12 @@ def test_block_by_block_verification_agrees_with_from_pretrained(fixture: str, h
     from fairseq_to_hf.verify.existing import verify_folder
 
     report = convert(FIXTURES / fixture, tmp_path / "out", verify_streamed=True)
-    assert report.verified and report.outputs[0].verification["loaded_with"] == "block by block"
-    results = [verify_folder(FIXTURES / fixture, tmp_path / "out", head=head, streamed=streamed)["verification"]
+    assert report.verified and report.outputs[0].verification.loaded_with == "block by block"
+    results = [verify_folder(FIXTURES / fixture, tmp_path / "out", head=head, streamed=streamed).weights
                for streamed in (False, True)]
-    assert [result["loaded_with"] for result in results] == ["from_pretrained", "block by block"]
-    assert all(result["passed"] for result in results)
-    assert max(results[1]["max_abs_diff"].values()) <= 1e-5
+    assert [result.loaded_with for result in results] == ["from_pretrained", "block by block"]
+    assert all(result.passed for result in results)
+    assert max(results[1].worst().values()) <= 1e-5
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["from_pretrained", "block-by-block"])
@@ -126,7 +126,7 @@ def test_verification_catches_a_misplaced_tensor(tmp_path: Path, streamed: bool)
     key = "roberta.encoder.layer.1.attention.self.key.weight"
     weights[query], weights[key] = weights[key].clone(), weights[query].clone()
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
-    result = verify_folder(FIXTURES / "roberta_mlm", out, streamed=streamed)["verification"]
-    assert not result["passed"]
-    failing = {check["output"].split(" ", 1)[1] for check in result["checks"] if not check["passed"]}
+    result = verify_folder(FIXTURES / "roberta_mlm", out, streamed=streamed).weights
+    assert not result.passed
+    failing = {check.output for check in result.checks if not check.passed}
     assert "hidden_states[1]" not in failing and "last_hidden_state" in failing

@@ -15,7 +15,7 @@ from transformers import AutoModelForMaskedLM
 from conftest import FIXTURES, assert_matches_fairseq
 from fairseq_to_hf.errors import ConversionError
 from fairseq_to_hf.reader import read_checkpoint
-from fairseq_to_hf.verify.reference import FairseqReference
+from fairseq_to_hf.reference.forward import FairseqReference
 from test_bad_input import assert_refused, run_cli
 
 

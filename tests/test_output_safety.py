@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import fcntl
 import os
 import re
 import resource
@@ -325,6 +326,32 @@ def test_interrupted_while_verifying(tmp_path: Path, big_source: Path, signum: i
     run.wait_until(lambda: any(line.startswith("verifying") for line in run.lines), "verification started")
     result = run.finish(signum)
     assert_failed_cleanly(result, out, EXIT_INTERRUPTED, "interrupted", "nothing was written")
+
+
+def test_a_killed_run_is_cleaned_up_by_the_next(tmp_path: Path, big_source: Path) -> None:
+    """SIGKILL leaves the staging folder (nothing can run); the next run to OUT removes it, but never
+    the folder of a run still alive, nor one too young to have been locked yet."""
+    out = tmp_path / "out"
+    run = Watcher(big_source, out)
+    run.wait_until(lambda: run.staged_weights() is not None, "model.safetensors was started")
+    run.finish(signal.SIGKILL)
+    [abandoned] = leftovers(out)
+    young = tmp_path / f".{out.name}.partial-young"
+    young.mkdir()
+    alive = tmp_path / f".{out.name}.partial-alive"
+    alive.mkdir()
+    holder = os.open(alive, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    hour_ago = time.time() - 3600
+    for folder in (tmp_path / abandoned, alive):
+        os.utime(folder, (hour_ago, hour_ago))
+    try:
+        result = run_cli(MLM, out, "--no-verify")
+        assert result.returncode == 0, result.stderr
+        assert leftovers(out) == sorted([alive.name, young.name])
+    finally:
+        os.close(holder)
+    assert (out / "model.safetensors").is_file()
 
 
 def test_interrupted_replacement_keeps_the_old_out(tmp_path: Path, big_source: Path) -> None:

@@ -9,7 +9,7 @@ from conftest import FIXTURES, PAD_ID, TOLERANCE, recording
 from fairseq_to_hf.reader.checkpoint import read_checkpoint
 from fairseq_to_hf.verify.compare import outputs_per_input, reference_rows
 from fairseq_to_hf.prefetch import Prefetcher
-from fairseq_to_hf.verify.reference import FairseqReference
+from fairseq_to_hf.reference.forward import FairseqReference
 
 # (fixture, classification head or None for the masked-LM head)
 CASES = [
@@ -104,5 +104,5 @@ def test_outputs_that_are_not_finite_never_pass(have: torch.Tensor) -> None:
     from fairseq_to_hf.verify.compare import OutputCheck, max_abs_diff, non_finite
 
     for want in (torch.full((2, 3), float("nan")), torch.zeros(2, 3)):
-        check = OutputCheck("x", max_abs_diff(want, have), 0.0, 1.0, non_finite(want, have))
+        check = OutputCheck("x", "last_hidden_state", max_abs_diff(want, have), 0.0, 1.0, non_finite(want, have))
         assert check.non_finite and not check.passed

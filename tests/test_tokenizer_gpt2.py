@@ -12,7 +12,7 @@ from conftest import FIXTURES, GPT2_BPE, json_file
 from fairseq_to_hf import convert
 from fairseq_to_hf.reader.dictionary import UNK_ID, Dictionary, read_dictionary
 from fairseq_to_hf.tokenizer.gpt2 import build_gpt2_tokenizer, gpt2_vocabulary, read_gpt2_files
-from fairseq_to_hf.verify.fairseq_encode import Gpt2Encoder, fairseq_encode
+from fairseq_to_hf.reference.encode import Gpt2Encoder, fairseq_encode
 
 CASES = json_file(GPT2_BPE / "encode_cases.json")
 MODEL_ROWS = 345  # roberta_mlm's embedding rows (dict.txt + 4 specials + <mask>)
@@ -94,13 +94,14 @@ def test_missing_tokens_become_aliases_only_where_merges_need_them() -> None:
 
 def test_a_wrong_tokenizer_fails_verification(tmp_path: Path) -> None:
     from fairseq_to_hf.verify.tokenizer_check import verify_tokenizer
-    from fairseq_to_hf.tokenizer import TokenizerFiles, prepare_tokenizer, write_tokenizer
+    from fairseq_to_hf.tokenizer import TokenizerFiles, prepare_tokenizer, tokenizer_documents
 
     dictionary = read_dictionary(FIXTURES / "roberta_mlm" / "dict.txt")
     prepared = prepare_tokenizer(TokenizerFiles({"encoder_json": GPT2_BPE / "encoder.json",
                                                  "vocab_bpe": GPT2_BPE / "vocab.bpe"}),
                                  dictionary, MODEL_ROWS)
-    write_tokenizer(tmp_path, prepared, model_max_length=64)
+    for name, document in tokenizer_documents(prepared, model_max_length=64).items():
+        (tmp_path / name).write_text(document if isinstance(document, str) else json.dumps(document))
     vocabulary = prepared.vocabulary
     assert verify_tokenizer(tmp_path, prepared.reference_bpe, dictionary, vocabulary.model_rows, vocabulary.size).passed
     spec = json.loads((tmp_path / "tokenizer.json").read_text())

@@ -18,9 +18,9 @@ from fairseq_to_hf.errors import ConversionError
 from fairseq_to_hf.reader.checkpoint import read_checkpoint
 from fairseq_to_hf.reader.dictionary import UNK_ID, read_dictionary
 from fairseq_to_hf.reader.folder import find_source_files
-from fairseq_to_hf.tokenizer import prepare_tokenizer
+from fairseq_to_hf.tokenizer import TOKENIZER_FILES, prepare_tokenizer
 from fairseq_to_hf.tokenizer.fastbpe import PYTHON_WHITESPACE
-from fairseq_to_hf.verify.fairseq_encode import fairseq_encode
+from fairseq_to_hf.reference.encode import fairseq_encode
 
 # fixture -> (kind, does a word's inner whitespace make lines differ)
 KINDS = {"phobert_fastbpe": ("fastbpe", True), "roberta_subword_nmt": ("subword_nmt", True),
@@ -40,7 +40,8 @@ def prepared_for(fixture: str):
     folder = FIXTURES / fixture
     dictionary = read_dictionary(folder / "dict.txt")
     source = read_checkpoint(folder / "model.pt")
-    return prepare_tokenizer(find_source_files(folder).tokenizer, dictionary, len(dictionary) + 1, source.bpe)
+    files = find_source_files(folder, TOKENIZER_FILES).tokenizer
+    return prepare_tokenizer(files, dictionary, len(dictionary) + 1, source.bpe)
 
 
 def as_fairseq(ids: list[int], model_rows: int) -> list[int]:
@@ -62,14 +63,14 @@ def test_converted_model_matches_fairseq(converted) -> None:
     fixture, out, report = converted
     worst = assert_matches_fairseq(fixture, out, AutoModelForMaskedLM, None)
     print(f"{fixture}: max abs diff {max(worst.values()):.3g}")
-    assert report.tokenizer["kind"] == KINDS[fixture][0]
+    assert report.tokenizer.kind == KINDS[fixture][0]
 
 
 def test_every_recorded_line_and_pair_gets_fairseqs_ids(converted) -> None:
     fixture, out, report = converted
     cases = json_file(FIXTURES / fixture / "encode_cases.json")
     tokenizer = AutoTokenizer.from_pretrained(out)
-    rows = report.tokenizer["fairseq_vocab_rows"]
+    rows = report.tokenizer.vocabulary.model_rows
     vocab_size = json_file(out / "config.json")["vocab_size"]
     prepared = prepared_for(fixture)
     exact = equivalent = differ = 0
@@ -96,7 +97,7 @@ def test_every_recorded_line_and_pair_gets_fairseqs_ids(converted) -> None:
 
 
 def test_the_reference_encode_is_fairseqs(converted) -> None:
-    """The independent reference (verify/fairseq_encode.py) reproduces fairseq's recorded ids on every line."""
+    """The independent reference (reference/encode.py) reproduces fairseq's recorded ids on every line."""
     fixture, _, _ = converted
     cases = json_file(FIXTURES / fixture / "encode_cases.json")
     prepared = prepared_for(fixture)
@@ -111,14 +112,14 @@ def test_the_reference_encode_is_fairseqs(converted) -> None:
 def test_verification_report_and_card_count_the_whitespace_lines(converted) -> None:
     fixture, out, report = converted
     tokens = report.outputs[0].tokenizer_verification
-    assert tokens["passed"] and tokens["mismatch_count"] == 0
+    assert tokens.passed and not tokens.mismatches
     card = (out / "README.md").read_text().replace("\n", " ")
     if KINDS[fixture][1]:
-        assert tokens["known_differences"] >= 1  # the built-in samples hold tabs and newlines
-        assert "whitespace" in tokens["known_difference"]
-        assert f"{tokens['known_differences']} more differ only where" in card
+        assert tokens.known_differences  # the built-in samples hold tabs and newlines
+        assert "whitespace" in tokens.known_difference
+        assert f"{len(tokens.known_differences)} more differ only where" in card
     else:
-        assert tokens["known_differences"] == 0
+        assert not tokens.known_differences
 
 
 def test_phobert_tokenizer_loads_vocab_txt_and_bpe_codes(converted) -> None:
@@ -129,7 +130,7 @@ def test_phobert_tokenizer_loads_vocab_txt_and_bpe_codes(converted) -> None:
     slow = PhobertTokenizer.from_pretrained(out)
     fast = AutoTokenizer.from_pretrained(out)
     for text in ("Return the value of the object.", "Café 😀 Tiếng Việt"):
-        rows = report.tokenizer["fairseq_vocab_rows"]
+        rows = report.tokenizer.vocabulary.model_rows
         assert slow(text)["input_ids"] == as_fairseq(fast(text)["input_ids"], rows), text
 
 

@@ -48,7 +48,7 @@ def test_variant_converts_and_matches_fairseq_in_every_language(case: tuple, tmp
         assert config["hidden_size"] // config["adapter_reduction_factor"] == xmod["adapter_hidden_size"]
         for field in ("adapter_layer_norm", "adapter_reuse_layer_norm", "ln_before_adapter"):
             assert config[field] is xmod["cfg_model"][field], field
-        verified_inputs = report.outputs[0].verification["inputs"]
+        verified_inputs = report.outputs[0].verification.inputs
         assert {name.split("@")[1] for name in verified_inputs} == {*meta["languages"], "mixed"}
 
 
@@ -66,6 +66,10 @@ def test_inspect_lists_the_languages() -> None:
     description = inspect_source(FIXTURES / "xmod_base")
     assert description["family"] == "xmod" and description["languages"] == ["en_XX", "de_DE", "hi_IN"]
     assert inspect_source(FIXTURES / "roberta_preln")["family"] == "roberta-prelayernorm"
+    # Without en_XX, convert needs a default language; inspect takes one to describe the plan.
+    assert "family" not in inspect_source(FIXTURES / "xmod_prenorm")
+    described = inspect_source(FIXTURES / "xmod_prenorm", default_language="ru_RU")
+    assert described["family"] == "xmod" and described["languages"] == ["de_DE", "fr_XX", "ru_RU"]
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["from_pretrained", "block-by-block"])
@@ -74,12 +78,12 @@ def test_verify_checks_an_xmod_folder_in_every_language(tmp_path: Path, streamed
 
     out = tmp_path / "out"
     convert(FIXTURES / "xmod_base", out, verify=False)
-    assert verify_folder(FIXTURES / "xmod_base", out, streamed=streamed)["passed"]
+    assert verify_folder(FIXTURES / "xmod_base", out, streamed=streamed).passed
     # A wrong adapter in one language only: that language fails, the others pass.
     weights = load_file(out / "model.safetensors")
     name = "roberta.encoder.layer.1.output.adapter_modules.de_DE.dense2.bias"
     weights[name][3] += 0.5  # one channel: a LayerNorm after the adapter would undo a uniform shift
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
-    result = verify_folder(FIXTURES / "xmod_base", out, streamed=streamed)["verification"]
-    failing = {check["output"].split(" ", 1)[0].split("@")[1] for check in result["checks"] if not check["passed"]}
+    result = verify_folder(FIXTURES / "xmod_base", out, streamed=streamed).weights
+    failing = {check.input.split("@")[1] for check in result.checks if not check.passed}
     assert failing == {"de_DE", "mixed"}

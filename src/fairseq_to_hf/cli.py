@@ -108,7 +108,7 @@ def _positive_int(text: str) -> int:
 
 def _add_hyper_parameter_options(parser: argparse.ArgumentParser) -> None:
     """What the tensors cannot show, for checkpoints whose args/cfg lack it; never contradicting them."""
-    from .plan import ACTIVATIONS
+    from .plan.config import ACTIVATIONS
 
     group = parser.add_argument_group("hyper-parameters the checkpoint lacks (refused if it says otherwise)")
     group.add_argument("--num-heads", type=_positive_int, metavar="N",
@@ -126,7 +126,7 @@ def _supplied(args: argparse.Namespace):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .arch.families import FAMILIES
+    from .plan import FAMILIES
     from .plan import LM_HEAD, OUTPUT_DTYPES
     from .verify.compare import DEFAULT_TOLERANCE
 
@@ -226,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_source_options(inspect, "to look for")
+    inspect.add_argument("--default-language", metavar="LANG",
+                         help="X-MOD: the default language convert would be given (default: en_XX)")
     inspect.add_argument("--json", action="store_true", help="print JSON for scripts")
     _add_hyper_parameter_options(inspect)
     return parser
@@ -310,29 +312,30 @@ def _verify(args: argparse.Namespace, log) -> int:
                            default_language=args.default_language, head=args.head, verify_text=args.verify_text,
                            tolerance=args.tolerance, streamed=args.block_by_block, hyper_parameters=_supplied(args),
                            **_tokenizer_files(args))
-    for mismatch in report.get("config_mismatches", []):
+    for mismatch in report.config_mismatches:
         log(f"  {mismatch}")
-    weights = report["verification"] or {"max_abs_diff": {}, "loading_warnings": [], "checks": []}
-    for kind, diff in weights["max_abs_diff"].items():
-        log(f"  max abs diff {kind:<18} {diff:.3g}")
-    not_finite = [check["output"] for check in weights["checks"] if check["non_finite"]]
-    if not_finite:
-        log(f"  not finite (NaN or Inf), so not verified: {', '.join(not_finite[:3])}"
-            + (f" and {len(not_finite) - 3} more" if len(not_finite) > 3 else ""))
-    for warning in weights["loading_warnings"]:
-        log(f"  loading: {warning}")
-    tokens = report["tokenizer_verification"]
+    weights = report.weights
+    if weights is not None:
+        for kind, diff in weights.worst().items():
+            log(f"  max abs diff {kind:<18} {diff:.3g}")
+        not_finite = [f"{check.input} {check.output}" for check in weights.checks if check.non_finite]
+        if not_finite:
+            log(f"  not finite (NaN or Inf), so not verified: {', '.join(not_finite[:3])}"
+                + (f" and {len(not_finite) - 3} more" if len(not_finite) > 3 else ""))
+        for warning in weights.loading_warnings:
+            log(f"  loading: {warning}")
+    tokens = report.tokenizer
     if tokens:
-        log(f"  tokenizer: {tokens['lines_checked']} lines and {tokens['pairs_checked']} pairs checked, "
-            f"{tokens['mismatch_count']} differ")
-        for mismatch in tokens["mismatches"][:5]:
-            log(f"    {mismatch['text'][:60]!r}: fairseq {mismatch['fairseq_ids'][:10]} vs {mismatch['tokenizer_ids'][:10]}")
+        log(f"  tokenizer: {tokens.lines_checked} lines and {tokens.pairs_checked} pairs checked, "
+            f"{len(tokens.mismatches)} differ")
+        for mismatch in tokens.mismatches[:5]:
+            log(f"    {mismatch.text[:60]!r}: fairseq {mismatch.expected[:10]} vs {mismatch.got[:10]}")
     else:
-        log(f"  tokenizer: not checked ({report['tokenizer_note']})")
-    log(f"{args.out}: {'matches' if report['passed'] else 'DOES NOT match'} {args.src}")
+        log(f"  tokenizer: not checked ({report.tokenizer_note})")
+    log(f"{args.out}: {'matches' if report.passed else 'DOES NOT match'} {args.src}")
     if args.json:
-        print(json.dumps(report, indent=2))
-    return EXIT_OK if report["passed"] else EXIT_VERIFY_FAILED
+        print(json.dumps(report.as_dict(), indent=2))
+    return EXIT_OK if report.passed else EXIT_VERIFY_FAILED
 
 
 def _report_batch(args: argparse.Namespace, log, results) -> int:
@@ -351,7 +354,8 @@ def _inspect(args: argparse.Namespace) -> int:
     from .inspection import format_inspection, inspect_source
 
     description = inspect_source(args.src, checkpoint=args.checkpoint, dictionary=args.dictionary,
-                                 hyper_parameters=_supplied(args), **_tokenizer_files(args))
+                                 default_language=args.default_language, hyper_parameters=_supplied(args),
+                                 **_tokenizer_files(args))
     print(json.dumps(description, indent=2) if args.json else format_inspection(description))
     return EXIT_OK
 

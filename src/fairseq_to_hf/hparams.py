@@ -8,7 +8,8 @@ flag. Were the converter and the reference to share a guess, a wrong model would
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import ConversionError, ProblemList
@@ -42,6 +43,17 @@ class SuppliedHyperParameters:
 class HyperParameters:
     values: dict[str, Any]  # fairseq names -> values, as the model computes with them
     source: str  # for the report: "args", "cfg", and which flags supplied values
+    # Why a value an output needs is unknown, by key (see `require`); empty when all are known.
+    unknown: dict[str, str] = field(default_factory=dict)
+
+    def require(self, *, classifier: bool, path: Path) -> None:
+        """Refuses an output whose computation needs a value nobody gave, naming every flag at once."""
+        needed = [HEADS, ACTIVATION] + ([POOLER_ACTIVATION] if classifier else [])
+        missing = [key for key in needed if key in self.unknown]
+        if missing:
+            flags = " ".join(f"{FLAGS[key]} {FLAG_METAVARS[key]}" for key in missing)
+            reason = self.unknown[missing[0]].replace("{keys}", ", ".join(missing))
+            raise ConversionError(f"{reason}; pass {flags} (the values it was trained with)", path=path)
 
 
 def arch_name(hparams: dict[str, Any]) -> str | None:
@@ -49,11 +61,11 @@ def arch_name(hparams: dict[str, Any]) -> str | None:
     return arch if isinstance(arch, str) else None
 
 
-def resolve_hyper_parameters(checkpoint: Checkpoint, supplied: SuppliedHyperParameters, *,
-                             classifier: bool) -> HyperParameters:
+def resolve_hyper_parameters(checkpoint: Checkpoint, supplied: SuppliedHyperParameters) -> HyperParameters:
     """The checkpoint's values, fairseq's loader defaults where args/cfg lack one, then the flags.
 
-    A flag may fill a value nothing else gives; one that contradicts what fairseq would run is refused.
+    A flag may fill a value nothing else gives; one that contradicts what fairseq would run is refused;
+    a value still unknown is refused only by an output that needs it (`HyperParameters.require`).
     """
     path = checkpoint.path
     values = {key: value for key, value in checkpoint.hparams.items() if value is not None}
@@ -86,19 +98,14 @@ def resolve_hyper_parameters(checkpoint: Checkpoint, supplied: SuppliedHyperPara
     if HEADS in values and (not isinstance(heads, int) or isinstance(heads, bool) or heads <= 0):
         raise ConversionError(f"its {HEADS} is {heads!r:.40}, not a number of attention heads", path=path)
 
-    needed = [HEADS, ACTIVATION] + ([POOLER_ACTIVATION] if classifier else [])
-    missing = [key for key in needed if key not in values]
-    if missing:
-        flags = " ".join(f"{FLAGS[key]} {FLAG_METAVARS[key]}" for key in missing)
-        if checkpoint.hparams_source == "none":
-            reason = "holds no hyper-parameters (neither args nor cfg), and its tensors do not show " \
-                     f"{', '.join(missing)}"
-        else:
-            reason = (f"its {checkpoint.hparams_source} do not give {HEADS}, and "
-                      + (f"arch {arch!r} is not one whose default is known" if arch else "name no arch"))
-        raise ConversionError(f"{reason}; pass {flags} (the values it was trained with)", path=path)
+    if checkpoint.hparams_source == "none":
+        reason = "holds no hyper-parameters (neither args nor cfg), and its tensors do not show {keys}"
+    else:
+        reason = (f"its {checkpoint.hparams_source} do not give {HEADS}, and "
+                  + (f"arch {arch!r} is not one whose default is known" if arch else "name no arch"))
+    unknown = {key: reason for key in FLAGS if key not in values}
 
     source = checkpoint.hparams_source
     if from_flags:
         source = (f"{source} + " if source != "none" else "") + f"flags ({', '.join(from_flags)})"
-    return HyperParameters(values, source)
+    return HyperParameters(values, source, unknown)

@@ -6,29 +6,29 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from .arch.fairseq_keys import normalise_state_dict
 from .errors import ConversionError
 from .hparams import SuppliedHyperParameters, arch_name
-from .plan import LM_HEAD, ConversionPlan, PlanOptions, adapter_languages, detect_heads, dictionary_kind, make_plan
+from .plan import (LM_HEAD, ConversionPlan, OutputRequest, SourceModel, analyse_source, dictionary_kind, make_plan,
+                   normalise_source)
 from .reader.checkpoint import read_checkpoint
-from .reader.dictionary import Dictionary, read_dictionary
+from .reader.dictionary import read_dictionary
 from .reader.folder import find_source_files
-from .tokenizer import TokenizerFiles, choose_kind, looked_for
+from .tokenizer import TOKENIZER_FILES, TokenizerFiles, choose_kind, looked_for
 from .writer import DEFAULT_MAX_SHARD_BYTES, plan_shards, shard_file_names
 
 
 def inspect_source(src: str | Path, *, checkpoint: str | Path | None = None, dictionary: str | Path | None = None,
-                   hyper_parameters: SuppliedHyperParameters = SuppliedHyperParameters(),
+                   default_language: str | None = None, hyper_parameters: SuppliedHyperParameters = SuppliedHyperParameters(),
                    **tokenizer_files: str | Path | None) -> dict[str, Any]:
     """Describes a fairseq model folder; reads the pickle and zip directory, never tensor data.
 
     `tokenizer_files`: paths by role of tokenizer.TOKENIZER_FILES (encoder_json=..., bpe_codes=...).
     """
-    files = find_source_files(src, checkpoint=checkpoint, dictionary=dictionary, **tokenizer_files)
+    files = find_source_files(src, TOKENIZER_FILES, checkpoint=checkpoint, dictionary=dictionary, **tokenizer_files)
     source = read_checkpoint(files.checkpoint)
     token_dictionary = read_dictionary(files.dictionary)
-    normalised, _, _ = normalise_state_dict(source.tensors)
-    heads = detect_heads(normalised)
+    normalised = normalise_source(source)
+    heads = normalised.heads
 
     by_dtype: dict[str, dict[str, int]] = defaultdict(lambda: {"parameters": 0, "bytes": 0})
     counted: dict[str, list] = defaultdict(list)  # storage key -> tensors counted
@@ -41,10 +41,13 @@ def inspect_source(src: str | Path, *, checkpoint: str | Path | None = None, dic
         entry["parameters"] += tensor.numel
         entry["bytes"] += tensor.nbytes
 
-    targets = [None] if not heads else [head.name for head in heads] + ([LM_HEAD] if _has_lm_head(normalised) else [])
-    outputs = {}
-    for target in targets:
-        outputs[target or "default"] = _would_produce(source, token_dictionary, target, hyper_parameters)
+    targets = [None] if not heads else [head.name for head in heads] + ([LM_HEAD] if normalised.has_lm_head else [])
+    try:
+        model: SourceModel | ConversionError = analyse_source(normalised, token_dictionary, supplied=hyper_parameters)
+    except ConversionError as error:  # no output can be made: each says why
+        model = error
+    outputs = {target or "default": _would_produce(model, OutputRequest(head=target, default_language=default_language))
+               for target in targets}
 
     description: dict[str, Any] = {
         "checkpoint": str(files.checkpoint),
@@ -60,7 +63,7 @@ def inspect_source(src: str | Path, *, checkpoint: str | Path | None = None, dic
         "tokenizer_kind": _tokenizer_kind(files.tokenizer, source.bpe),
         "tensors": len(source.tensors),
         "parameters_by_dtype": dict(by_dtype),
-        "languages": list(adapter_languages(normalised)),  # X-MOD adapters; none for other models
+        "languages": list(normalised.languages),  # X-MOD adapters; none for other models
         "classification_heads": {h.name: {"num_classes": h.num_classes, "inner_dim": h.inner_dim} for h in heads},
         "convert_would_produce": outputs,
     }
@@ -71,14 +74,11 @@ def inspect_source(src: str | Path, *, checkpoint: str | Path | None = None, dic
     return description
 
 
-def _has_lm_head(normalised: dict) -> bool:
-    return "encoder.lm_head.dense.weight" in normalised
-
-
-def _would_produce(source, dictionary: Dictionary, head: str | None,
-                   hyper_parameters: SuppliedHyperParameters) -> dict[str, Any]:
+def _would_produce(model: SourceModel | ConversionError, request: OutputRequest) -> dict[str, Any]:
     try:
-        plan = make_plan(source, dictionary, PlanOptions(head=head, supplied=hyper_parameters))
+        if isinstance(model, ConversionError):
+            raise model
+        plan = make_plan(model, request)
     except ConversionError as error:
         return {"refused": error.render()}
     return {"plan": describe_plan(plan)}
@@ -90,8 +90,8 @@ def describe_plan(plan: ConversionPlan, max_shard_bytes: int = DEFAULT_MAX_SHARD
     return {
         "model": {
             "family": plan.family.model_type,
-            "layout": "pre-norm" if plan.layout.pre_norm else "post-norm",
-            "key_generation": plan.key_generation,
+            "layout": "pre-norm" if plan.model.layout.pre_norm else "post-norm",
+            "key_generation": plan.model.source.key_generation,
             "layers": dims.num_layers, "hidden_size": dims.hidden_size, "attention_heads": dims.num_heads,
             "ffn_size": dims.ffn_size, "position_rows": dims.positions, "max_tokens": dims.positions - 2,
             "vocab_rows": dims.vocab_size,

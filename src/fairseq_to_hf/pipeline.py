@@ -19,16 +19,18 @@ from .errors import ConversionError, VerificationError
 from .hashing import SourceChecksum
 from .hparams import SuppliedHyperParameters
 from .progress import WriteProgress
-from .plan import OUTPUT_DTYPES, ConversionPlan, PlanOptions, describe_heads, list_heads, make_plan
+from .plan import (OUTPUT_DTYPES, ConversionPlan, OutputRequest, analyse_source, describe_heads,
+                   make_plan, normalise_source)
 from .reader.checkpoint import Checkpoint, read_checkpoint
 from .reader.dictionary import Dictionary, read_dictionary
 from .reader.folder import SourceFiles, find_source_files, read_text_lines
 from .report import REPORT_FILE, ConversionReport, OutputReport
-from .tokenizer import TOKENIZER_FILES, PreparedTokenizer, kind_named, looked_for, prepare_tokenizer, write_tokenizer
+from .tokenizer import TOKENIZER_FILES, PreparedTokenizer, kind_named, looked_for, prepare_tokenizer, tokenizer_documents
 from .verify.alongside import ReferenceAlongside
 from .verify.compare import (DEFAULT_TOLERANCE, per_language, reference_languages, reference_rows,
                              verification_inputs, verify_weights)
-from .verify.reference import FairseqReference
+from .reference.forward import FairseqReference
+from .verify.tokenizer_check import TokenizerVerification, verify_tokenizer
 from .staging import output_target, staged_output
 from .writer import (DEFAULT_MAX_SHARD_BYTES, OnRead, parse_size, plan_shards, shard_file_names,
                      single_torch_thread, write_json, write_text, write_weights)
@@ -218,7 +220,7 @@ def _with_fields(options: ConvertOptions | None, fields: dict) -> ConvertOptions
 
 
 def _shared_sources(src: str | Path, options: ConvertOptions, checkpoint: str | Path | None) -> SharedSources:
-    files = find_source_files(src, checkpoint=checkpoint, dictionary=options.dictionary,
+    files = find_source_files(src, TOKENIZER_FILES, checkpoint=checkpoint, dictionary=options.dictionary,
                               label_dictionary=options.label_dict, **options.tokenizer_files)
     labels = read_dictionary(files.label_dictionary) if files.label_dictionary else None
     lines = tuple(read_text_lines(options.verify_text)) if options.verify_text else ()
@@ -227,37 +229,30 @@ def _shared_sources(src: str | Path, options: ConvertOptions, checkpoint: str | 
 
 def _prepare(source: Checkpoint, shared: SharedSources, options: ConvertOptions,
              say: Log) -> tuple[ConversionReport, dict[str, ConversionPlan], PreparedTokenizer | None]:
-    """Every plan of this conversion (one per head with --all-heads), checked before anything is written."""
-    base = PlanOptions(head=options.head, model_type=options.model_type, dtype=options.dtype,
-                       default_language=options.default_language,
-                       label_dictionary=shared.label_dictionary, strict_labels=options.strict_labels,
-                       supplied=options.hyper_parameters)
+    """Every plan of this conversion (one per head with --all-heads), checked before anything is written.
+
+    The checkpoint is analysed once; the tokenizer is prepared for its vocabulary, and each output is
+    planned once from both (the tokenizer's alias ids are rows of its embedding).
+    """
+    model = analyse_source(normalise_source(source), shared.dictionary, model_type=options.model_type,
+                           supplied=options.hyper_parameters)
     heads: list[str | None] = [options.head]
     if options.all_heads:
-        heads = [h.name for h in list_heads(source)]
+        heads = [h.name for h in model.heads]
         if not heads:
             raise ConversionError("has no classification heads for --all-heads", path=source.path)
-    first = make_plan(source, shared.dictionary, replace(base, head=heads[0]))
-    tokenizer = shared.tokenizer(first.dims.vocab_size, source.bpe)
+    # A checkpoint that cannot be planned is refused for that (by make_plan) before its tokenizer is built.
+    tokenizer = None if model.problems else shared.tokenizer(model.dims.vocab_size, source.bpe)
     alias_rows = len(tokenizer.vocabulary.aliases) if tokenizer else 0
+    request = OutputRequest(dtype=options.dtype, default_language=options.default_language,
+                            label_dictionary=shared.label_dictionary, strict_labels=options.strict_labels)
     # With --all-heads each head gets a subfolder named after it; otherwise the one plan fills OUT.
-    plans = {(name if options.all_heads else ""): make_plan(source, shared.dictionary,
-                                                              replace(base, head=name, alias_rows=alias_rows))
+    plans = {(name if options.all_heads else ""): make_plan(model, replace(request, head=name),
+                                                              extra_vocab_rows=alias_rows)
              for name in heads}
-    report = ConversionReport(
-        source_folder=shared.files.folder,
-        source_checkpoint=source.path,
-        source_dictionary=shared.files.dictionary,
-        checkpoint_format=source.format,
-        key_generation=first.key_generation,
-        hparams_source=first.hyper_parameters.source,
-        layout="pre-norm" if first.layout.pre_norm else "post-norm",
-        dims=vars(first.dims).copy(),
-        heads_in_checkpoint={h.name: h.num_classes for h in first.heads},
-        tokenizer=tokenizer.summary() if tokenizer else None,
-    )
-    say(f"read {source.path} ({source.format} format, {report.key_generation} keys, "
-        f"{len(source.tensors)} tensors); heads: {', '.join(describe_heads(first.heads)) or 'none'}")
+    report = ConversionReport.of_source(model, shared.files, tokenizer)
+    say(f"read {source.path} ({source.format} format, {model.source.key_generation} keys, "
+        f"{len(source.tensors)} tensors); heads: {', '.join(describe_heads(model.heads)) or 'none'}")
     if tokenizer is None:
         say(NO_TOKENIZER)
     elif alias_rows:
@@ -288,8 +283,7 @@ def _write_and_verify(staging: Path, out: Path, source: Checkpoint, report: Conv
         output.files += [REPORT_FILE, "README.md"]
     failures = [line for output in report.outputs for line in _failures(output)]
     if failures:
-        not_finite = any(check.get("non_finite") for output in report.outputs
-                         for check in (output.verification or {}).get("checks", []))
+        not_finite = any(output.verification and output.verification.non_finite for output in report.outputs)
         raise VerificationError("the converted model does not reproduce fairseq; nothing was written",
                                 path=source.path, details=failures,
                                 hint=NOT_FINITE_HINT if not_finite else None)
@@ -328,7 +322,9 @@ def _write_one(folder: Path, final_folder: Path, plan: ConversionPlan, tokenizer
     write_json(folder / "config.json", plan.config)
     files.append("config.json")
     if tokenizer:
-        files += write_tokenizer(folder, tokenizer, model_max_length=plan.dims.positions - 2)
+        for name, document in tokenizer_documents(tokenizer, model_max_length=plan.dims.positions - 2).items():
+            (write_json if isinstance(document, dict) else write_text)(folder / name, document)
+            files.append(name)
     head = plan.head
     labels = None
     if head is not None and head.num_classes > 1:
@@ -374,13 +370,12 @@ def _write_and_verify_one(folder: Path, final_folder: Path, plan: ConversionPlan
                             row_languages=row_languages)
     for kind, diff in result.worst().items():
         say(f"  max abs diff {kind:<18} {diff:.3g}")
-    output.verification = result.as_dict()
+    output.verification = result
     return output
 
 
-def _verify_tokenizer(folder: Path, tokenizer: PreparedTokenizer, extra_lines: list[str], say: Log) -> dict:
-    from .verify.tokenizer_check import verify_tokenizer
-
+def _verify_tokenizer(folder: Path, tokenizer: PreparedTokenizer, extra_lines: list[str],
+                      say: Log) -> TokenizerVerification:
     vocabulary = tokenizer.vocabulary
     result = verify_tokenizer(folder, tokenizer.reference_bpe, tokenizer.dictionary, vocabulary.model_rows,
                               vocabulary.size, extra_lines, tokenizer.known_difference,
@@ -389,23 +384,24 @@ def _verify_tokenizer(folder: Path, tokenizer: PreparedTokenizer, extra_lines: l
     say(f"  tokenizer: {result.lines_checked} lines and {result.pairs_checked} pairs checked against "
         f"fairseq's encode, {len(result.mismatches)} differ"
         + (f" ({known} more differ where {result.known_difference})" if known else ""))
-    return result.as_dict()
+    return result
 
 
 def _failures(output: OutputReport) -> list[str]:
     what = f"{output.architecture}{' head ' + output.head if output.head else ''}"
     lines = []
-    weights = output.verification or {}
-    failing = [c for c in weights.get("checks", []) if not c["passed"]]
-    lines += [f"{what}: {c['output']}: " + (f"not finite ({c['non_finite']} values are NaN or Inf)"
-                                             if c.get("non_finite") else
-                                             f"max abs diff {c['max_abs_diff']:.3g} > {c['tolerance']:.3g}")
-              for c in failing[:4]]
-    lines += [f"{what}: loading reported {warning}" for warning in weights.get("loading_warnings", [])]
-    tokens = output.tokenizer_verification or {}
-    for mismatch in tokens.get("mismatches", [])[:4]:
-        lines.append(f"tokenizer: {mismatch['text'][:60]!r}: fairseq {mismatch['fairseq_ids'][:12]} "
-                     f"vs {mismatch['tokenizer_ids'][:12]}")
-    if tokens.get("ids_out_of_range"):
-        lines.append(f"tokenizer: ids beyond the vocabulary for {len(tokens['ids_out_of_range'])} lines")
+    weights = output.verification
+    if weights is not None:
+        failing = [check for check in weights.checks if not check.passed]
+        lines += [f"{what}: {check.input} {check.output}: "
+                  + (f"not finite ({check.non_finite} values are NaN or Inf)" if check.non_finite else
+                     f"max abs diff {check.max_abs_diff:.3g} > {check.tolerance:.3g}")
+                  for check in failing[:4]]
+        lines += [f"{what}: loading reported {warning}" for warning in weights.loading_warnings]
+    tokens = output.tokenizer_verification
+    if tokens is not None:
+        for mismatch in tokens.mismatches[:4]:
+            lines.append(f"tokenizer: {mismatch.text[:60]!r}: fairseq {mismatch.expected[:12]} vs {mismatch.got[:12]}")
+        if tokens.out_of_range:
+            lines.append(f"tokenizer: ids beyond the vocabulary for {len(tokens.out_of_range)} lines")
     return lines

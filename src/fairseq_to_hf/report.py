@@ -7,6 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .plan import Dims, HeadInfo, SourceModel
+from .reader.folder import SourceFiles
+from .tokenizer import PreparedTokenizer
+from .verify.compare import WeightsVerification
+from .verify.tokenizer_check import TokenizerVerification
 
 REPORT_FILE = "conversion_report.json"
 
@@ -36,8 +41,13 @@ class OutputReport:
     bytes_written: int
     dropped: dict[str, str]
     notes: list[str]
-    verification: dict[str, Any] | None = None
-    tokenizer_verification: dict[str, Any] | None = None
+    verification: WeightsVerification | None = None  # None: written with --no-verify
+    tokenizer_verification: TokenizerVerification | None = None
+
+    @property
+    def verified(self) -> bool:
+        return self.verification is not None and self.verification.passed and (
+            self.tokenizer_verification is None or self.tokenizer_verification.passed)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -53,40 +63,51 @@ class OutputReport:
             "bytes_written": self.bytes_written,
             "dropped_tensors": self.dropped,
             "notes": self.notes,
-            "verification": self.verification,
-            "tokenizer_verification": self.tokenizer_verification,
+            "verification": self.verification.as_dict() if self.verification else None,
+            "tokenizer_verification": (self.tokenizer_verification.as_dict() if self.tokenizer_verification
+                                       else None),
         }
 
 
 @dataclass
 class ConversionReport:
+    """The source (analysed once) and every output written from it."""
+
     source_folder: Path
     source_checkpoint: Path
     source_dictionary: Path
     checkpoint_format: str
     key_generation: str
     hparams_source: str
-    layout: str
-    dims: dict[str, int]
-    heads_in_checkpoint: dict[str, int]
-    tokenizer: dict[str, Any] | None = None
+    pre_norm: bool
+    dims: Dims
+    heads_in_checkpoint: list[HeadInfo]
+    tokenizer: PreparedTokenizer | None = None
     source_sha256: str | None = None
     outputs: list[OutputReport] = field(default_factory=list)
+
+    @classmethod
+    def of_source(cls, model: SourceModel, files: SourceFiles,
+                  tokenizer: PreparedTokenizer | None) -> ConversionReport:
+        checkpoint = model.source.checkpoint
+        return cls(source_folder=files.folder, source_checkpoint=checkpoint.path, source_dictionary=files.dictionary,
+                   checkpoint_format=checkpoint.format, key_generation=model.source.key_generation,
+                   hparams_source=model.hyper_parameters.source, pre_norm=model.layout.pre_norm, dims=model.dims,
+                   heads_in_checkpoint=list(model.heads), tokenizer=tokenizer)
 
     @property
     def verified(self) -> bool:
         """Weights verified, and the tokenizer too when one was written."""
-        return all(
-            out.verification is not None and out.verification.get("passed")
-            and (self.tokenizer is None or (out.tokenizer_verification or {}).get("passed"))
-            for out in self.outputs
-        )
+        return bool(self.outputs) and all(
+            out.verified and (self.tokenizer is None or out.tokenizer_verification is not None)
+            for out in self.outputs)
 
     def _tokenizer_as_dict(self) -> dict[str, Any] | None:
         if self.tokenizer is None:
             return None
-        files = {kind: portable(path, self.source_folder) for kind, path in self.tokenizer["source_files"].items()}
-        return {**self.tokenizer, "source_files": files}
+        summary = self.tokenizer.summary()
+        files = {kind: portable(path, self.source_folder) for kind, path in summary["source_files"].items()}
+        return {**summary, "source_files": files}
 
     def as_dict(self, only: OutputReport | None = None) -> dict[str, Any]:
         outputs = [only] if only is not None else self.outputs
@@ -100,9 +121,9 @@ class ConversionReport:
                 "checkpoint_format": self.checkpoint_format,
                 "key_generation": self.key_generation,
                 "hyper_parameters_from": self.hparams_source,
-                "layout": self.layout,
-                "dims": self.dims,
-                "classification_heads": self.heads_in_checkpoint,
+                "layout": "pre-norm" if self.pre_norm else "post-norm",
+                "dims": {**vars(self.dims), "languages": list(self.dims.languages)},
+                "classification_heads": {head.name: head.num_classes for head in self.heads_in_checkpoint},
             },
             "tokenizer": self._tokenizer_as_dict(),
             "outputs": [out.as_dict() for out in outputs],

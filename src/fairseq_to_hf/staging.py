@@ -6,15 +6,20 @@ that appeared meanwhile (another run, the user) stays as it is; `RENAME_EXCHANGE
 the old OUT is swapped out in one step, and only if it is still the folder that was checked at the
 start. Before any work, OUT is refused when it is (or holds) one of the inputs, is a symbolic link,
 holds the current folder, or has a name no filesystem here accepts.
+
+The converting process holds a lock on its staging folder. A run that was killed outright (SIGKILL,
+power loss) leaves its folder unlocked; the next run to the same OUT removes it.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +33,8 @@ _STAGING_NAME_BYTES = 160  # of OUT's name in the staging folder's, which adds a
 _AT_FDCWD = -100
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# An unlocked staging folder younger than this may be one whose run has not locked it yet.
+ABANDONED_AFTER_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -97,8 +104,10 @@ def staged_output(target: OutputTarget) -> Iterator[Path]:
     any point of the writing is an OutputError (exit 3), whatever wrote the file.
     """
     out = target.path
+    _remove_abandoned(out)
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{_short(out.name)}.partial-", dir=out.parent))
+        staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(out), dir=out.parent))
+        lock = _lock(staging)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it 0700; OUT gets the usual permissions
@@ -116,6 +125,58 @@ def staged_output(target: OutputTarget) -> Iterator[Path]:
         with interrupts.deferred():
             if os.path.lexists(staging):
                 shutil.rmtree(staging, ignore_errors=True)
+            if lock is not None:
+                os.close(lock)
+
+
+def _staging_prefix(out: Path) -> str:
+    return f".{_short(out.name)}.partial-"
+
+
+def _lock(folder: Path) -> int | None:
+    """An open descriptor holding an exclusive lock on `folder`, or None where locks are not supported.
+
+    The lock lives as long as the process: the kernel drops it however the process ends.
+    """
+    try:
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        return None
+    return descriptor
+
+
+def _remove_abandoned(out: Path) -> None:
+    """Removes the staging folders of earlier runs to OUT that died without cleaning up.
+
+    Only folders with OUT's staging prefix, older than ABANDONED_AFTER_SECONDS and not locked by a
+    living run; anything that cannot be checked is left alone.
+    """
+    prefix = _staging_prefix(out)
+    try:
+        entries = [entry for entry in os.scandir(out.parent) if entry.name.startswith(prefix)]
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            if time.time() - entry.stat(follow_symlinks=False).st_mtime < ABANDONED_AFTER_SECONDS:
+                continue
+        except OSError:
+            continue
+        lock = _lock(Path(entry.path))
+        if lock is None:  # a living run holds it, or it cannot be locked here
+            continue
+        try:
+            with interrupts.deferred():
+                shutil.rmtree(entry.path, ignore_errors=True)
+        finally:
+            os.close(lock)
 
 
 def _writing_error(error: OSError, out: Path) -> OutputError:

@@ -1,18 +1,48 @@
-"""Finding the files of a fairseq model folder: checkpoint, dict.txt, label dict."""
+"""Finding the files of a fairseq model folder: checkpoint, dict.txt, label dict, tokenizer files.
+
+Which tokenizer files there can be is the tokenizer registry's to say (tokenizer.TOKENIZER_FILES); the
+caller passes them in, so reading a folder does not depend on how a tokenizer is built.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConversionError
-from ..tokenizer import TOKENIZER_FILES, TokenizerFiles
 from .files import check_input_file, read_input_file
 
 DEFAULT_CHECKPOINT = "model.pt"
 # A released model keeps dict.txt beside model.pt; a GLUE-style data-bin keeps it in input0/.
 DICTIONARY_CANDIDATES = ("dict.txt", "input0/dict.txt")
 LABEL_DICTIONARY_CANDIDATES = ("label/dict.txt",)
+
+
+@dataclass(frozen=True)
+class TokenizerFile:
+    """One file a tokenizer kind reads: its option name, its usual names in SRC, what it is."""
+
+    role: str  # keyword and --flag (underscores as dashes), e.g. "bpe_codes" -> --bpe-codes
+    names: tuple[str, ...]
+    what: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.role.replace("_", "-")
+
+
+@dataclass
+class TokenizerFiles:
+    """The tokenizer files found in SRC or given by flag, by role."""
+
+    paths: dict[str, Path] = field(default_factory=dict)
+    given: frozenset[str] = frozenset()  # roles named by a flag rather than found by their usual names
+
+    def __getattr__(self, role: str) -> Path | None:  # files.encoder_json, files.bpe_codes, ...
+        if role.startswith("_") or role in ("paths", "given"):
+            raise AttributeError(role)
+        return self.paths.get(role)
 
 
 @dataclass(frozen=True)
@@ -24,10 +54,15 @@ class SourceFiles:
     tokenizer: TokenizerFiles
 
 
-def find_source_files(src: str | Path, **options: str | Path | None) -> SourceFiles:
-    """The checkpoint, dict.txt, label dict and tokenizer files of SRC, by the options or by their usual names."""
+def find_source_files(src: str | Path, tokenizer_roles: Sequence[TokenizerFile] = (),
+                      **options: str | Path | None) -> SourceFiles:
+    """The checkpoint, dict.txt, label dict and tokenizer files of SRC, by the options or by their usual names.
+
+    `tokenizer_roles`: the tokenizer files to look for (tokenizer.TOKENIZER_FILES); `options` takes the
+    paths of any of them by role (encoder_json=..., bpe_codes=...).
+    """
     try:
-        return _find_source_files(src, **options)
+        return _find_source_files(src, tokenizer_roles, **options)
     except PermissionError as error:
         raise ConversionError(f"cannot be read ({error.strerror})", path=error.filename or src,
                               hint="check the permissions of SRC and the files in it") from None
@@ -35,13 +70,13 @@ def find_source_files(src: str | Path, **options: str | Path | None) -> SourceFi
 
 def _find_source_files(
     src: str | Path,
+    tokenizer_roles: Sequence[TokenizerFile],
     *,
     checkpoint: str | Path | None = None,
     dictionary: str | Path | None = None,
     label_dictionary: str | Path | None = None,
     **tokenizer_files: str | Path | None,
 ) -> SourceFiles:
-    """`tokenizer_files`: a path by role of tokenizer.TOKENIZER_FILES (encoder_json=..., bpe_codes=...)."""
     src = Path(src)
     if not src.exists():
         raise ConversionError("does not exist", path=src, hint="pass a fairseq model folder or checkpoint file")
@@ -82,11 +117,11 @@ def _find_source_files(
             raise ConversionError("label dictionary not found", path=label_path, hint="check the --label-dict path")
     else:
         label_path = next((folder / name for name in LABEL_DICTIONARY_CANDIDATES if (folder / name).exists()), None)
-    roles = {f.role for f in TOKENIZER_FILES}
+    roles = {f.role for f in tokenizer_roles}
     if unknown := sorted(set(tokenizer_files) - roles):
         raise TypeError(f"unknown tokenizer file option {unknown[0]!r}")
     paths = {f.role: _optional_file(folder, tokenizer_files.get(f.role), f.names, f.flag, f"a {f.what}")
-             for f in TOKENIZER_FILES}
+             for f in tokenizer_roles}
     tokenizer = TokenizerFiles({role: path for role, path in paths.items() if path is not None},
                                frozenset(role for role, given in tokenizer_files.items() if given))
     return SourceFiles(folder, checkpoint_path, dictionary_path, label_path, tokenizer)

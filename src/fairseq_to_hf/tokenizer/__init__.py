@@ -12,9 +12,9 @@ from pathlib import Path
 
 from ..errors import ConversionError
 from ..reader.dictionary import BOS, EOS, MASK, PAD, UNK, Dictionary
-from ..writer import write_json, write_text
 from . import fastbpe, gpt2, hf_byte_bpe, sentencepiece, subword_nmt
-from .base import PreparedTokenizer, TokenizerFile, TokenizerFiles, TokenizerKind
+from ..reader.folder import TokenizerFile, TokenizerFiles
+from .base import PreparedTokenizer, TokenizerKind
 
 # Without the checkpoint's word, the first kind whose files are all there (and that claims them) wins.
 KINDS: tuple[TokenizerKind, ...] = (sentencepiece.KIND, gpt2.KIND, hf_byte_bpe.KIND, fastbpe.KIND,
@@ -28,7 +28,7 @@ TOKENIZER_FILES: tuple[TokenizerFile, ...] = tuple({f.role: f for kind in KINDS 
 TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 
 __all__ = ["KINDS", "TOKENIZER_FILES", "PreparedTokenizer", "TokenizerFiles", "TokenizerKind", "choose_kind",
-           "looked_for", "prepare_tokenizer", "write_tokenizer"]
+           "looked_for", "prepare_tokenizer", "tokenizer_documents"]
 
 
 def looked_for() -> str:
@@ -93,9 +93,11 @@ def kind_named(name: str) -> TokenizerKind:
     return next(kind for kind in KINDS if kind.name == name)
 
 
-def write_tokenizer(folder: Path, prepared: PreparedTokenizer, model_max_length: int) -> list[str]:
-    # Written by us, not Tokenizer.save, whose failures (a full disk) are a bare Exception.
-    write_text(folder / "tokenizer.json", prepared.tokenizer.to_str(pretty=True))
+def tokenizer_documents(prepared: PreparedTokenizer, model_max_length: int) -> dict[str, str | dict]:
+    """The tokenizer's files in OUT: file name -> text, or a dict to write as JSON.
+
+    The caller writes them (not Tokenizer.save, whose failures, a full disk among them, are a bare Exception).
+    """
     specials = {"bos_token": BOS, "eos_token": EOS, "unk_token": UNK, "sep_token": EOS, "cls_token": BOS,
                 "pad_token": PAD}
     if prepared.vocabulary.mask_id is not None:
@@ -107,8 +109,5 @@ def write_tokenizer(folder: Path, prepared: PreparedTokenizer, model_max_length:
         **specials,
         **prepared.config,
     }
-    write_json(folder / "tokenizer_config.json", config)
-    write_json(folder / "special_tokens_map.json", specials)
-    for name, text in prepared.extra_files.items():
-        write_text(folder / name, text)
-    return ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", *prepared.extra_files]
+    return {"tokenizer.json": prepared.tokenizer.to_str(pretty=True), "tokenizer_config.json": config,
+            "special_tokens_map.json": specials, **prepared.extra_files}

@@ -4,39 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tokenizers import AddedToken, Tokenizer, processors
 
 from ..reader.dictionary import BOS, BOS_ID, EOS, EOS_ID, MASK, SPECIAL_SYMBOLS, Dictionary
+from ..reader.folder import TokenizerFile, TokenizerFiles
 from .vocab import TokenVocabulary
-
-
-@dataclass(frozen=True)
-class TokenizerFile:
-    """One file a tokenizer kind reads: its option name, its usual names in SRC, what it is."""
-
-    role: str  # keyword and --flag (underscores as dashes), e.g. "bpe_codes" -> --bpe-codes
-    names: tuple[str, ...]
-    what: str
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.role.replace("_", "-")
-
-
-@dataclass
-class TokenizerFiles:
-    """The tokenizer files found in SRC or given by flag, by role."""
-
-    paths: dict[str, Path] = field(default_factory=dict)
-    given: frozenset[str] = frozenset()  # roles named by a flag rather than found by their usual names
-
-    def __getattr__(self, role: str) -> Path | None:  # files.encoder_json, files.bpe_codes, ...
-        if role.startswith("_") or role in ("paths", "given"):
-            raise AttributeError(role)
-        return self.paths.get(role)
 
 
 @dataclass

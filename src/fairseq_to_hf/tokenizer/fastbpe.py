@@ -69,7 +69,7 @@ def prepare_fastbpe(files: TokenizerFiles, dictionary: Dictionary, model_rows: i
 def prepare_word_bpe(kind: TokenizerKind, files: TokenizerFiles, dictionary: Dictionary, model_rows: int,
                      codes: list[tuple[str, str, str]], separator: str, *, fastbpe: bool) -> PreparedTokenizer:
     """The tokenizer of a fastBPE or subword-nmt model; `codes` are (a, b, count) in rank order."""
-    from ..verify.fairseq_encode import WordBpeEncoder
+    from ..reference.encode import WordBpeEncoder
 
     merges = list(dict.fromkeys((a, b) for a, b, _ in codes))  # a repeated merge keeps its first rank
     merged_chars = {char for a, b in merges for char in a + b}

@@ -76,7 +76,7 @@ def build_gpt2_tokenizer(vocabulary: TokenVocabulary, merges: list[tuple[str, st
 
 
 def prepare_gpt2(files: TokenizerFiles, dictionary: Dictionary, model_rows: int, bpe: dict) -> PreparedTokenizer:
-    from ..verify.fairseq_encode import Gpt2Encoder
+    from ..reference.encode import Gpt2Encoder
 
     encoder, merges = read_gpt2_files(files.encoder_json, files.vocab_bpe)
     vocabulary = gpt2_vocabulary(encoder, merges, dictionary, model_rows, merges_path=files.vocab_bpe,

@@ -14,7 +14,7 @@ from .gpt2 import build_gpt2_tokenizer, gpt2_vocabulary, read_gpt2_files
 
 def prepare_hf_byte_bpe(files: TokenizerFiles, dictionary: Dictionary, model_rows: int,
                         bpe: dict) -> PreparedTokenizer:
-    from ..verify.fairseq_encode import Gpt2Encoder
+    from ..reference.encode import Gpt2Encoder
 
     add_prefix_space = bool(bpe.get("bpe_add_prefix_space", False))
     encoder, merges = read_gpt2_files(files.bpe_vocab, files.bpe_merges)

@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 
 from ..reader.tensors import LazyTensor
-from .reference import FairseqReference, ReferenceOutputs, Stage
+from ..reference.forward import FairseqReference, ReferenceOutputs, Stage
 
 
 # What every Transformers model class imports first, whichever the architecture.

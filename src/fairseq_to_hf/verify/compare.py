@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConversionError
-from .reference import PAD, ReferenceOutputs, sample_inputs, scale_of
+from ..reference.forward import PAD, ReferenceOutputs, sample_inputs, scale_of
 from .streamed_model import StreamedModel
 
 # Allowed max abs difference, relative to the output's own scale (max |value|, at least 1).
@@ -20,7 +20,8 @@ STREAMED_MAX_TOKENS = 32  # longest input of a block-by-block verification: its 
 
 @dataclass
 class OutputCheck:
-    name: str
+    input: str  # verification_inputs' name (`name@language` for X-MOD)
+    output: str  # hidden_states[i], last_hidden_state, mlm_logits or head_logits
     max_abs_diff: float
     scale: float
     tolerance: float
@@ -31,7 +32,7 @@ class OutputCheck:
         return not self.non_finite and self.max_abs_diff <= self.tolerance
 
     def as_dict(self) -> dict:
-        return {"output": self.name, "max_abs_diff": self.max_abs_diff, "scale": self.scale,
+        return {"input": self.input, "output": self.output, "max_abs_diff": self.max_abs_diff, "scale": self.scale,
                 "tolerance": self.tolerance, "non_finite": self.non_finite, "passed": self.passed}
 
 
@@ -51,9 +52,12 @@ class WeightsVerification:
         """Max abs diff per output kind over all inputs."""
         worst: dict[str, float] = {}
         for check in self.checks:
-            kind = check.name.split(" ", 1)[1]
-            worst[kind] = max(worst.get(kind, 0.0), check.max_abs_diff)
+            worst[check.output] = max(worst.get(check.output, 0.0), check.max_abs_diff)
         return worst
+
+    @property
+    def non_finite(self) -> bool:
+        return any(check.non_finite for check in self.checks)
 
     def as_dict(self) -> dict:
         return {"passed": self.passed, "compared_in": self.compared_in, "loaded_with": self.loaded_with,
@@ -242,5 +246,5 @@ def _compare(model, everything: ReferenceOutputs, inputs: dict[str, torch.Tensor
         for output, want, have in pairs:
             diff = max_abs_diff(want, have)
             scale = scale_of(want)
-            result.checks.append(OutputCheck(f"{name} {output}", diff, scale, tolerance * max(1.0, scale),
+            result.checks.append(OutputCheck(name, output, diff, scale, tolerance * max(1.0, scale),
                                              non_finite(want, have)))

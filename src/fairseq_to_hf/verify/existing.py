@@ -3,27 +3,56 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import ConversionError
-from ..arch.families import FAMILIES
 from ..hparams import SuppliedHyperParameters
-from ..plan import Dims, PlanOptions, list_heads, make_plan
+from ..plan import (FAMILIES, LM_HEAD, Dims, NormalisedSource, OutputRequest, analyse_source, make_plan,
+                    normalise_source)
 from ..reader.checkpoint import read_checkpoint
 from ..reader.dictionary import read_dictionary
 from ..reader.folder import find_source_files, read_text_lines
-from ..tokenizer import kind_named, looked_for, prepare_tokenizer
-from .compare import (DEFAULT_TOLERANCE, per_language, reference_languages, reference_rows, verification_inputs,
-                      verify_weights)
-from .reference import FairseqReference
-from .tokenizer_check import verify_tokenizer
+from ..tokenizer import TOKENIZER_FILES, kind_named, looked_for, prepare_tokenizer
+from .compare import (DEFAULT_TOLERANCE, WeightsVerification, per_language, reference_languages, reference_rows,
+                      verification_inputs, verify_weights)
+from ..reference.forward import FairseqReference
+from .tokenizer_check import TokenizerVerification, verify_tokenizer
 
 SUPPORTED_CLASSES = frozenset(name for family in FAMILIES.values()
                               for name in (family.masked_lm_class, family.classifier_class))
 HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class FolderVerification:
+    """What `verify` found: the folder's weights (and tokenizer) against the fairseq checkpoint."""
+
+    source_checkpoint: Path
+    folder: Path
+    architecture: str
+    head: str | None
+    hyper_parameters_from: str
+    config_mismatches: list[str] = field(default_factory=list)  # when set, nothing was run
+    weights: WeightsVerification | None = None
+    tokenizer: TokenizerVerification | None = None
+    tokenizer_note: str | None = None  # why the tokenizer was not checked
+
+    @property
+    def passed(self) -> bool:
+        return (not self.config_mismatches and self.weights is not None and self.weights.passed
+                and (self.tokenizer is None or self.tokenizer.passed))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"source_checkpoint": str(self.source_checkpoint), "folder": str(self.folder),
+                "architecture": self.architecture, "head": self.head,
+                "hyper_parameters_from": self.hyper_parameters_from, "config_mismatches": self.config_mismatches,
+                "verification": self.weights.as_dict() if self.weights else None,
+                "tokenizer_verification": self.tokenizer.as_dict() if self.tokenizer else None,
+                "tokenizer_note": self.tokenizer_note, "passed": self.passed}
 
 
 def verify_folder(
@@ -39,8 +68,8 @@ def verify_folder(
     streamed: bool = False,
     hyper_parameters: SuppliedHyperParameters = SuppliedHyperParameters(),
     **tokenizer_files: str | Path | None,
-) -> dict[str, Any]:
-    """Returns a report like convert's verification; `report["passed"]` says whether OUT matches SRC.
+) -> FolderVerification:
+    """Checks OUT against SRC; `.passed` says whether it matches, `.as_dict()` is the JSON of `verify --json`.
 
     `tokenizer_files`: paths by role of tokenizer.TOKENIZER_FILES (encoder_json=..., bpe_codes=...).
     """
@@ -51,53 +80,43 @@ def verify_folder(
         raise ConversionError(f"holds a {architecture or 'model without architectures'}; verify checks the "
                               "masked-LM and classifier folders of fairseq's RoBERTa family", path=out / "config.json",
                               hint=f"one of {', '.join(sorted(SUPPORTED_CLASSES))}")
-    files = find_source_files(src, checkpoint=checkpoint, dictionary=dictionary, **tokenizer_files)
-    source = read_checkpoint(files.checkpoint)
+    files = find_source_files(src, TOKENIZER_FILES, checkpoint=checkpoint, dictionary=dictionary, **tokenizer_files)
+    source = normalise_source(read_checkpoint(files.checkpoint))
     token_dictionary = read_dictionary(files.dictionary)
     head_name = _head_for(architecture, config, source, head, out)
-    plan = make_plan(source, token_dictionary, PlanOptions(
-        head=head_name or "lm", supplied=hyper_parameters,
-        default_language=config.get("default_language") or default_language))
+    model = analyse_source(source, token_dictionary, supplied=hyper_parameters)
+    plan = make_plan(model, OutputRequest(head=head_name or LM_HEAD,
+                                          default_language=config.get("default_language") or default_language))
     dims = plan.dims
-    report: dict[str, Any] = {"source_checkpoint": str(files.checkpoint), "folder": str(out),
-                              "architecture": architecture, "head": head_name,
-                              "hyper_parameters_from": plan.hyper_parameters.source}
-
-    mismatches = config_mismatches(config, dims)
-    if mismatches:  # the model would not even run on the checkpoint's inputs
-        report.update(verification=None, config_mismatches=mismatches, tokenizer_verification=None,
-                      tokenizer_note="config.json does not describe this checkpoint", passed=False)
-        return report
+    result = FolderVerification(files.checkpoint, out, architecture, head_name, plan.hyper_parameters.source,
+                                config_mismatches(config, dims))
+    if result.config_mismatches:  # the model would not even run on the checkpoint's inputs
+        result.tokenizer_note = "config.json does not describe this checkpoint"
+        return result
 
     # A folder saved in half precision is compared with the source rounded alike.
     stored_dtype = HALF_DTYPES.get(str(config.get("dtype") or config.get("torch_dtype")))
     inputs, row_languages = per_language(verification_inputs(dims.vocab_size, dims.positions, streamed),
                                          dims.languages)
-    reference = FairseqReference(source.tensors, plan.hyper_parameters.values, round_to=stored_dtype)
+    reference = FairseqReference(source.checkpoint.tensors, plan.hyper_parameters.values, round_to=stored_dtype)
     expected = reference.forward(reference_rows(inputs), head_name,
                                  languages=reference_languages(inputs, row_languages))
-    weights = verify_weights(out, architecture, inputs, expected, head=head_name, vocab_size=dims.vocab_size,
-                             tolerance=tolerance, streamed=streamed, row_languages=row_languages)
-    report["verification"] = weights.as_dict()
-    passed = weights.passed
+    result.weights = verify_weights(out, architecture, inputs, expected, head=head_name, vocab_size=dims.vocab_size,
+                                    tolerance=tolerance, streamed=streamed, row_languages=row_languages)
 
-    tokenizer = prepare_tokenizer(files.tokenizer, token_dictionary, dims.vocab_size, source.bpe)
+    tokenizer = prepare_tokenizer(files.tokenizer, token_dictionary, dims.vocab_size, source.checkpoint.bpe)
     # tokenizer.json (ours), or the files an old script left for a slow tokenizer
     has_tokenizer_files = any((out / name).exists() for name in ("tokenizer.json", "vocab.json", "vocab.txt",
                                                                   "sentencepiece.bpe.model"))
     if tokenizer and has_tokenizer_files:
         extra = read_text_lines(verify_text) if verify_text else []
-        tokens = verify_tokenizer(out, tokenizer.reference_bpe, token_dictionary, dims.vocab_size,
-                                  int(config.get("vocab_size", dims.vocab_size)), extra, tokenizer.known_difference,
-                                  kind_named(tokenizer.kind).known_difference)
-        report["tokenizer_verification"] = tokens.as_dict()
-        passed = passed and tokens.passed
+        result.tokenizer = verify_tokenizer(out, tokenizer.reference_bpe, token_dictionary, dims.vocab_size,
+                                            int(config.get("vocab_size", dims.vocab_size)), extra,
+                                            tokenizer.known_difference, kind_named(tokenizer.kind).known_difference)
     else:
-        report["tokenizer_verification"] = None
-        report["tokenizer_note"] = ("OUT has no tokenizer files" if tokenizer else
-                                    f"SRC has none of {looked_for()}: pass their paths to check the tokenizer")
-    report["passed"] = passed
-    return report
+        result.tokenizer_note = ("OUT has no tokenizer files" if tokenizer else
+                                 f"SRC has none of {looked_for()}: pass their paths to check the tokenizer")
+    return result
 
 
 def config_mismatches(config: dict[str, Any], dims: Dims) -> list[str]:
@@ -121,13 +140,14 @@ def _read_config(out: Path) -> dict[str, Any]:
         raise ConversionError(f"config.json cannot be read ({error})", path=out) from None
 
 
-def _head_for(architecture: str, config: dict, source, requested: str | None, out: Path) -> str | None:
+def _head_for(architecture: str, config: dict, source: NormalisedSource, requested: str | None,
+              out: Path) -> str | None:
     """The fairseq head a classifier folder was made from: --head, or the one head with as many outputs."""
     if architecture.endswith("ForMaskedLM"):
         return None
     if requested:
         return requested
-    heads = list_heads(source)
+    heads = source.heads
     num_labels = int(config.get("num_labels") or len(config.get("id2label") or {}) or 2)
     fitting = [h.name for h in heads if h.num_classes == num_labels]
     if len(fitting) == 1:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..reader.dictionary import UNK_ID, Dictionary
-from .fairseq_encode import fairseq_encode
+from ..reference.encode import fairseq_encode
 
 # Built-in lines: the scripts, whitespace and odd characters where tokenizers tend to differ.
 SAMPLE_TEXTS: tuple[str, ...] = (

@@ -33,6 +33,19 @@ def byte_to_unicode() -> dict[int, str]:
     return dict(zip(printable, map(chr, chars)))
 
 
+def merge_pair(symbols: list[str], pair: tuple[str, str]) -> list[str]:
+    """One BPE step: every occurrence of `pair`, left to right, becomes one symbol."""
+    merged, i = [], 0
+    while i < len(symbols):
+        if i < len(symbols) - 1 and (symbols[i], symbols[i + 1]) == pair:
+            merged.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            merged.append(symbols[i])
+            i += 1
+    return merged
+
+
 class Gpt2Encoder:
     """OpenAI's GPT-2 BPE encoder: text -> GPT-2 ids."""
 
@@ -51,15 +64,7 @@ class Gpt2Encoder:
             best = min(pairs, key=lambda pair: self.ranks.get(pair, float("inf")))
             if best not in self.ranks:
                 break
-            merged, i = [], 0
-            while i < len(parts):
-                if i < len(parts) - 1 and (parts[i], parts[i + 1]) == best:
-                    merged.append(parts[i] + parts[i + 1])
-                    i += 2
-                else:
-                    merged.append(parts[i])
-                    i += 1
-            parts = merged
+            parts = merge_pair(parts, best)
         return tuple(parts)
 
     def encode(self, text: str) -> list[int]:
@@ -108,16 +113,7 @@ class WordBpeEncoder:
             ranked = [(self.ranks[pair], pair) for pair in zip(symbols, symbols[1:]) if pair in self.ranks]
             if not ranked:
                 break
-            best = min(ranked)[1]
-            merged, i = [], 0
-            while i < len(symbols):
-                if i < len(symbols) - 1 and (symbols[i], symbols[i + 1]) == best:
-                    merged.append(symbols[i] + symbols[i + 1])
-                    i += 2
-                else:
-                    merged.append(symbols[i])
-                    i += 1
-            symbols = merged
+            symbols = merge_pair(symbols, min(ranked)[1])
         symbols[-1] = symbols[-1].removesuffix(END_OF_WORD)
         return tuple(symbol for symbol in symbols if symbol) or ("",)
 

@@ -1,19 +1,25 @@
 """Target layouts: which Transformers class family a fairseq RoBERTa becomes, declared once per family.
 
-A family declares how it is detected (its `Layout`, and the vocabulary where two families share one),
-its rows (normalised fairseq name -> Transformers name, with the shape the target needs), its classes
-and the config fields only it has. The rows are the whole truth for the family: a fairseq tensor that
-no row matches is reported, and a Transformers tensor that no fairseq tensor fills is missing.
+A family (`Family`, at the end) declares how it is detected (its layouts, and the dict.txt kind where
+two families share a layout), its rows for each layout (normalised fairseq name -> Transformers name,
+with the shape the target needs), its classes and the config fields only it has. The rows are the whole
+truth for the family: a fairseq tensor that no row matches is reported, and a Transformers tensor that
+no fairseq tensor fills is missing.
 
 In a row, `{i}` stands for a layer index, `{p}` for `weight` or `bias`, `{lang}` for an X-MOD adapter
-language, `{base}` for the family's base-model prefix. A shape lists dimension names (see `DIMENSIONS`
-in plan.py); it is the weight's shape, and a bias has the first dimension only.
+language, `{base}` for the family's base-model prefix. A shape lists dimension names (`vocab`, `hidden`,
+`ffn`, `positions`, `adapter`, `classes`, `one`: plan/output.py gives their sizes); it is the weight's
+shape, and a bias has the first dimension only.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConversionError
 
 E = "encoder.sentence_encoder"
 L = f"{E}.layers.{{i}}"
@@ -66,7 +72,7 @@ _ADAPTER_ROWS: tuple[Row, ...] = (
     (f"{L}.adapter_modules.{{lang}}.fc2.{{p}}", f"{LAYER_OUT}.output.adapter_modules.{{lang}}.dense2.{{p}}",
      ("hidden", "adapter")),
 )
-ADAPTER_LAYER_NORM_ROWS: tuple[Row, ...] = (
+_ADAPTER_LAYER_NORM_ROWS: tuple[Row, ...] = (
     (f"{L}.adapter_layer_norm.{{p}}", f"{LAYER_OUT}.output.adapter_layer_norm.{{p}}", ("hidden",)),
 )
 XMOD_POST_NORM_ROWS = (*POST_NORM_ROWS, *_ADAPTER_ROWS)
@@ -104,67 +110,115 @@ class Layout:
     pre_norm: bool  # a final encoder LayerNorm: each block normalises its input
     embedding_layer_norm: bool
     adapters: bool  # X-MOD language adapters
+    adapter_layer_norm: bool = False  # the adapters have a LayerNorm of their own
 
     def describe(self) -> str:
         parts = ["pre-norm" if self.pre_norm else "post-norm",
                  "with" if self.embedding_layer_norm else "without", "an embedding LayerNorm"]
-        return " ".join(parts) + (", with X-MOD language adapters" if self.adapters else "")
+        if self.adapters:
+            parts.append(", with X-MOD language adapters" + (" and their LayerNorm" if self.adapter_layer_norm else ""))
+        return " ".join(parts).replace(" ,", ",")
 
 
 @dataclass(frozen=True)
 class Family:
-    """One Transformers class family a fairseq RoBERTa can become."""
+    """One Transformers class family a fairseq RoBERTa can become: everything the tool knows about it."""
 
     name: str  # the --model-type value
     model_type: str
     masked_lm_class: str
     classifier_class: str
     base: str  # the base model's prefix in the state dict
-    layouts: tuple[Layout, ...]  # the fairseq layouts the classes reproduce exactly
-    rows: tuple[Row, ...]  # encoder rows per layout, in the order of `layouts`
-    adapters: bool = False  # the config carries X-MOD's adapter fields (plan.build_config)
+    # The fairseq layouts the classes reproduce exactly, each with its encoder rows.
+    rows_by_layout: tuple[tuple[Layout, tuple[Row, ...]], ...]
+    # Detected without --model-type for these dict.txt kinds (None: any; empty: only when asked for).
+    detected_for: tuple[str | None, ...] = (None,)
+    sentencepiece_only: bool = False  # --model-type refuses it for a GPT-2 BPE dict.txt
+    # Config fields only this family has: f(model: plan.source.SourceModel, default_language) -> fields.
+    config_fields: Callable[[Any, str | None], dict[str, Any]] | None = None
+
+    @property
+    def layouts(self) -> tuple[Layout, ...]:
+        return tuple(layout for layout, _ in self.rows_by_layout)
 
     def encoder_rows(self, layout: Layout) -> tuple[Row, ...]:
-        rows = self.rows[self.layouts.index(layout)]
+        rows = dict(self.rows_by_layout)[layout]
         return tuple((source, target.replace("{base}", self.base), shape) for source, target, shape in rows)
+
+
+def strip_language(language: str) -> str:
+    """The adapter fairseq runs for a language code: it drops `_rom` and `_zaw` (romanised, Zawgyi)."""
+    return language.replace("_rom", "").replace("_zaw", "")
+
+
+# fairseq's xmod_base* architectures' defaults; xmod_large_prenorm sets its own in the checkpoint's cfg.
+XMOD_DEFAULTS = {"adapter_reuse_layer_norm": True, "ln_before_adapter": True}
+DEFAULT_LANGUAGE = "en_XX"  # what fairseq's lang_adapter runs when no language is given
+
+
+def xmod_config(model: Any, default_language: str | None) -> dict[str, Any]:
+    """XmodConfig's adapter fields, from the adapters' tensors and the checkpoint's cfg."""
+    languages = list(model.dims.languages)
+    if default_language is None:
+        if DEFAULT_LANGUAGE not in languages:
+            raise ConversionError(f"is an X-MOD model without {DEFAULT_LANGUAGE}, fairseq's default language; "
+                                  f"name one with --default-language (one of {', '.join(languages)})",
+                                  path=model.path)
+        default_language = DEFAULT_LANGUAGE
+    if strip_language(default_language) not in languages:
+        raise ConversionError(f"has no adapter for --default-language {default_language}; "
+                              f"choose one of {', '.join(languages)}", path=model.path)
+    hparams = model.hyper_parameters.values
+    return {
+        "languages": languages,
+        "default_language": strip_language(default_language),
+        "pre_norm": model.layout.pre_norm,
+        "adapter_reduction_factor": model.dims.hidden_size // model.dims.adapter_size,
+        "adapter_layer_norm": model.layout.adapter_layer_norm,  # fairseq makes it exactly when its cfg asks
+        "adapter_reuse_layer_norm": bool(hparams.get("adapter_reuse_layer_norm",
+                                                     XMOD_DEFAULTS["adapter_reuse_layer_norm"])),
+        "ln_before_adapter": bool(hparams.get("ln_before_adapter", XMOD_DEFAULTS["ln_before_adapter"])),
+    }
 
 
 _POST = Layout(pre_norm=False, embedding_layer_norm=True, adapters=False)
 _PRE_XL = Layout(pre_norm=True, embedding_layer_norm=False, adapters=False)
 _PRE_LN = Layout(pre_norm=True, embedding_layer_norm=True, adapters=False)
-_XMOD_POST = Layout(pre_norm=False, embedding_layer_norm=True, adapters=True)
-_XMOD_PRE = Layout(pre_norm=True, embedding_layer_norm=True, adapters=True)
+# X-MOD's adapters with or without their LayerNorm (xmod_base* or xmod_large_prenorm's defaults).
+_XMOD_POST, _XMOD_POST_ADAPTER_LN = (Layout(pre_norm=False, embedding_layer_norm=True, adapters=True,
+                                            adapter_layer_norm=norm) for norm in (False, True))
+_XMOD_PRE, _XMOD_PRE_ADAPTER_LN = (Layout(pre_norm=True, embedding_layer_norm=True, adapters=True,
+                                          adapter_layer_norm=norm) for norm in (False, True))
 
 ROBERTA = Family("roberta", "roberta", "RobertaForMaskedLM", "RobertaForSequenceClassification", "roberta",
-                 (_POST,), (POST_NORM_ROWS,))
+                 ((_POST, POST_NORM_ROWS),))
 XLM_ROBERTA = Family("xlm-roberta", "xlm-roberta", "XLMRobertaForMaskedLM", "XLMRobertaForSequenceClassification",
-                     "roberta", (_POST,), (POST_NORM_ROWS,))
+                     "roberta", ((_POST, POST_NORM_ROWS),), detected_for=("sentencepiece",), sentencepiece_only=True)
 CAMEMBERT = Family("camembert", "camembert", "CamembertForMaskedLM", "CamembertForSequenceClassification",
-                   "roberta", (_POST,), (POST_NORM_ROWS,))
+                   "roberta", ((_POST, POST_NORM_ROWS),), detected_for=(), sentencepiece_only=True)
 XLM_ROBERTA_XL = Family("xlm-roberta-xl", "xlm-roberta-xl", "XLMRobertaXLForMaskedLM",
-                        "XLMRobertaXLForSequenceClassification", "roberta", (_PRE_XL,), (PRE_NORM_ROWS,))
+                        "XLMRobertaXLForSequenceClassification", "roberta", ((_PRE_XL, PRE_NORM_ROWS),))
 ROBERTA_PRELAYERNORM = Family("roberta-prelayernorm", "roberta-prelayernorm", "RobertaPreLayerNormForMaskedLM",
                               "RobertaPreLayerNormForSequenceClassification", "roberta_prelayernorm",
-                              (_PRE_LN,), (PRE_LAYER_NORM_ROWS,))
+                              ((_PRE_LN, PRE_LAYER_NORM_ROWS),))
 XMOD = Family("xmod", "xmod", "XmodForMaskedLM", "XmodForSequenceClassification", "roberta",
-              (_XMOD_POST, _XMOD_PRE), (XMOD_POST_NORM_ROWS, XMOD_PRE_NORM_ROWS), adapters=True)
+              ((_XMOD_POST, XMOD_POST_NORM_ROWS), (_XMOD_PRE, XMOD_PRE_NORM_ROWS),
+               (_XMOD_POST_ADAPTER_LN, (*XMOD_POST_NORM_ROWS, *_ADAPTER_LAYER_NORM_ROWS)),
+               (_XMOD_PRE_ADAPTER_LN, (*XMOD_PRE_NORM_ROWS, *_ADAPTER_LAYER_NORM_ROWS))),
+              config_fields=xmod_config)
 
 FAMILIES = {family.name: family for family in
             (ROBERTA, XLM_ROBERTA, CAMEMBERT, XLM_ROBERTA_XL, ROBERTA_PRELAYERNORM, XMOD)}
 
-# (layout, dictionary kind or None for any) -> the family a checkpoint becomes without --model-type.
-DETECTED: dict[tuple[Layout, str | None], Family] = {
-    (_POST, "sentencepiece"): XLM_ROBERTA,
-    (_POST, None): ROBERTA,
-    (_PRE_XL, None): XLM_ROBERTA_XL,
-    (_PRE_LN, None): ROBERTA_PRELAYERNORM,
-    (_XMOD_POST, None): XMOD,
-    (_XMOD_PRE, None): XMOD,
-}
-
 
 def detect(layout: Layout, vocabulary: str) -> Family | None:
-    return DETECTED.get((layout, vocabulary)) or DETECTED.get((layout, None))
+    """The family a checkpoint becomes without --model-type: one declared for its dict.txt kind first."""
+    candidates = [family for family in FAMILIES.values() if layout in family.layouts]
+    for wanted in (vocabulary, None):
+        for family in candidates:
+            if wanted in family.detected_for:
+                return family
+    return None
 
 
 def _row_regex(template: str) -> re.Pattern[str]:

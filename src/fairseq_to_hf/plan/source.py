@@ -1,0 +1,283 @@
+"""What a checkpoint is, worked out once from its metadata: every output is planned from this.
+
+`normalise_source` renames the stored keys to fairseq 0.12's and finds the heads and languages;
+`analyse_source` adds what the tensors and the checkpoint's hyper-parameters say about the encoder:
+its layout, the Transformers family, its dimensions, whether the LM head is tied. Neither reads tensor
+data. Problems found on the way are collected for the plan to raise together with its own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import families
+from ..arch.fairseq_keys import SourceTensor, normalise_state_dict, unsupported_layouts
+from .families import Family, strip_language
+from ..errors import ConversionError, UnsupportedModelError
+from ..hparams import HEADS, HyperParameters, SuppliedHyperParameters, arch_name, resolve_hyper_parameters
+from ..reader.checkpoint import Checkpoint
+from ..reader.dictionary import PADDING_SYMBOL_PREFIX, Dictionary, EmbeddingFit, fit_embedding
+
+E = families.E
+MIN_POSITION_ROWS = 5  # the padding and offset rows, then <s>, one token, </s>
+LAYER_INDEX = re.compile(rf"^{re.escape(E)}\.layers\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class Dims:
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int  # 0 while the hyper-parameters do not give it (the plan refuses such an output)
+    ffn_size: int
+    positions: int  # rows of the position table (max_positions + 2)
+    adapter_size: int = 0  # X-MOD: the adapters' bottleneck width
+    languages: tuple[str, ...] = ()  # X-MOD: the adapters' languages, as Transformers indexes them
+
+
+@dataclass(frozen=True)
+class HeadInfo:
+    name: str
+    num_classes: int
+    inner_dim: int
+
+
+@dataclass
+class NormalisedSource:
+    """A checkpoint's tensors under fairseq 0.12's names, and the heads and languages they hold."""
+
+    checkpoint: Checkpoint
+    tensors: dict[str, SourceTensor]  # normalised name -> tensor
+    dropped: dict[str, str]  # stored key -> why fairseq itself ignores it
+    problems: list[str]  # keys that cannot be normalised
+    heads: list[HeadInfo]
+    languages: tuple[str, ...]  # X-MOD adapters fairseq can run
+    key_generation: str
+
+    @property
+    def has_lm_head(self) -> bool:
+        return "encoder.lm_head.dense.weight" in self.tensors
+
+
+@dataclass
+class SourceModel:
+    """The analysed checkpoint: what every output of it shares."""
+
+    source: NormalisedSource
+    dictionary: Dictionary
+    layout: families.Layout
+    family: Family
+    dims: Dims
+    hyper_parameters: HyperParameters  # what the reference forward pass computes with too
+    tied: bool  # the LM head shares the word embeddings
+    left_out: dict[str, str] = field(default_factory=dict)  # normalised name -> why no output has it
+    problems: list[str] = field(default_factory=list)  # raised by the plan with its own
+    embedding_fit: EmbeddingFit | None = None  # None while there are problems
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def path(self) -> Path:
+        return self.source.checkpoint.path
+
+    @property
+    def tensors(self) -> dict[str, SourceTensor]:
+        return self.source.tensors
+
+    @property
+    def heads(self) -> list[HeadInfo]:
+        return self.source.heads
+
+
+def key_generation(stored_keys: list[str]) -> str:
+    """fairseq's key layout: 0.9 (`decoder.`), 0.10 (`emb_layer_norm`) or 0.12 (`layernorm_embedding`)."""
+    if any(key.startswith("decoder.sentence_encoder.") for key in stored_keys):
+        return "fairseq-0.9"
+    if any(".emb_layer_norm." in key for key in stored_keys):
+        return "fairseq-0.10"
+    return "fairseq-0.12"
+
+
+def dictionary_kind(dictionary: Dictionary) -> str:
+    """What segmentation dict.txt was built from: GPT-2 BPE lists ids ("13"), sentencepiece lists pieces ("▁the")."""
+    symbols = [s for s in dictionary.symbols[4:] if not s.startswith(PADDING_SYMBOL_PREFIX)]
+    if not symbols:
+        return "unknown"
+    if sum(symbol.isdigit() for symbol in symbols) > 0.9 * len(symbols):
+        return "gpt2"
+    if sum(symbol.startswith("\u2581") for symbol in symbols) > 0.05 * len(symbols):
+        return "sentencepiece"
+    return "unknown"
+
+
+def describe_heads(heads: list[HeadInfo]) -> list[str]:
+    return [f"{head.name}: {head.num_classes} output{'s' if head.num_classes != 1 else ''}"
+            f"{' (regression)' if head.num_classes == 1 else ''}" for head in heads]
+
+
+def normalise_source(checkpoint: Checkpoint) -> NormalisedSource:
+    tensors, dropped, problems = normalise_state_dict(checkpoint.tensors)
+    return NormalisedSource(checkpoint, tensors, dropped, problems, _heads(tensors), _languages(tensors),
+                            key_generation(list(checkpoint.tensors)))
+
+
+def list_heads(checkpoint: Checkpoint) -> list[HeadInfo]:
+    return normalise_source(checkpoint).heads
+
+
+def analyse_source(source: NormalisedSource, dictionary: Dictionary, *, model_type: str | None = None,
+                   supplied: SuppliedHyperParameters = SuppliedHyperParameters()) -> SourceModel:
+    """Raises at once for what no output can be made of (not a RoBERTa, a variant no class has)."""
+    checkpoint, tensors = source.checkpoint, source.tensors
+    _require_roberta(checkpoint, tensors)
+    _refuse_unsupported_layouts(checkpoint)
+    layout = families.Layout(pre_norm=f"{E}.layer_norm.weight" in tensors,
+                             embedding_layer_norm=f"{E}.layernorm_embedding.weight" in tensors,
+                             adapters=bool(source.languages),
+                             adapter_layer_norm=f"{E}.layers.0.adapter_layer_norm.weight" in tensors)
+    family = _family(layout, dictionary_kind(dictionary), model_type, checkpoint.path)
+    hyper_parameters = resolve_hyper_parameters(checkpoint, supplied)
+    problems = list(source.problems)
+    model = SourceModel(source, dictionary, layout, family,
+                        _dims(source, hyper_parameters.values, problems), hyper_parameters,
+                        _tied(hyper_parameters.values, tensors), _unused_adapters(source), problems)
+    if problems:
+        return model
+    model.embedding_fit = fit = fit_embedding(dictionary, model.dims.vocab_size)
+    if checkpoint.hparams_source == "none":
+        model.notes.append("the checkpoint holds no hyper-parameters: its token embeddings are taken to be "
+                           "unscaled (no_scale_embedding, every RoBERTa arch's setting), which no tensor shows")
+    if fit.padding_rows:
+        model.notes.append(
+            f"the embedding has {fit.padding_rows} rows more than dict.txt + <mask>: the madeupword padding "
+            f"fairseq-preprocess added, left out of this dict.txt; <mask> is the last row ({fit.mask_id})"
+        )
+    elif fit.mask_id is None:
+        model.notes.append("the embedding has no <mask> row (dict.txt fills it), so the tokenizer has no mask token")
+    return model
+
+
+def _heads(tensors: dict[str, SourceTensor]) -> list[HeadInfo]:
+    names = sorted({m.group(1) for key in tensors if (m := families.HEAD_NAME.match(key))})
+    heads = []
+    for name in names:
+        dense = tensors.get(f"classification_heads.{name}.dense.weight")
+        out = tensors.get(f"classification_heads.{name}.out_proj.weight")
+        heads.append(HeadInfo(name, out.tensor.shape[0] if out else 0, dense.tensor.shape[0] if dense else 0))
+    return heads
+
+
+def _languages(tensors: dict[str, SourceTensor]) -> tuple[str, ...]:
+    """The X-MOD languages fairseq can run, in the order of the checkpoint's adapters."""
+    names = dict.fromkeys(m.group(1) for key in tensors if (m := families.ADAPTER_NAME.match(key)))
+    return tuple(name for name in names if strip_language(name) == name)
+
+
+def _unused_adapters(source: NormalisedSource) -> dict[str, str]:
+    """Adapters fairseq never runs (their code loses `_rom`/`_zaw` before the lookup) -> why dropped."""
+    unused = {}
+    for name in source.tensors:
+        found = families.ADAPTER_NAME.match(name)
+        if found and found.group(1) not in source.languages:
+            language = found.group(1)
+            unused[name] = (f"adapter {language!r}, which fairseq never runs: it takes "
+                            f"{strip_language(language)!r}'s adapter for {language} text")
+    return unused
+
+
+def _tied(hparams: dict[str, Any], tensors: dict[str, SourceTensor]) -> bool:
+    """Whether the LM head shares the word embeddings: args/cfg say (fairseq's default: shared); without
+    them the tensors do, as torch saves a shared tensor once."""
+    if "untie_weights_roberta" in hparams:
+        return not bool(hparams["untie_weights_roberta"])
+    lm_head = tensors.get("encoder.lm_head.weight")
+    return lm_head is None or lm_head.tensor.same_data(tensors[f"{E}.embed_tokens.weight"].tensor)
+
+
+def _require_roberta(checkpoint: Checkpoint, tensors: dict[str, SourceTensor]) -> None:
+    if f"{E}.embed_tokens.weight" in tensors:
+        return
+    arch = arch_name(checkpoint.hparams) or "unknown"
+    has_decoder = any(key.startswith("decoder.layers.") for key in checkpoint.tensors)
+    kind = "an encoder-decoder model (translation transformer, BART, ...)" if has_decoder else "not a RoBERTa encoder"
+    raise UnsupportedModelError(
+        f"is a fairseq checkpoint of architecture {arch!r}, {kind}; this tool converts RoBERTa-family "
+        "encoders (no encoder.sentence_encoder.embed_tokens.weight here)",
+        path=checkpoint.path,
+    )
+
+
+def _refuse_unsupported_layouts(checkpoint: Checkpoint) -> None:
+    variants = unsupported_layouts(list(checkpoint.tensors))
+    if variants:
+        arch = arch_name(checkpoint.hparams)
+        raise UnsupportedModelError(
+            f"uses {', '.join(variants)}{f' (arch {arch!r})' if arch else ''}, which no Transformers RoBERTa class "
+            "has; nothing was converted",
+            path=checkpoint.path,
+            details=[f"{variant}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                     for variant, keys in variants.items()],
+        )
+
+
+def _dims(source: NormalisedSource, hparams: dict[str, Any], problems: list[str]) -> Dims:
+    def shape(name: str) -> tuple[int, ...]:
+        item = source.tensors.get(name)
+        return item.tensor.shape if item else ()
+
+    vocab_size, hidden = (shape(f"{E}.embed_tokens.weight") + (0, 0))[:2]
+    layers = sorted({int(m.group(1)) for key in source.tensors if (m := LAYER_INDEX.match(key))})
+    if not layers:
+        problems.append(f"no encoder layers ({E}.layers.*): there is no model to convert")
+    elif layers != list(range(len(layers))):
+        problems.append(f"encoder layers are numbered {layers}, not 0..{len(layers) - 1}")
+    positions = shape(f"{E}.embed_positions.weight")
+    if not positions:
+        problems.append("no learned position table (encoder.sentence_encoder.embed_positions.weight): "
+                        "sinusoidal or absent positions have no Transformers equivalent")
+    elif positions[0] < MIN_POSITION_ROWS:
+        problems.append(f"the position table has {positions[0]} rows; fairseq's has max_positions + 2 (pads and "
+                        f"the offset take two), so at least {MIN_POSITION_ROWS} to hold <s>, a token and </s>")
+    # The configured size if some layer has it, else the layers' majority: a damaged layer is then
+    # reported as such rather than blamed on all the others.
+    ffn_sizes = Counter(shape(f"{E}.layers.{i}.fc1.weight")[:1] for i in layers)
+    ffn_dim = hparams.get("encoder_ffn_embed_dim")
+    configured = (ffn_dim,) if isinstance(ffn_dim, int) and not isinstance(ffn_dim, bool) else ()
+    ffn = configured if configured in ffn_sizes else max(ffn_sizes, key=ffn_sizes.__getitem__, default=())
+    heads = hparams.get(HEADS, 0)  # resolved: never guessed from the hidden size
+    if heads and hidden % heads:
+        problems.append(f"hidden size {hidden} does not divide into {heads} attention heads")
+    languages = source.languages
+    adapter = 0
+    if languages:
+        adapter = (shape(f"{E}.layers.0.adapter_modules.{languages[0]}.fc1.weight") + (0,))[0]
+        if not adapter or hidden % adapter:
+            problems.append(f"X-MOD adapters of width {adapter} do not divide the hidden size {hidden}")
+    return Dims(vocab_size, hidden, len(layers), heads, ffn[0] if ffn else 0, positions[0] if positions else 0,
+                adapter, languages)
+
+
+def _family(layout: families.Layout, vocabulary: str, requested: str | None, path: Path) -> Family:
+    """The Transformers family: the layout decides the class, the vocabulary RoBERTa or XLM-R."""
+    detected = families.detect(layout, vocabulary)
+    if detected is None:
+        raise UnsupportedModelError(f"is {layout.describe()}; no Transformers class has that layout", path=path)
+    if requested is None:
+        return detected
+    family = families.FAMILIES.get(requested)
+    if family is None:
+        raise ConversionError(f"unknown --model-type {requested!r}; choose from {', '.join(families.FAMILIES)}")
+    if layout not in family.layouts:
+        raise ConversionError(
+            f"--model-type {requested} contradicts the checkpoint: it is {layout.describe()}, which only "
+            f"{detected.model_type}-layout classes reproduce", path=path,
+        )
+    if family.sentencepiece_only and vocabulary == "gpt2":
+        raise ConversionError(
+            f"--model-type {requested} contradicts the dictionary: {family.model_type} models use a sentencepiece "
+            "vocabulary, and this dict.txt lists GPT-2 BPE ids", path=path,
+        )
+    return family
