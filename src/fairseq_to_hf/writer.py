@@ -6,10 +6,11 @@ every tensor's place in the file is known before any is read.
 
 Most tensors go to the output unchanged (same dtype, contiguous, no alias rows): their bytes are
 copied from the checkpoint to their place with copy_file_range, inside the kernel, as `cp` copies. The
-checks still see every byte, read once: a pass over the source in file order, on the prefetch thread,
-feeds each storage's CRC-32, each tensor's NaN/Inf check, the file's sha256, and the values of the
-tensors that are cast, get alias rows or that the verification wants. A region is copied only after
-the pass has checked it, and the output only appears once everything was (see staged_output).
+checks still see every byte, read once: a pass over the source in file order, on a thread of its own
+that runs ahead of the copies (_PassAhead), feeds each storage's CRC-32, each tensor's NaN/Inf check,
+the file's sha256, and the values of the tensors that are cast, get alias rows or that the
+verification wants (handed over on a mapping of the source, not copied). A region is copied only
+after the pass has checked it, and the output only appears once everything was (see staged_output).
 """
 
 from __future__ import annotations
@@ -425,7 +426,7 @@ class _OnePass:
             shards[placed.shard].append(placed.planned)
         return shards
 
-    # -- on the prefetch thread --
+    # -- on the pass's thread --
 
     def _copies(self, region: _Region) -> list[_Placed]:
         """The region's tensors to copy inside the kernel (the others are written from user space)."""
