@@ -97,15 +97,7 @@ def train_bpe(lines: Iterable[str], vocab_size: int) -> tuple[dict[str, int], li
             for pair in zip(symbols, symbols[1:]):
                 if pair != best:
                     pair_counts[pair] -= freq
-            rebuilt: list[str] = []
-            i = 0
-            while i < len(symbols):
-                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
-                    rebuilt.append(merged)
-                    i += 2
-                else:
-                    rebuilt.append(symbols[i])
-                    i += 1
+            rebuilt = merge_pair(symbols, best)
             words[index] = rebuilt
             for pair in zip(rebuilt, rebuilt[1:]):
                 pair_counts[pair] += freq
@@ -113,6 +105,21 @@ def train_bpe(lines: Iterable[str], vocab_size: int) -> tuple[dict[str, int], li
 
     vocab[END_OF_TEXT] = len(vocab)
     return vocab, merges
+
+
+def merge_pair(symbols: list[str], pair: Pair) -> list[str]:
+    """The symbols with every occurrence of `pair` merged into one, left to right (an
+    occurrence that overlaps the one before is not merged)."""
+    merged: list[str] = []
+    i = 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            merged.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            merged.append(symbols[i])
+            i += 1
+    return merged
 
 
 def write_gpt2_files(vocab: dict[str, int], merges: list[Pair], folder: Path) -> None:

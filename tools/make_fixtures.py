@@ -30,8 +30,10 @@ tests/fixtures must stay under 5 MB: the masked-LM logits (tokens x vocabulary f
 and fixture) and the sentencepiece model (its NFKC rules alone are 240 KB) dominate it, hence the
 short samples, the small xlmr dict.txt and a single copy of the sentencepiece model.
 
-The script itself runs in about two minutes on two CPU cores. `--keep-work DIR` keeps the
-intermediate files (corpora, data-bins, training logs) for debugging.
+The script itself runs in about three minutes on two CPU cores. `--keep-work DIR` keeps the
+intermediate files (corpora, data-bins, training logs) for debugging. What it shares with
+make_variant_fixtures.py and make_tokenizer_fixtures.py (the tiny model's options, the fairseq
+CLI runs, the recording of fairseq's outputs, the command line) is in fixture_fairseq.py.
 
 Setting up the venv (Python 3.11, CPU only; it takes about ten minutes):
 
@@ -47,62 +49,38 @@ Setting up the venv (Python 3.11, CPU only; it takes about ten minutes):
    installed instead of downloading another one.
 
 fairseq checkpoints pickle argparse.Namespace objects, which torch >= 2.6 refuses to load by
-default; this script sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 for itself and for the fairseq CLI.
+default; fixture_fairseq.py sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 for the scripts and for the
+fairseq CLI they run.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
-import logging
-import os
 import random
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
-import warnings
 from argparse import Namespace
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# Must be set before fairseq loads any checkpoint (see the module docstring).
-os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
-
-import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.dont_write_bytecode = True  # no __pycache__ in tools/
 import fixture_bpe  # noqa: E402
+import fixture_fairseq as ff  # noqa: E402  (before torch: sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD)
 import fixture_spm  # noqa: E402
 import fixture_text  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-FIXTURES = REPO / "tests" / "fixtures"
-VENV_BIN = Path(sys.executable).parent  # fairseq-train & co. live next to this interpreter
+import torch  # noqa: E402
 
-SEED = 1
 # Small on purpose: the recorded logits grow with the vocabulary and tests/fixtures must stay
 # under 5 MB. 512 still leaves ~170 BPE tokens out of dict.txt.
 BPE_VOCAB_SIZE = 512
 ACCENTED_WEIGHT = 16  # repeats of the accented lines in corpus A (gives multi-byte merges)
-MAX_POSITIONS = 64  # not 512, so a converter cannot get away with a constant
-NUM_LAYERS = 2
-MODEL_ARGS = [
-    "--encoder-layers", str(NUM_LAYERS),
-    "--encoder-embed-dim", "32",
-    "--encoder-ffn-embed-dim", "64",
-    "--encoder-attention-heads", "4",
-    "--max-positions", str(MAX_POSITIONS),
-]
-# Updates and learning rates: the masked LMs only need to be non-degenerate; the fine-tunes get
-# a few more updates (about a second per 50 on CPU) so the classifier really learns its labels.
-MLM_UPDATES, MLM_LR = 50, "1e-3"
+# The fine-tunes get more updates than the masked LMs (ff.MLM_UPDATES) so the classifier really
+# learns its labels.
 FINETUNE_UPDATES, FINETUNE_LR = 150, "3e-3"
 
 StateDict = OrderedDict[str, torch.Tensor]
@@ -120,12 +98,7 @@ SENTIMENT_SHARES = [("positive", 0.45), ("negative", 0.35), ("neutral", 0.20)]
 SCORE_WORDS = {"terrible": 0.0, "bad": 1.0, "okay": 2.5, "fine": 3.0, "good": 4.0,
                "excellent": 5.0}
 
-FILL_MASK_TOPK = 3
-# Length in ids of the long sample s3 of the GPT-2 models (limited by the size budget).
-GPT2_S3_IDS = 40
-
-# Sentencepiece fixtures (XLM-R style). XLM-R's name for its model file, a unigram model.
-SPM_FILE = "sentencepiece.bpe.model"
+# Sentencepiece fixtures (XLM-R style): a unigram model, stored as ff.SPM_FILE.
 SPM_VOCAB_SIZE = 1000
 # Below 1.0, so rare characters stay unknown to the model (about 540 of the 1250 in corpus S).
 SPM_CHARACTER_COVERAGE = 0.995
@@ -142,42 +115,6 @@ XLMR_HEAD = "script_head"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def run(cmd: list[str], cwd: Path, log_name: str) -> None:
-    """Run a fairseq CLI command, keeping its (long) log in the work dir."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
-    log = cwd / "logs" / f"{log_name}.log"
-    log.parent.mkdir(exist_ok=True)
-    with log.open("w") as handle:
-        done = subprocess.run(cmd, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed, see its log:\n{log.read_text()[-4000:]}")
-
-
-def cli(name: str) -> str:
-    return str(VENV_BIN / name)
-
-
-def train_args(updates: int, lr: str) -> list[str]:
-    """Options shared by every fairseq-train run (Adam, linear warmup and decay, CPU)."""
-    return [
-        "--cpu", "--seed", str(SEED), "--num-workers", "0",
-        "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--adam-eps", "1e-6",
-        "--lr", lr, "--lr-scheduler", "polynomial_decay", "--warmup-updates", "5",
-        "--total-num-update", str(updates), "--max-update", str(updates),
-        "--batch-size", "16", "--disable-validation", "--no-epoch-checkpoints",
-        "--log-format", "simple", "--log-interval", "10",
-    ]
-
-
-def write_lines(path: Path, lines: list[str]) -> None:
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    # Trusted files we just wrote ourselves; fairseq's format needs the full unpickler.
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def make_bpe_encoder(bpe_dir: Path) -> Callable[[str], str]:
@@ -204,29 +141,15 @@ def preprocess_mlm_data(corpora: fixture_text.Corpora, bpe: Callable[[str], str]
     """Binarize corpus B; fairseq builds dict.txt from it, in frequency order."""
     raw = work / "raw"
     raw.mkdir()
-    write_lines(raw / "train.bpe", [bpe(line) for line in corpora.model_train])
-    write_lines(raw / "valid.bpe", [bpe(line) for line in corpora.model_valid])
-    run([cli("fairseq-preprocess"), "--only-source", "--trainpref", "raw/train.bpe",
-         "--validpref", "raw/valid.bpe", "--destdir", "bin/mlm", "--workers", "1"],
-        work, "preprocess_mlm")
-    return work / "bin" / "mlm"
-
-
-def train_mlm(work: Path, name: str, extra: list[str], arch: str = "roberta_base",
-              data: str = "bin/mlm") -> Path:
-    # Relative paths: fairseq stores data/save_dir in the checkpoint's cfg.
-    run([cli("fairseq-train"), data, "--task", "masked_lm", "--criterion", "masked_lm",
-         "--arch", arch, *MODEL_ARGS, "--sample-break-mode", "complete",
-         "--tokens-per-sample", str(MAX_POSITIONS), *train_args(MLM_UPDATES, MLM_LR),
-         "--save-dir", f"ckpt/{name}", "--no-save-optimizer-state", *extra],
-        work, f"train_{name}")
-    return work / "ckpt" / name / "checkpoint_last.pt"
+    ff.write_lines(raw / "train.bpe", [bpe(line) for line in corpora.model_train])
+    ff.write_lines(raw / "valid.bpe", [bpe(line) for line in corpora.model_valid])
+    return ff.preprocess(work, "raw/train.bpe", "raw/valid.bpe", "bin/mlm", "preprocess_mlm")
 
 
 def classification_examples(sentences: list[str], bpe: Callable[[str], str],
                             ) -> list[tuple[str, str, float]]:
     """(text, sentiment label, regression score) built around short sentences."""
-    rng = random.Random(SEED)
+    rng = random.Random(ff.SEED)
     labels = [label for label, share in SENTIMENT_SHARES for _ in range(round(share * 100))]
     examples = []
     for sentence in sentences:
@@ -248,19 +171,16 @@ def preprocess_sentence_data(corpora: fixture_text.Corpora, bpe: Callable[[str],
         "valid": classification_examples(corpora.model_valid, bpe),
     }
     for split, examples in splits.items():
-        write_lines(raw / f"{split}.input0.bpe", [bpe(text) for text, _, _ in examples])
-        write_lines(raw / f"{split}.label", [label for _, label, _ in examples])
-        write_lines(raw / f"{split}.score", [f"{score:.1f}" for _, _, score in examples])
+        ff.write_lines(raw / f"{split}.input0.bpe", [bpe(text) for text, _, _ in examples])
+        ff.write_lines(raw / f"{split}.label", [label for _, label, _ in examples])
+        ff.write_lines(raw / f"{split}.score", [f"{score:.1f}" for _, _, score in examples])
 
     for task in ("cls", "reg"):
-        run([cli("fairseq-preprocess"), "--only-source",
-             "--trainpref", "raw/train.input0.bpe", "--validpref", "raw/valid.input0.bpe",
-             "--destdir", f"bin/{task}/input0", "--srcdict", str(dict_txt), "--workers", "1"],
-            work, f"preprocess_{task}_input0")
+        ff.preprocess(work, "raw/train.input0.bpe", "raw/valid.input0.bpe", f"bin/{task}/input0",
+                      f"preprocess_{task}_input0", "--srcdict", str(dict_txt))
     # Labels of the classifier: fairseq builds this dictionary too (frequency order).
-    run([cli("fairseq-preprocess"), "--only-source", "--trainpref", "raw/train.label",
-         "--validpref", "raw/valid.label", "--destdir", "bin/cls/label", "--workers", "1"],
-        work, "preprocess_cls_label")
+    ff.preprocess(work, "raw/train.label", "raw/valid.label", "bin/cls/label",
+                  "preprocess_cls_label")
     # Regression targets are read as raw text from label/<split>.label.
     (work / "bin/reg/label").mkdir(parents=True)
     for split in splits:
@@ -270,14 +190,14 @@ def preprocess_sentence_data(corpora: fixture_text.Corpora, bpe: Callable[[str],
 
 def finetune(work: Path, name: str, data: str, init: Path, extra: list[str],
              keep_optimizer: bool, arch: str = "roberta_base") -> Path:
-    run([cli("fairseq-train"), data, "--task", "sentence_prediction",
-         "--criterion", "sentence_prediction", "--arch", arch, *MODEL_ARGS,
-         "--init-token", "0", "--separator-token", "2",
-         *train_args(FINETUNE_UPDATES, FINETUNE_LR),
-         "--restore-file", str(init.relative_to(work)), "--reset-optimizer",
-         "--reset-dataloader", "--reset-meters", "--save-dir", f"ckpt/{name}",
-         *([] if keep_optimizer else ["--no-save-optimizer-state"]), *extra],
-        work, f"train_{name}")
+    ff.run([ff.cli("fairseq-train"), data, "--task", "sentence_prediction",
+            "--criterion", "sentence_prediction", "--arch", arch, *ff.MODEL_ARGS,
+            "--init-token", "0", "--separator-token", "2",
+            *ff.train_args(FINETUNE_UPDATES, FINETUNE_LR),
+            "--restore-file", str(init.relative_to(work)), "--reset-optimizer",
+            "--reset-dataloader", "--reset-meters", "--save-dir", f"ckpt/{name}",
+            *([] if keep_optimizer else ["--no-save-optimizer-state"]), *extra],
+           work, f"train_{name}")
     return work / "ckpt" / name / "checkpoint_last.pt"
 
 
@@ -336,7 +256,7 @@ def half_precision(model: StateDict) -> StateDict:
 
 
 def make_derived(out: Path) -> None:
-    base = load_checkpoint(out / "roberta_mlm" / "model.pt")
+    base = ff.load_checkpoint(out / "roberta_mlm" / "model.pt")
 
     def new_folder(name: str) -> Path:
         folder = out / name
@@ -388,8 +308,8 @@ def make_two_heads(out: Path) -> None:
     """roberta_cls plus roberta_reg's head stored under a second name, `stsb`."""
     folder = out / "roberta_two_heads"
     shutil.copytree(out / "roberta_cls", folder)
-    state = load_checkpoint(folder / "model.pt")
-    regressor = load_checkpoint(out / "roberta_reg" / "model.pt")["model"]
+    state = ff.load_checkpoint(folder / "model.pt")
+    regressor = ff.load_checkpoint(out / "roberta_reg" / "model.pt")["model"]
     source = "classification_heads.sentence_classification_head."
     for key, tensor in regressor.items():
         if key.startswith(source):
@@ -398,34 +318,6 @@ def make_two_heads(out: Path) -> None:
 
 
 # --------------------------------------------------------------------------- recording
-
-
-# Keyword arguments of RobertaModel.from_pretrained naming the BPE and its files.
-Tokenizer = dict[str, str]
-
-
-def gpt2_tokenizer(bpe_dir: Path) -> Tokenizer:
-    # Passed explicitly, or fairseq downloads OpenAI's files.
-    return {"bpe": "gpt2", "gpt2_encoder_json": str(bpe_dir / "encoder.json"),
-            "gpt2_vocab_bpe": str(bpe_dir / "vocab.bpe")}
-
-
-def spm_tokenizer(model: Path) -> Tokenizer:
-    return {"bpe": "sentencepiece", "sentencepiece_model": str(model)}
-
-
-def load_hub(folder: Path, tokenizer: Tokenizer) -> Any:
-    from fairseq.models.roberta import RobertaModel
-
-    hub = RobertaModel.from_pretrained(str(folder), checkpoint_file="model.pt", **tokenizer)
-    return hub.eval()
-
-
-def trim_to_fit(hub: Any, words: list[str], max_ids: int) -> str:
-    """Drop words until the text encodes to at most `max_ids` ids."""
-    while len(hub.encode(" ".join(words))) > max_ids:
-        words = words[:-1]
-    return " ".join(words)
 
 
 def fill_up(hub: Any, words: list[str], max_ids: int) -> str:
@@ -437,157 +329,11 @@ def fill_up(hub: Any, words: list[str], max_ids: int) -> str:
     return " ".join(kept)
 
 
-def check_batch(hub: Any, batch: list[str]) -> list[str]:
-    assert len({len(hub.encode(text)) for text in batch}) == len(batch), \
-        "batch rows need different lengths"
-    return batch
-
-
-def choose_samples(hub: Any, held_out: list[str]) -> dict[str, Any]:
-    """Texts of s0, s2, s3 and of the padded batch (chosen with roberta_mlm's dictionary).
-
-    Short on purpose (there is no s1 any more): the masked-LM logits of ten fixtures dominate the
-    size budget. The xlmr_* fixtures record an s3 that fills all 64 positions."""
-    return {
-        "s0": "Return a new list.",
-        "s2": "Café 😀",  # accents, emoji: some BPE tokens are <unk>
-        "s3": trim_to_fit(hub, " ".join(held_out[-12:]).split(), GPT2_S3_IDS),
-        "batch": check_batch(hub, ["Return it.", "Return the value.", "Return it now."]),
-    }
-
-
-@torch.no_grad()
-def record_outputs(name: str, folder: Path, tokenizer: Tokenizer, samples: dict[str, Any],
-                   description: str, examples: list[tuple[str, str, float]],
-                   ) -> dict[str, torch.Tensor]:
-    from fairseq.data.data_utils import collate_tokens
-
-    hub = load_hub(folder, tokenizer)
-    model = hub.model
-    args = model.args  # the training Namespace (also for files that stored a cfg)
-    pre_norm = bool(args.encoder_normalize_before)
-    heads = sorted(model.classification_heads.keys())
-    tensors: dict[str, torch.Tensor] = {}
-    for sample, text in samples.items():
-        if sample == "batch":
-            tokens = collate_tokens([hub.encode(t) for t in text], pad_idx=1)  # right-padded
-        else:
-            tokens = hub.encode(text).unsqueeze(0)
-        tensors[f"{sample}.input_ids"] = tokens.long()
-        inner_states = hub.extract_features(tokens, return_all_hiddens=True)  # B x T x C each
-        assert len(inner_states) == NUM_LAYERS + 1
-        for i, state in enumerate(inner_states):
-            tensors[f"{sample}.hidden.{i}"] = state
-        tensors[f"{sample}.features"] = hub.extract_features(tokens)
-        # Post-norm: the last inner state is the output; pre-norm: the final layer_norm follows.
-        same = torch.equal(inner_states[-1], tensors[f"{sample}.features"])
-        assert same != pre_norm, name
-        tensors[f"{sample}.mlm_logits"] = model(tokens)[0]
-        for head in heads:
-            tensors[f"{sample}.head.{head}"] = hub.predict(head, tokens, return_logits=True)
-    tensors = {k: v.contiguous() if v.dtype == torch.long else v.float().contiguous()
-               for k, v in tensors.items()}
-    save_file(tensors, str(folder / "fairseq_outputs.safetensors"))
-
-    label_dict = folder / "label" / "dict.txt"
-    label_symbols = ([line.split()[0] for line in label_dict.read_text().splitlines()]
-                     if label_dict.exists() else [])
-    head_info = {}
-    for head in heads:
-        num_classes = model.classification_heads[head].out_proj.out_features
-        info: dict[str, Any] = {"num_classes": num_classes, "regression": num_classes == 1}
-        if num_classes > 1:
-            info["labels"] = label_symbols[:num_classes]
-        info["held_out_check"] = head_quality(hub, head, info.get("labels", []), examples)
-        head_info[head] = info
-
-    import fairseq
-
-    meta = {
-        "fixture": name,
-        "description": description,
-        "fairseq_version": fairseq.__version__,
-        "torch_version": torch.__version__,
-        "num_layers": len(model.encoder.sentence_encoder.layers),
-        "hidden_size": model.encoder.sentence_encoder.embed_tokens.embedding_dim,
-        "vocab_size": model.encoder.sentence_encoder.embed_tokens.num_embeddings,
-        "position_table_rows": model.encoder.sentence_encoder.embed_positions.num_embeddings,
-        "max_positions": model.max_positions(),
-        "pre_norm": pre_norm,
-        "layernorm_embedding": model.encoder.sentence_encoder.layernorm_embedding is not None,
-        "untie_weights_roberta": bool(getattr(args, "untie_weights_roberta", False)),
-        "activation_fn": args.activation_fn,
-        "pooler_activation_fn": args.pooler_activation_fn,
-        "tokenizer": tokenizer_info(tokenizer, folder),
-        "heads": head_info,
-        "label_dict_symbols": label_symbols,
-        "samples": {
-            key: ({"texts": value, "lengths": [len(hub.encode(t)) for t in value]}
-                  if key == "batch" else {"text": value, "length": len(hub.encode(value))})
-            for key, value in samples.items()
-        },
-        "padding": {
-            "pad_id": 1,
-            "side": "right",
-            "note": "batch.input_ids is right-padded with 1 (fairseq collate_tokens); values of "
-                    "any tensor at pad positions are not meaningful. Single samples have no pads.",
-        },
-        "tensors": {
-            "{sample}.input_ids": "int64 B x T, fairseq ids from RobertaHubInterface.encode",
-            "{sample}.hidden.{i}": (
-                "float32 B x T x C, i = 0..num_layers: extract_features(tokens, "
-                "return_all_hiddens=True)[i] (fairseq's inner_states, made batch-first). "
-                "hidden.0 is the embedding output: token + learned position embeddings"
-                + ("" if pre_norm else ", then layernorm_embedding")
-                + ", with pad positions zeroed; hidden.i is the output of layer i"
-                + (" (pre-norm: BEFORE the final encoder layer_norm)" if pre_norm else "")
-            ),
-            "{sample}.features": (
-                "float32 B x T x C, extract_features(tokens)"
-                + (" = final layer_norm(hidden.{num_layers})" if pre_norm
-                   else " (equals hidden.{num_layers})")
-            ),
-            "{sample}.mlm_logits": "float32 B x T x vocab_size, roberta.model(tokens)[0]",
-            "{sample}.head.{name}": "float32 B x num_classes, raw logits of "
-                                    "roberta.predict(name, tokens, return_logits=True)",
-        },
-        "dtype_note": "fairseq ran in float32 (an fp16 checkpoint is loaded into a float32 model)",
-    }
-    (folder / "fairseq_outputs.json").write_text(
-        json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return tensors
-
-
-def tokenizer_info(tokenizer: Tokenizer, folder: Path) -> dict[str, str]:
-    """The --bpe and its files, as paths relative to tests/fixtures."""
-    fixtures = folder.parent
-    info = {"bpe": tokenizer["bpe"]}
-    for key, value in tokenizer.items():
-        if key != "bpe":
-            info[key] = Path(value).relative_to(fixtures).as_posix()
-    return info
-
-
-def head_quality(hub: Any, head: str, labels: list[str],
-                 examples: list[tuple[str, str, float]]) -> dict[str, Any]:
-    """How well a head does on unseen examples: shows the labels were learned (and in which
-    order). The 'stsb' head of roberta_two_heads was trained on another encoder, so it is poor."""
-    logits = torch.cat([hub.predict(head, hub.encode(text), return_logits=True)
-                        for text, _, _ in examples])
-    if not labels:  # regression: Pearson correlation with the score
-        scores = torch.tensor([score for _, _, score in examples])
-        pearson = torch.corrcoef(torch.stack([logits[:, 0], scores]))[0, 1].item()
-        return {"examples": len(examples), "pearson": round(pearson, 3)}
-    predicted = [labels[i] for i in logits.argmax(-1).tolist()]
-    correct = sum(p == label for p, (_, label, _) in zip(predicted, examples))
-    return {"examples": len(examples), "accuracy": round(correct / len(examples), 3)}
-
-
 def record_encode_cases(hub: Any, corpora: fixture_text.Corpora, bpe_dir: Path) -> None:
-    rng = random.Random(SEED)
+    rng = random.Random(ff.SEED)
     lines = (corpora.held_out[:150] + fixture_text.EDGE_CASES
              + [fixture_text.long_line(corpora.held_out)] + corpora.foreign[::8])
-    lines += [random_text(rng) for _ in range(10)]
+    lines += [ff.random_text(rng) for _ in range(10)]
     pairs = [(corpora.held_out[150 + 2 * i], corpora.held_out[151 + 2 * i]) for i in range(15)]
     pairs += [(corpora.held_out[200 + i], corpora.foreign[3 + 80 * i]) for i in range(10)]
     pairs += [("", ""), ("", "Hello world"), ("Hello world", ""), (" leading", "trailing "),
@@ -596,7 +342,7 @@ def record_encode_cases(hub: Any, corpora: fixture_text.Corpora, bpe_dir: Path) 
     def case(text: str) -> dict[str, Any]:
         return {"text": text, "bpe": hub.bpe.encode(text), "ids": hub.encode(text).tolist()}
 
-    fill_mask = record_fill_mask(hub, masked_sentences(corpora.held_out[300:], rng))
+    fill_mask, _ = ff.record_fill_mask(hub, ff.masked_sentences(corpora.held_out[300:], rng))
     dictionary = hub.task.source_dictionary
     gpt2_ids = json.loads((bpe_dir / "encoder.json").read_text()).values()
     missing = sorted(i for i in gpt2_ids if dictionary.index(str(i)) == dictionary.unk())
@@ -618,84 +364,10 @@ def record_encode_cases(hub: Any, corpora: fixture_text.Corpora, bpe_dir: Path) 
         "gpt2_ids_missing_from_dict": missing,
         "single": [case(text) for text in lines],
         "pairs": [{"texts": [a, b], "ids": hub.encode(a, b).tolist()} for a, b in pairs],
-        "fill_mask_topk": FILL_MASK_TOPK,
+        "fill_mask_topk": ff.FILL_MASK_TOPK,
         "fill_mask": fill_mask,
     }
-    (bpe_dir / "encode_cases.json").write_text(compact_json(data), encoding="utf-8")
-
-
-def record_fill_mask(hub: Any, masked: list[str], cases: int = 10) -> list[dict[str, Any]]:
-    """roberta.fill_mask for the first `cases` sentences fairseq can answer, with the model's
-    input ids and the top-k read straight from the logits at <mask>."""
-    fill_mask = []
-    for sentence in masked:
-        # The input exactly as fill_mask builds it (each span's trailing space dropped).
-        tokens = hub.task.source_dictionary.encode_line(
-            "<s> " + " <mask> ".join(hub.bpe.encode(s.rstrip()) for s in sentence.split("<mask>"))
-            .strip() + " </s>", append_eos=False, add_if_not_exist=False).long()
-        if len(tokens) > MAX_POSITIONS:
-            continue
-        try:
-            filled = hub.fill_mask(sentence, topk=FILL_MASK_TOPK)
-        except ValueError:  # fairseq cannot decode a predicted special symbol: skip
-            continue
-        with torch.no_grad():
-            logits = hub.model(tokens.unsqueeze(0))[0][0, tokens.tolist().index(hub.task.mask_idx)]
-        probs, ids = logits.softmax(-1).topk(FILL_MASK_TOPK)
-        fill_mask.append({
-            "masked_text": sentence,
-            "input_ids": tokens.tolist(),
-            "fairseq_fill_mask": [list(item) for item in filled],
-            "topk_ids": ids.tolist(),
-            "topk_probs": probs.tolist(),
-        })
-        if len(fill_mask) == cases:
-            break
-    return fill_mask
-
-
-def compact_json(data: dict[str, Any], ascii_only: bool = True) -> str:
-    """JSON with one case per line: readable diffs, small file. ASCII-escaped, so invisible
-    and control characters stay visible; with ascii_only=False only characters that are not
-    printable are escaped (a third of the size for non-Latin text)."""
-
-    def dumps(value: Any) -> str:
-        if ascii_only:
-            return json.dumps(value)
-        return "".join(c if c.isprintable() else json.dumps(c)[1:-1]
-                       for c in json.dumps(value, ensure_ascii=False))
-
-    lines = []
-    for key, value in data.items():
-        if isinstance(value, list) and value and isinstance(value[0], dict):
-            rows = ",\n".join("    " + dumps(row) for row in value)
-            lines.append(f"  {dumps(key)}: [\n{rows}\n  ]")
-        else:
-            lines.append(f"  {dumps(key)}: {dumps(value)}")
-    return "{\n" + ",\n".join(lines) + "\n}\n"
-
-
-def random_text(rng: random.Random) -> str:
-    """Seeded mixtures of scripts, digits, punctuation and odd whitespace."""
-    ranges = [(0x20, 0x7E), (0xC0, 0x17F), (0x370, 0x3FF), (0x400, 0x4FF), (0x600, 0x6FF),
-              (0x3040, 0x30FF), (0x4E00, 0x4FFF), (0xAC00, 0xAD00), (0x1F600, 0x1F64F)]
-    pieces = []
-    for _ in range(rng.randint(3, 12)):
-        low, high = rng.choice(ranges)
-        pieces.append("".join(chr(rng.randint(low, high)) for _ in range(rng.randint(1, 6))))
-        pieces.append(rng.choice([" ", " ", "  ", "\t", "\n", "", " \u200b"]))
-    return "".join(pieces)
-
-
-def masked_sentences(sentences: list[str], rng: random.Random) -> list[str]:
-    """Sentences with one word replaced by <mask> (first one masks the first word)."""
-    out = []
-    for i, sentence in enumerate(sentences[:40]):
-        words = sentence.split(" ")
-        position = 0 if i == 0 else rng.randrange(1, len(words))
-        words[position] = "<mask>"
-        out.append(" ".join(words))
-    return out
+    (bpe_dir / "encode_cases.json").write_text(ff.compact_json(data), encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- sentencepiece
@@ -705,7 +377,7 @@ def train_sentencepiece(multilingual: fixture_text.MultilingualCorpora, model_ty
                         folder: Path) -> Path:
     """A sentencepiece model trained on corpus S, saved as XLM-R names it."""
     folder.mkdir()
-    model = folder / SPM_FILE
+    model = folder / ff.SPM_FILE
     model.write_bytes(fixture_spm.train(multilingual.spm, model_type, SPM_VOCAB_SIZE,
                                         SPM_CHARACTER_COVERAGE))
     spec = fixture_spm.describe(model.read_bytes())
@@ -724,12 +396,10 @@ def preprocess_xlmr_data(multilingual: fixture_text.MultilingualCorpora,
                          spm: Callable[[str], str], work: Path) -> Path:
     """Binarize corpus M; dict.txt keeps its XLMR_DICT_WORDS most frequent pieces."""
     raw = work / "raw"
-    write_lines(raw / "train.spm", [spm(text) for _, text in multilingual.model_train])
-    write_lines(raw / "valid.spm", [spm(text) for _, text in multilingual.model_valid])
-    run([cli("fairseq-preprocess"), "--only-source", "--trainpref", "raw/train.spm",
-         "--validpref", "raw/valid.spm", "--destdir", "bin/xlmr",
-         "--nwordssrc", str(XLMR_DICT_WORDS), "--workers", "1"], work, "preprocess_xlmr")
-    return work / "bin" / "xlmr"
+    ff.write_lines(raw / "train.spm", [spm(text) for _, text in multilingual.model_train])
+    ff.write_lines(raw / "valid.spm", [spm(text) for _, text in multilingual.model_valid])
+    return ff.preprocess(work, "raw/train.spm", "raw/valid.spm", "bin/xlmr", "preprocess_xlmr",
+                         "--nwordssrc", str(XLMR_DICT_WORDS))
 
 
 def script_label(language: str) -> str:
@@ -743,7 +413,7 @@ def script_examples(texts: list[tuple[str, str]], spm: Callable[[str], str],
                     ) -> list[tuple[str, str, float]]:
     """(text, script label, unused score) for texts that fit in the positions with <s>, </s>."""
     return [(text, script_label(language), 0.0) for language, text in texts
-            if len(spm(text).split()) <= MAX_POSITIONS - 2]
+            if len(spm(text).split()) <= ff.MAX_POSITIONS - 2]
 
 
 def preprocess_script_data(multilingual: fixture_text.MultilingualCorpora,
@@ -753,14 +423,13 @@ def preprocess_script_data(multilingual: fixture_text.MultilingualCorpora,
     splits = {"train": script_examples(multilingual.model_train, spm),
               "valid": script_examples(multilingual.model_valid, spm)}
     for split, examples in splits.items():
-        write_lines(raw / f"{split}.script.input0.spm", [spm(text) for text, _, _ in examples])
-        write_lines(raw / f"{split}.script.label", [label for _, label, _ in examples])
-    run([cli("fairseq-preprocess"), "--only-source", "--trainpref", "raw/train.script.input0.spm",
-         "--validpref", "raw/valid.script.input0.spm", "--destdir", "bin/xlmr_cls/input0",
-         "--srcdict", str(dict_txt), "--workers", "1"], work, "preprocess_xlmr_cls_input0")
-    run([cli("fairseq-preprocess"), "--only-source", "--trainpref", "raw/train.script.label",
-         "--validpref", "raw/valid.script.label", "--destdir", "bin/xlmr_cls/label",
-         "--workers", "1"], work, "preprocess_xlmr_cls_label")
+        ff.write_lines(raw / f"{split}.script.input0.spm",
+                       [spm(text) for text, _, _ in examples])
+        ff.write_lines(raw / f"{split}.script.label", [label for _, label, _ in examples])
+    ff.preprocess(work, "raw/train.script.input0.spm", "raw/valid.script.input0.spm",
+                  "bin/xlmr_cls/input0", "preprocess_xlmr_cls_input0", "--srcdict", str(dict_txt))
+    ff.preprocess(work, "raw/train.script.label", "raw/valid.script.label", "bin/xlmr_cls/label",
+                  "preprocess_xlmr_cls_label")
     return work / "bin" / "xlmr_cls"
 
 
@@ -778,8 +447,8 @@ def choose_spm_samples(hub: Any, multilingual: fixture_text.MultilingualCorpora,
         "s2": "Café, Привет! 東京 😀 է",
         # All 64 positions, <s> and </s> included: position ids up to 65, the table's last row.
         "s3": fill_up(hub, " ".join(first_lines[lang] for lang in s3_languages).split(),
-                      MAX_POSITIONS),
-        "batch": check_batch(hub, ["世界", "мир", "Γεια"]),
+                      ff.MAX_POSITIONS),
+        "batch": ff.check_batch(hub, ["世界", "мир", "Γεια"]),
     }
 
 
@@ -787,17 +456,17 @@ def spm_encode_lines(corpora: fixture_text.Corpora,
                      multilingual: fixture_text.MultilingualCorpora,
                      ) -> tuple[list[str], list[tuple[str, str]], list[str]]:
     """Single lines, pairs and masked sentences for the sentencepiece ground truth."""
-    rng = random.Random(SEED)
+    rng = random.Random(ff.SEED)
     held_out = [text for _, text in multilingual.held_out]
     long_text = " ".join(held_out[1::9][:6])  # several scripts, over 64 pieces
     lines = (held_out + fixture_text.EDGE_CASES + fixture_text.SPM_EDGE_CASES + [long_text]
-             + [random_text(rng) for _ in range(20)])
+             + [ff.random_text(rng) for _ in range(20)])
     # Word-masking needs spaces between words.
     spaced = [text for language, text in multilingual.held_out
               if language not in ("ja", "zh_CN", "th", *fixture_text.UNSEEN_LANGUAGES)]
     pairs = [(held_out[i], held_out[-1 - i]) for i in range(0, 100, 4)]
     pairs += [("", ""), ("", "Привет"), ("東京", ""), (" ☃ ", "☃☃"), ("\tleading", "trailing\n")]
-    return lines, pairs, masked_sentences(spaced[3::5], rng)
+    return lines, pairs, ff.masked_sentences(spaced[3::5], rng)
 
 
 def record_spm_encode_cases(folder: Path, hub: Any, spm_model: Path, model: str,
@@ -848,7 +517,7 @@ def record_spm_encode_cases(folder: Path, hub: Any, spm_model: Path, model: str,
     }
     data = {
         "description": f"Ground truth from fairseq's RobertaHubInterface with {model}'s "
-                       f"dict.txt and the sentencepiece model {model}/{SPM_FILE}. `pieces` "
+                       f"dict.txt and the sentencepiece model {model}/{ff.SPM_FILE}. `pieces` "
                        "is sp.EncodeAsPieces(text) (SentencepieceBPE.encode joins them with "
                        "spaces); `spm_unknown` holds the indices of the pieces the sentencepiece "
                        "model itself maps to <unk> (a run of unknown characters is ONE such "
@@ -862,7 +531,7 @@ def record_spm_encode_cases(folder: Path, hub: Any, spm_model: Path, model: str,
         "fairseq_version": fairseq.__version__,
         "sentencepiece_version": sentencepiece.__version__,
         "model": model,
-        "sentencepiece_model": f"{model}/{SPM_FILE}",
+        "sentencepiece_model": f"{model}/{ff.SPM_FILE}",
         "dict": f"{model}/dict.txt",
         "special_ids": {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": hub.task.mask_idx},
         "sentencepiece": spec,
@@ -871,11 +540,11 @@ def record_spm_encode_cases(folder: Path, hub: Any, spm_model: Path, model: str,
         "dict_symbols_that_are_no_spm_piece": not_pieces,
         "single": single,
         "pairs": [{"texts": [a, b], "ids": hub.encode(a, b).tolist()} for a, b in pairs],
-        "fill_mask_topk": FILL_MASK_TOPK,
-        "fill_mask": record_fill_mask(hub, masked),
+        "fill_mask_topk": ff.FILL_MASK_TOPK,
+        "fill_mask": ff.record_fill_mask(hub, masked)[0],
     }
     folder.mkdir(exist_ok=True)
-    (folder / "encode_cases.json").write_text(compact_json(data, ascii_only=False),
+    (folder / "encode_cases.json").write_text(ff.compact_json(data, ascii_only=False),
                                               encoding="utf-8")
     return counts
 
@@ -925,7 +594,7 @@ def assemble(name: str, checkpoint: Path, out: Path, dict_txt: Path,
     shutil.copy(checkpoint, folder / "model.pt")
     shutil.copy(dict_txt, folder / "dict.txt")
     if spm_model is not None:
-        shutil.copy(spm_model, folder / SPM_FILE)
+        shutil.copy(spm_model, folder / ff.SPM_FILE)
     if sentence_prediction:
         (folder / "input0").mkdir()
         shutil.copy(dict_txt, folder / "input0" / "dict.txt")
@@ -946,8 +615,8 @@ def write_readme(out: Path, spm_counts: dict[str, int]) -> None:
     (out / "README.md").write_text(f"""# fairseq fixtures
 
 Generated by `tools/make_fixtures.py` with the real fairseq; do not edit by hand (see that
-script's docstring for the venv it needs). Tiny RoBERTa models: {NUM_LAYERS} layers, width 32,
-4 heads, FFN 64, `--max-positions {MAX_POSITIONS}` (position table of {MAX_POSITIONS + 2} rows).
+script's docstring for the venv it needs). Tiny RoBERTa models: {ff.NUM_LAYERS} layers, width 32,
+4 heads, FFN 64, `--max-positions {ff.MAX_POSITIONS}` (position table of {ff.MAX_POSITIONS + 2} rows).
 
 | folder | what it is |
 | --- | --- |
@@ -959,14 +628,14 @@ Every model folder holds `model.pt` and `dict.txt` (classifiers also `input0/dic
 `{{sample}}.features`, `{{sample}}.mlm_logits`, `{{sample}}.head.{{name}}` for the samples `s0`,
 `s2`, `s3` and the right-padded `batch`; there is no `s1`) and `fairseq_outputs.json` (texts, head
 names and labels, the tokenizer files, what each tensor is). The samples are short to keep
-tests/fixtures under 5 MB; `s3` of the xlmr_* models fills all {MAX_POSITIONS} positions.
+tests/fixtures under 5 MB; `s3` of the xlmr_* models fills all {ff.MAX_POSITIONS} positions.
 
 `gpt2_bpe/` holds a GPT-2-format byte-level BPE (`encoder.json`, `vocab.bpe`; trained here, not
 OpenAI's) shared by the roberta_* models; the model folders deliberately do not contain it. Some
 of its tokens are not in `dict.txt` (listed in `encode_cases.json`, which also holds fairseq's
 `roberta.encode` and `roberta.fill_mask` results with `roberta_mlm`).
 
-The xlmr_* models read sentencepiece pieces. `xlmr_mlm/{SPM_FILE}` is a UNIGRAM
+The xlmr_* models read sentencepiece pieces. `xlmr_mlm/{ff.SPM_FILE}` is a UNIGRAM
 model (as is XLM-R's file of that name): {SPM_VOCAB_SIZE} pieces, `nmt_nfkc` normalization,
 character coverage {SPM_CHARACTER_COVERAGE}. It is the only copy (its NFKC table alone is
 240 KB): `xlmr_prenorm_cls` uses the same model but does not ship it.
@@ -980,21 +649,9 @@ one piece; in {in_dict} such a piece is a symbol of dict.txt).
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keep-work", type=Path, metavar="DIR",
-                        help="work in DIR (must not exist) and keep it, for debugging")
-    options = parser.parse_args()
-    # fairseq and hydra log every config they build and warn about deprecated hydra usage.
-    logging.disable(logging.INFO)
-    warnings.filterwarnings("ignore", category=UserWarning)
     started = time.time()
-    torch.manual_seed(SEED)
-    with contextlib.ExitStack() as stack:
-        if options.keep_work:
-            work = options.keep_work.resolve()
-            work.mkdir(parents=True)
-        else:
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fixtures-")))
+    options = ff.start(__doc__)
+    with ff.work_dir(options.keep_work, prefix="fixtures-") as work:
         out = work / "out"
         out.mkdir()
 
@@ -1009,9 +666,9 @@ def main() -> None:
         cls_bin, reg_bin = preprocess_sentence_data(corpora, bpe, dict_txt, work)
 
         print("fairseq-train (5 runs) ...", flush=True)
-        mlm = train_mlm(work, "roberta_mlm", [])
-        untied = train_mlm(work, "roberta_mlm_untied", ["--untie-weights-roberta"])
-        prenorm = train_mlm(work, "roberta_prenorm", [], arch="roberta_prenorm")
+        mlm = ff.train_mlm(work, "roberta_mlm", [])
+        untied = ff.train_mlm(work, "roberta_mlm_untied", ["--untie-weights-roberta"])
+        prenorm = ff.train_mlm(work, "roberta_prenorm", [], arch="roberta_prenorm")
         cls = finetune(work, "roberta_cls", "bin/cls", mlm,
                        ["--num-classes", "3", "--classification-head-name", "sentiment_head"],
                        keep_optimizer=OPTIMIZER_STATE_KEPT_IN == "roberta_cls")
@@ -1037,9 +694,9 @@ def main() -> None:
         xlmr_cls_bin = preprocess_script_data(multilingual, spm, xlmr_dict, work)
 
         print("fairseq-train (3 runs, sentencepiece) ...", flush=True)
-        xlmr = train_mlm(work, "xlmr_mlm", [], data="bin/xlmr")
-        xlmr_prenorm = train_mlm(work, "xlmr_prenorm_mlm", [], arch="roberta_prenorm",
-                                 data="bin/xlmr")
+        xlmr = ff.train_mlm(work, "xlmr_mlm", [], data="bin/xlmr")
+        xlmr_prenorm = ff.train_mlm(work, "xlmr_prenorm_mlm", [], arch="roberta_prenorm",
+                                    data="bin/xlmr")
         xlmr_cls = finetune(work, "xlmr_prenorm_cls", "bin/xlmr_cls", xlmr_prenorm,
                             ["--num-classes", "3", "--classification-head-name", XLMR_HEAD],
                             keep_optimizer=False, arch="roberta_prenorm")
@@ -1048,30 +705,30 @@ def main() -> None:
                  label_dict=xlmr_cls_bin / "label" / "dict.txt")
 
         print("recording fairseq outputs ...", flush=True)
-        gpt2 = gpt2_tokenizer(bpe_dir)
-        mlm_hub = load_hub(out / "roberta_mlm", gpt2)
-        samples = choose_samples(mlm_hub, corpora.held_out)
+        gpt2 = ff.gpt2_tokenizer(bpe_dir)
+        mlm_hub = ff.load_hub(out / "roberta_mlm", gpt2)
+        # s2: accents and an emoji, so some BPE tokens are <unk>.
+        samples = ff.choose_samples(mlm_hub, corpora.held_out, s2="Café 😀")
         examples = classification_examples(corpora.held_out[:200], bpe)
-        outputs = {name: record_outputs(name, out / name, gpt2, samples, description, examples)
+        outputs = {name: ff.record_outputs(name, out / name, gpt2, samples, description, examples)
                    for name, description in DESCRIPTIONS.items()}
         check_outputs(outputs)
         record_encode_cases(mlm_hub, corpora, bpe_dir)
 
-        spm_files = spm_tokenizer(out / "xlmr_mlm" / SPM_FILE)  # the only copy, see README
-        xlmr_hub = load_hub(out / "xlmr_mlm", spm_files)
+        spm_files = ff.spm_tokenizer(out / "xlmr_mlm" / ff.SPM_FILE)  # the only copy, see README
+        xlmr_hub = ff.load_hub(out / "xlmr_mlm", spm_files)
         spm_samples = choose_spm_samples(xlmr_hub, multilingual)
         spm_examples = script_examples(multilingual.held_out, spm)
         for name, description in SPM_DESCRIPTIONS.items():
-            record_outputs(name, out / name, spm_files, spm_samples, description, spm_examples)
+            ff.record_outputs(name, out / name, spm_files, spm_samples, description,
+                              spm_examples)
         counts = record_spm_encode_cases(out / "spm_unigram", xlmr_hub, spm_model, "xlmr_mlm",
                                          corpora, multilingual)
         print("sentencepiece encode cases:", json.dumps(counts))
         write_readme(out, counts)
 
-        if FIXTURES.exists():
-            shutil.rmtree(FIXTURES)
-        shutil.copytree(out, FIXTURES)
-    print(f"wrote {FIXTURES} in {time.time() - started:.0f} s")
+        ff.replace_tree(out, ff.FIXTURES)
+    print(f"wrote {ff.FIXTURES} in {time.time() - started:.0f} s")
 
 
 def check_outputs(outputs: dict[str, dict[str, torch.Tensor]]) -> None:

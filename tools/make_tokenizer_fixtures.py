@@ -29,14 +29,16 @@ fixture_text.py (stdlib docstrings, gettext catalogs in ~25 languages, a few Fre
 non-breaking spaces before punctuation), and dict.txt keeps only the most frequent symbols
 (fairseq-preprocess --nwordssrc), so many BPE pieces are not in dict.txt (<unk>), as in real
 fine-tuned dicts. The models are trained for a few updates with `fairseq-train --cpu` (masked_lm,
-roberta_base with make_fixtures.py's tiny sizes), so no LayerNorm is the identity.
+roberta_base with the tiny sizes of all fixtures: fixture_fairseq.train_mlm, as make_fixtures.py
+trains its masked LMs), so no LayerNorm is the identity.
 
 Recorded with fairseq's hub interface (RobertaModel.from_pretrained with the BPE files passed
 explicitly), in every folder:
 
 * `fairseq_outputs.safetensors` + `fairseq_outputs.json`: exactly as make_fixtures.py records
-  them (samples s0, s2, s3 and a right-padded batch), with the json's "tokenizer" entry naming
-  the BPE kind, its files and options, and the checkpoint's cfg["bpe"].
+  them (fixture_fairseq.record_outputs: samples s0, s2, s3 and a right-padded batch), with the
+  json's "tokenizer" entry naming the BPE kind, its files and options, and the checkpoint's
+  cfg["bpe"].
 * `encode_cases.json`: `roberta.bpe.encode(line)` and `roberta.encode(line)` for ~390 varied
   lines (many scripts, emoji incl. ZWJ sequences and flags, URLs, @mentions/#hashtags, odd
   whitespace, control and zero-width characters, very long words, empty lines) and ~40 pairs,
@@ -49,32 +51,27 @@ explicitly), in every folder:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.metadata
 import json
-import logging
 import os
 import random
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.dont_write_bytecode = True  # no __pycache__ in tools/
-import make_fixtures as mf  # noqa: E402  (sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, imports torch)
+import fixture_bpe  # noqa: E402
+import fixture_fairseq as ff  # noqa: E402  (sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD)
 import fixture_text  # noqa: E402
 
-import torch  # noqa: E402
-
-FIXTURES = mf.FIXTURES
-SEED = mf.SEED
+FIXTURES = ff.FIXTURES
+SEED = ff.SEED
 
 # Merges learned by subword-nmt (the two '@@' kinds) and the byte-level vocabulary size (256
 # bytes, 5 specials, then merges). dict.txt keeps DICT_WORDS symbols, the 4 specials included
@@ -88,7 +85,6 @@ DICT_WORDS = {"phobert_fastbpe": 700, "roberta_subword_nmt": 600, "gottbert_hf_b
 MODEL_LANGUAGES = {"vi", "fr", "de", "ru", "el"}
 HF_SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4, as RoBERTa's
 HF_ADD_PREFIX_SPACE = False  # GottbertModel.from_pretrained's default
-S3_IDS = 40
 PAIRS = 40
 
 FASTBPE_CODES = "bpe.codes"  # PhoBERT's and BERTweet's name (passed explicitly to the hub)
@@ -238,7 +234,7 @@ def corpora() -> tuple[list[str], list[str], list[str], list[str], list[tuple[st
     lines = (english.held_out[:60] + held[::2] + fixture_text.EDGE_CASES
              + fixture_text.SPM_EDGE_CASES + TOKENIZER_EDGE_CASES
              + [fixture_text.long_line(english.held_out)]
-             + [mf.random_text(rng) for _ in range(12)])
+             + [ff.random_text(rng) for _ in range(12)])
     lines = list(dict.fromkeys(lines))  # unique, order kept
     pairs = [(english.held_out[100 + 2 * i], english.held_out[101 + 2 * i]) for i in range(15)]
     pairs += [(held[1 + 2 * i], held[-2 - 2 * i]) for i in range(PAIRS - 15 - len(EDGE_PAIRS))]
@@ -256,7 +252,7 @@ def learn_subword_nmt(corpus: Path, merges: int, work: Path) -> tuple[Path, list
     log = work / "logs" / f"learn_bpe_{merges}.log"
     log.parent.mkdir(exist_ok=True)
     with corpus.open("rb") as stdin, codes.open("wb") as stdout, log.open("wb") as stderr:
-        done = subprocess.run([mf.cli("subword-nmt"), "learn-bpe", "-s", str(merges), "--verbose"],
+        done = subprocess.run([ff.cli("subword-nmt"), "learn-bpe", "-s", str(merges), "--verbose"],
                               stdin=stdin, stdout=stdout, stderr=stderr,
                               env=dict(os.environ, TQDM_DISABLE="1"))
     if done.returncode != 0:
@@ -302,15 +298,13 @@ def fairseq_bpe(name: str, **options: Any) -> Any:
 
 def preprocess(work: Path, name: str, bpe: Callable[[str], str], train: list[str],
                valid: list[str]) -> Path:
+    """Corpus B encoded by `bpe`, binarized; dict.txt keeps DICT_WORDS[name] symbols."""
     raw = work / "raw" / name
     raw.mkdir(parents=True)
-    mf.write_lines(raw / "train.bpe", [bpe(line) for line in train])
-    mf.write_lines(raw / "valid.bpe", [bpe(line) for line in valid])
-    mf.run([mf.cli("fairseq-preprocess"), "--only-source",
-            "--trainpref", f"raw/{name}/train.bpe", "--validpref", f"raw/{name}/valid.bpe",
-            "--destdir", f"bin/{name}", "--nwordssrc", str(DICT_WORDS[name]), "--workers", "1"],
-           work, f"preprocess_{name}")
-    return work / "bin" / name
+    ff.write_lines(raw / "train.bpe", [bpe(line) for line in train])
+    ff.write_lines(raw / "valid.bpe", [bpe(line) for line in valid])
+    return ff.preprocess(work, f"raw/{name}/train.bpe", f"raw/{name}/valid.bpe", f"bin/{name}",
+                         f"preprocess_{name}", "--nwordssrc", str(DICT_WORDS[name]))
 
 
 # --------------------------------------------------------------------------- own models
@@ -334,16 +328,7 @@ def bpe_word(word: str, ranks: dict[tuple[str, str], int], nul_ends_chars: bool 
         pairs = {(a, b) for a, b in zip(symbols, symbols[1:]) if (a, b) in ranks}
         if not pairs:
             break
-        best = min(pairs, key=ranks.__getitem__)
-        merged, i = [], 0
-        while i < len(symbols):
-            if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
-                merged.append(symbols[i] + symbols[i + 1])
-                i += 2
-            else:
-                merged.append(symbols[i])
-                i += 1
-        symbols = merged
+        symbols = fixture_bpe.merge_pair(symbols, min(pairs, key=ranks.__getitem__))
     symbols[-1] = symbols[-1][: -len("</w>")]
     return symbols
 
@@ -370,48 +355,20 @@ def odd_whitespace(text: str) -> list[str]:
 
 
 def load_hub(folder: Path, tokenizer: dict[str, str], expected: str) -> Any:
-    hub = mf.load_hub(folder, tokenizer)
+    hub = ff.load_hub(folder, tokenizer)
     kinds = {"fastbpe": "fastBPE", "subword_nmt": "SubwordNMTBPE",
              "hf_byte_bpe": "HuggingFaceByteLevelBPE"}
     assert type(hub.bpe).__name__ == kinds[expected], type(hub.bpe)
     return hub
 
 
-def choose_samples(hub: Any, held_out: list[str]) -> dict[str, Any]:
-    return {
-        "s0": "Return a new list.",
-        "s2": "Café 😀 Tiếng Việt",
-        "s3": mf.trim_to_fit(hub, " ".join(held_out[-12:]).split(), S3_IDS),
-        "batch": mf.check_batch(hub, ["Return it.", "Return the value.", "Return it now."]),
-    }
-
-
 def cfg_bpe(checkpoint: Path) -> dict[str, Any]:
-    state = mf.load_checkpoint(checkpoint)
+    state = ff.load_checkpoint(checkpoint)
     bpe = dict(state["cfg"]["bpe"])
     model = state["cfg"]["model"]
     return {"cfg_bpe": bpe,
             "cfg_model_bpe_fields": {k: v for k, v in sorted(vars(model).items())
                                      if k == "bpe" or k.startswith("bpe_")}}
-
-
-def record_fill_mask(hub: Any, masked: list[str], cases: int = 10,
-                     ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """make_fixtures.record_fill_mask, also skipping the sentences where fairseq's fill_mask
-    raises a TypeError (hf_byte_bpe's decode hands a predicted special or madeupword symbol to
-    tokenizers as a string); the failures are returned with their error."""
-    done: list[dict[str, Any]] = []
-    failures: list[dict[str, str]] = []
-    for sentence in masked:
-        if len(done) == cases:
-            break
-        try:
-            hub.fill_mask(sentence, topk=mf.FILL_MASK_TOPK)
-        except (ValueError, TypeError) as error:
-            failures.append({"masked_text": sentence, "error": f"{type(error).__name__}: {error}"})
-            continue
-        done += mf.record_fill_mask(hub, [sentence], cases=1)
-    return done, failures
 
 
 def prefix_space_check(folder: Path, lines: list[str]) -> dict[str, Any]:
@@ -581,10 +538,13 @@ def record_encode_cases(name: str, folder: Path, hub: Any, kind: str, lines: lis
     data["counts"] = counts
     data["single"] = single
     data["pairs"] = [{"texts": [a, b], "ids": hub.encode(a, b).tolist()} for a, b in pairs]
-    data["fill_mask_topk"] = mf.FILL_MASK_TOPK
-    data["fill_mask"], data["fill_mask_failures"] = record_fill_mask(hub, masked)
+    data["fill_mask_topk"] = ff.FILL_MASK_TOPK
+    # hf_byte_bpe's decode hands a predicted special or madeupword symbol to tokenizers as a
+    # string, which raises a TypeError: such sentences are skipped too, and listed.
+    data["fill_mask"], data["fill_mask_failures"] = ff.record_fill_mask(
+        hub, masked, skip=(ValueError, TypeError))
     counts["fill_mask"] = len(data["fill_mask"])
-    (folder / "encode_cases.json").write_text(mf.compact_json(data, ascii_only=False),
+    (folder / "encode_cases.json").write_text(ff.compact_json(data, ascii_only=False),
                                               encoding="utf-8")
     return counts
 
@@ -593,28 +553,17 @@ def record_encode_cases(name: str, folder: Path, hub: Any, kind: str, lines: lis
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keep-work", type=Path, metavar="DIR",
-                        help="work in DIR (must not exist) and keep it, for debugging")
-    options = parser.parse_args()
-    logging.disable(logging.INFO)
-    warnings.filterwarnings("ignore", category=UserWarning)
     started = time.time()
-    torch.manual_seed(SEED)
-    with contextlib.ExitStack() as stack:
-        if options.keep_work:
-            work = options.keep_work.resolve()
-            work.mkdir(parents=True)
-        else:
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tokfixtures-")))
+    options = ff.start(__doc__)
+    with ff.work_dir(options.keep_work, prefix="tokfixtures-") as work:
         out = work / "out"
         out.mkdir()
 
         print("corpora and BPE files ...", flush=True)
         bpe_corpus, train, valid, lines, pairs = corpora()
         corpus_file = work / "corpus_a.txt"
-        mf.write_lines(corpus_file, bpe_corpus)
-        masked = mf.masked_sentences(fixture_text.load_corpora(seed=0).held_out[300:],
+        ff.write_lines(corpus_file, bpe_corpus)
+        masked = ff.masked_sentences(fixture_text.load_corpora(seed=0).held_out[300:],
                                      random.Random(SEED))
 
         folders = {name: out / name for name in DESCRIPTIONS}
@@ -651,7 +600,7 @@ def main() -> None:
             print(f"{name}: fairseq-preprocess, fairseq-train ...", flush=True)
             encoder = fairseq_bpe(kind, **bpe_options)
             data = preprocess(work, name, encoder.encode, train, valid)
-            checkpoints[name] = mf.train_mlm(work, name, train_flags, data=f"bin/{name}")
+            checkpoints[name] = ff.train_mlm(work, name, train_flags, data=f"bin/{name}")
             shutil.copy(checkpoints[name], folders[name] / "model.pt")
             shutil.copy(data / "dict.txt", folders[name] / "dict.txt")
 
@@ -678,25 +627,18 @@ def main() -> None:
                     lines)}
             if kind == "hf_byte_bpe":
                 assert hub.bpe.bpe._parameters["add_prefix_space"] == HF_ADD_PREFIX_SPACE
-            samples = choose_samples(hub, held_out)
-            mf.record_outputs(name, folder, tokenizer, samples, DESCRIPTIONS[name], [])
+            samples = ff.choose_samples(hub, held_out, s2="Café 😀 Tiếng Việt")
             checkpoint_bpe = cfg_bpe(folder / "model.pt")
+            ff.record_outputs(name, folder, tokenizer, samples, DESCRIPTIONS[name],
+                              tokenizer_extra={**extra, **checkpoint_bpe})
             files = {k: f"{name}/{Path(v).name}" for k, v in tokenizer.items() if k != "bpe"}
-            meta_path = folder / "fairseq_outputs.json"
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            meta["tokenizer"] = {"bpe": kind, **files, **extra, **checkpoint_bpe}
-            meta_path.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n",
-                                 encoding="utf-8")
             summary[name] = record_encode_cases(name, folder, hub, kind, lines, pairs, masked,
                                                 rows, bpe_corpus, {**files, **extra},
                                                 checkpoint_bpe, extra_data)
             print(name, json.dumps(summary[name]), flush=True)
 
         for name, folder in folders.items():
-            target = FIXTURES / name
-            if target.exists():
-                shutil.rmtree(target)
-            shutil.copytree(folder, target)
+            ff.replace_tree(folder, FIXTURES / name)
     print(f"wrote {', '.join(DESCRIPTIONS)} under {FIXTURES} in {time.time() - started:.0f} s")
 
 

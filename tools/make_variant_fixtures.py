@@ -39,34 +39,32 @@ else) is set on the parsed Namespace before the model is built, as a modified ar
 Each folder gets `fairseq_outputs.safetensors` + `fairseq_outputs.json` recorded through
 fairseq's hub interfaces (`RobertaModel.from_pretrained`, `XMODModel.from_pretrained`) on the
 samples s0, s2, s3 and the right-padded batch of roberta_mlm resp. xlmr_mlm (texts read from
-their fairseq_outputs.json). X-MOD tensors carry the language: `{sample}.{lang}.hidden.{i}` etc.
+their fairseq_outputs.json), with the calls and json fields of fixture_fairseq.py that the
+other fixtures have too. X-MOD tensors carry the language: `{sample}.{lang}.hidden.{i}` etc.
 The sentencepiece model is not copied: the json's "tokenizer" points at
 xlmr_mlm/sentencepiece.bpe.model. Runs in well under a minute.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
-import logging
 import os
 import shutil
 import sys
-import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.dont_write_bytecode = True  # no __pycache__ in tools/
-import make_fixtures as mf  # noqa: E402  (sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD)
+import fixture_fairseq as ff  # noqa: E402  (before torch: sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD)
 
 import torch  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
-FIXTURES = mf.FIXTURES
-SEED = 20240  # perturbation seed (the make_fixtures.py models use mf.SEED for training)
+FIXTURES = ff.FIXTURES
+# The noise has a generator of its own; fairseq's initial weights come from torch's global one,
+# which ff.start seeds with ff.SEED.
+PERTURB_SEED = 20240
 WEIGHT_NOISE = 0.05  # added to every weight and bias (fairseq's init: N(0, 0.02) and zeros)
 LAYER_NORM_NOISE = 0.1  # LayerNorm weight = 1 + N(0, this), bias = N(0, this)
 ADAPTER_NOISE = 0.1  # larger than WEIGHT_NOISE, so the languages differ clearly
@@ -192,8 +190,14 @@ def build_and_save(work: Path, name: str, argv: list[str], overrides: dict[str, 
 
 
 def common_args(data: str, task: str, criterion: str, arch: str) -> list[str]:
-    return [data, "--task", task, "--criterion", criterion, "--arch", arch, *mf.MODEL_ARGS,
-            *mf.train_args(1, "1e-4"), "--no-save-optimizer-state"]
+    return [data, "--task", task, "--criterion", criterion, "--arch", arch, *ff.MODEL_ARGS,
+            *ff.train_args(1, "1e-4"), "--no-save-optimizer-state"]
+
+
+def classifier_args(labels: dict[str, int], head: str) -> list[str]:
+    """sentence_prediction with one classification head over the label dict's labels."""
+    return ["--init-token", "0", "--separator-token", "2", "--num-classes", str(len(labels)),
+            "--classification-head-name", head]
 
 
 def build_roberta_preln(work: Path) -> tuple[Path, dict[str, torch.Tensor]]:
@@ -201,16 +205,16 @@ def build_roberta_preln(work: Path) -> tuple[Path, dict[str, torch.Tensor]]:
                 PRELN_LABELS)
     argv = common_args("bin/roberta_preln", "sentence_prediction", "sentence_prediction",
                        "roberta_base")
-    argv += ["--encoder-normalize-before", "--init-token", "0", "--separator-token", "2",
-             "--num-classes", str(len(PRELN_LABELS)), "--classification-head-name", PRELN_HEAD]
-    return build_and_save(work, "roberta_preln", argv, {}, SEED)
+    argv += ["--encoder-normalize-before", *classifier_args(PRELN_LABELS, PRELN_HEAD)]
+    return build_and_save(work, "roberta_preln", argv, {}, PERTURB_SEED)
 
 
 def build_xmod_base(work: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     make_folder(work / "bin" / "xmod_base", FIXTURES / "xlmr_mlm" / "dict.txt", None)
     argv = common_args("bin/xmod_base", "multilingual_masked_lm", "masked_lm", "xmod_base")
-    argv += ["--sample-break-mode", "complete", "--tokens-per-sample", str(mf.MAX_POSITIONS)]
-    return build_and_save(work, "xmod_base", argv, {"languages": XMOD_BASE_LANGUAGES}, SEED + 1)
+    argv += ["--sample-break-mode", "complete", "--tokens-per-sample", str(ff.MAX_POSITIONS)]
+    return build_and_save(work, "xmod_base", argv, {"languages": XMOD_BASE_LANGUAGES},
+                          PERTURB_SEED + 1)
 
 
 def build_xmod_prenorm(work: Path) -> tuple[Path, dict[str, torch.Tensor]]:
@@ -218,11 +222,9 @@ def build_xmod_prenorm(work: Path) -> tuple[Path, dict[str, torch.Tensor]]:
                 XMOD_PRENORM_LABELS)
     argv = common_args("bin/xmod_prenorm", "sentence_prediction", "sentence_prediction",
                        "xmod_large_prenorm")
-    argv += ["--init-token", "0", "--separator-token", "2",
-             "--num-classes", str(len(XMOD_PRENORM_LABELS)),
-             "--classification-head-name", XMOD_PRENORM_HEAD]
+    argv += classifier_args(XMOD_PRENORM_LABELS, XMOD_PRENORM_HEAD)
     return build_and_save(work, "xmod_prenorm", argv, {"languages": XMOD_PRENORM_LANGUAGES},
-                          SEED + 2)
+                          PERTURB_SEED + 2)
 
 
 def assemble(work: Path, out: Path, name: str, checkpoint: Path) -> Path:
@@ -235,9 +237,9 @@ def assemble(work: Path, out: Path, name: str, checkpoint: Path) -> Path:
 # --------------------------------------------------------------------------- recording
 
 
-def load_hub(folder: Path, tokenizer: mf.Tokenizer, xmod: bool) -> Any:
+def load_hub(folder: Path, tokenizer: ff.Tokenizer, xmod: bool) -> Any:
     if not xmod:
-        return mf.load_hub(folder, tokenizer)
+        return ff.load_hub(folder, tokenizer)
     from fairseq.models.xmod import XMODModel
 
     return XMODModel.from_pretrained(str(folder), checkpoint_file="model.pt",
@@ -251,33 +253,9 @@ def samples_of(fixture: str) -> dict[str, Any]:
             for key, value in meta["samples"].items()}
 
 
-def tokens_of(hub: Any, text: Any) -> torch.Tensor:
-    from fairseq.data.data_utils import collate_tokens
-
-    if isinstance(text, list):
-        return collate_tokens([hub.encode(t) for t in text], pad_idx=1)  # right-padded
-    return hub.encode(text).unsqueeze(0)
-
-
-@torch.no_grad()
-def forward_all(hub: Any, tokens: torch.Tensor, heads: list[str], pre_norm: bool,
-                **lang: Any) -> dict[str, torch.Tensor]:
-    """hidden.{i}, features, mlm_logits, head.{name} for one call (lang: lang_id=... or none)."""
-    out: dict[str, torch.Tensor] = {}
-    inner_states = hub.extract_features(tokens, return_all_hiddens=True, **lang)
-    assert len(inner_states) == mf.NUM_LAYERS + 1
-    for i, state in enumerate(inner_states):
-        out[f"hidden.{i}"] = state
-    out["features"] = hub.extract_features(tokens, **lang)
-    assert torch.equal(inner_states[-1], out["features"]) != pre_norm
-    out["mlm_logits"] = hub.model(tokens, **lang)[0]
-    for head in heads:
-        out[f"head.{head}"] = hub.predict(head, tokens, return_logits=True, **lang)
-    return out
-
-
-def record(name: str, folder: Path, tokenizer: mf.Tokenizer, samples: dict[str, Any],
+def record(name: str, folder: Path, tokenizer: ff.Tokenizer, samples: dict[str, Any],
            xmod: bool) -> dict[str, torch.Tensor]:
+    """fairseq_outputs.*: every sample, for X-MOD once per language and the extra calls."""
     hub = load_hub(folder, tokenizer, xmod)
     model = hub.model
     args = model.args
@@ -289,28 +267,28 @@ def record(name: str, folder: Path, tokenizer: mf.Tokenizer, samples: dict[str, 
     tensors: dict[str, torch.Tensor] = {}
     calls: dict[str, Any] = {}
     for sample, text in samples.items():
-        tokens = tokens_of(hub, text)
+        tokens = ff.tokens_of(hub, text)
         tensors[f"{sample}.input_ids"] = tokens.long()
         rows = tokens.shape[0]
         if not xmod:
-            for key, value in forward_all(hub, tokens, heads, pre_norm).items():
+            for key, value in ff.forward_all(hub, tokens, heads, pre_norm).items():
                 tensors[f"{sample}.{key}"] = value
             continue
         for lang in languages:
-            for key, value in forward_all(hub, tokens, heads, pre_norm,
-                                          lang_id=[lang] * rows).items():
+            for key, value in ff.forward_all(hub, tokens, heads, pre_norm,
+                                             lang_id=[lang] * rows).items():
                 tensors[f"{sample}.{lang}.{key}"] = value
         calls[sample] = {lang: [lang] * rows for lang in languages}
     default_info: dict[str, Any] = {}
     if xmod:
-        s0 = tokens_of(hub, samples["s0"])
+        s0 = ff.tokens_of(hub, samples["s0"])
         suffixed = SUFFIXED.get(name)
         if suffixed:
-            for key, value in forward_all(hub, s0, heads, pre_norm, lang_id=[suffixed]).items():
+            for key, value in ff.forward_all(hub, s0, heads, pre_norm, lang_id=[suffixed]).items():
                 tensors[f"s0.{suffixed}.{key}"] = value
             calls["s0"][suffixed] = [suffixed]
         try:
-            default = forward_all(hub, s0, heads, pre_norm, lang_id=None)
+            default = ff.forward_all(hub, s0, heads, pre_norm, lang_id=None)
         except KeyError as error:
             default_info = {"fairseq_lang_id_none": f"fails: KeyError({error})",
                             "recorded": False}
@@ -321,97 +299,43 @@ def record(name: str, folder: Path, tokenizer: mf.Tokenizer, samples: dict[str, 
             default_info = {"fairseq_lang_id_none": "runs every row through the en_XX adapter",
                             "recorded": True}
         mixed = MIXED_BATCH[name]
-        batch = tokens_of(hub, samples["batch"])
-        for key, value in forward_all(hub, batch, heads, pre_norm, lang_id=mixed).items():
+        batch = ff.tokens_of(hub, samples["batch"])
+        for key, value in ff.forward_all(hub, batch, heads, pre_norm, lang_id=mixed).items():
             tensors[f"batch.mixed.{key}"] = value
         calls["batch"]["mixed"] = mixed
-    tensors = {k: v.contiguous() if v.dtype == torch.long else v.float().contiguous()
-               for k, v in tensors.items()}
-    save_file(tensors, str(folder / "fairseq_outputs.safetensors"))
     meta = describe(name, folder, hub, tokenizer, samples, heads, pre_norm, xmod, calls,
                     default_info)
-    (folder / "fairseq_outputs.json").write_text(
-        json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return tensors
+    return ff.save_outputs(folder, tensors, meta)
 
 
-def describe(name: str, folder: Path, hub: Any, tokenizer: mf.Tokenizer, samples: dict[str, Any],
+def describe(name: str, folder: Path, hub: Any, tokenizer: ff.Tokenizer, samples: dict[str, Any],
              heads: list[str], pre_norm: bool, xmod: bool, calls: dict[str, Any],
              default_info: dict[str, Any]) -> dict[str, Any]:
-    """fairseq_outputs.json: the keys of make_fixtures.py's, plus the X-MOD facts."""
-    import fairseq
-
+    """fairseq_outputs.json: the fields of every fixture's (ff.outputs_meta), plus how the
+    weights were made and the X-MOD facts."""
     model = hub.model
     args = model.args
     encoder = model.encoder.sentence_encoder
-    embedding_ln = encoder.layernorm_embedding is not None
-    label_dict = folder / "label" / "dict.txt"
-    label_symbols = ([line.split()[0] for line in label_dict.read_text().splitlines()]
-                     if label_dict.exists() else [])
+    labels = ff.label_symbols(folder)
     head_info = {}
     for head in heads:
         num_classes = model.classification_heads[head].out_proj.out_features
         head_info[head] = {"num_classes": num_classes, "regression": num_classes == 1,
-                           "labels": label_symbols[:num_classes], "trained": False}
-    prefix = "{sample}.{lang}." if xmod else "{sample}."
-    hidden0 = ("hidden.0 is the embedding output: token + learned position embeddings"
-               + (", then layernorm_embedding" if embedding_ln else "")
-               + ", with pad positions zeroed; hidden.i is the output of layer i"
-               + (" (pre-norm: BEFORE the final encoder layer_norm)" if pre_norm else ""))
-    lang_kw = ", lang_id=[lang] * B" if xmod else ""
-    tensors = {
-        "{sample}.input_ids": "int64 B x T, fairseq ids from RobertaHubInterface.encode"
-                              + (" (the same for every language)" if xmod else ""),
-        prefix + "hidden.{i}": (
-            "float32 B x T x C, i = 0..num_layers: extract_features(tokens, "
-            f"return_all_hiddens=True{lang_kw})[i] (fairseq's inner_states, made "
-            f"batch-first). {hidden0}"),
-        prefix + "features": (
-            f"float32 B x T x C, extract_features(tokens{lang_kw})"
-            + (" = final layer_norm(hidden.{num_layers})" if pre_norm
-               else " (equals hidden.{num_layers})")),
-        prefix + "mlm_logits": f"float32 B x T x vocab_size, model(tokens{lang_kw})[0]",
-    }
-    if heads:
-        tensors[prefix + "head.{name}"] = ("float32 B x num_classes, raw logits of "
-                                           f"predict(name, tokens, return_logits=True{lang_kw})")
-    meta: dict[str, Any] = {
-        "fixture": name,
-        "description": VARIANT_DESCRIPTIONS[name],
-        "fairseq_version": fairseq.__version__,
-        "torch_version": torch.__version__,
-        "num_layers": len(encoder.layers),
-        "hidden_size": encoder.embed_tokens.embedding_dim,
-        "vocab_size": encoder.embed_tokens.num_embeddings,
-        "position_table_rows": encoder.embed_positions.num_embeddings,
-        "max_positions": model.max_positions(),
-        "pre_norm": pre_norm,
-        "layernorm_embedding": embedding_ln,
-        "untie_weights_roberta": bool(getattr(args, "untie_weights_roberta", False)),
-        "activation_fn": args.activation_fn,
-        "pooler_activation_fn": args.pooler_activation_fn,
-        "tokenizer": mf.tokenizer_info(tokenizer, folder),
-        "heads": head_info,
-        "label_dict_symbols": label_symbols,
-        "samples": {
-            key: ({"texts": value, "lengths": [len(hub.encode(t)) for t in value]}
-                  if key == "batch" else {"text": value, "length": len(hub.encode(value))})
-            for key, value in samples.items()
-        },
-        "padding": {
-            "pad_id": 1,
-            "side": "right",
-            "note": "batch.input_ids is right-padded with 1 (fairseq collate_tokens); values of "
-                    "any tensor at pad positions are not meaningful. Single samples have no pads.",
-        },
-        "tensors": tensors,
-        "dtype_note": "fairseq ran in float32",
-        "weights_note": "not trained: built by fairseq's task.build_model, every parameter "
-                        f"perturbed from a seed (weights and biases + N(0, {WEIGHT_NOISE}), "
-                        f"adapters + N(0, {ADAPTER_NOISE}), LayerNorm weight 1 + N(0, "
-                        f"{LAYER_NORM_NOISE}) and bias N(0, {LAYER_NORM_NOISE}); padding rows of "
-                        "the embeddings zero), saved by fairseq's Trainer.save_checkpoint",
-    }
+                           "labels": labels[:num_classes], "trained": False}
+    tensors = ff.tensor_notes(pre_norm, encoder.layernorm_embedding is not None,
+                              heads=bool(heads), key="{sample}.{lang}." if xmod else "{sample}.",
+                              lang_kw=", lang_id=[lang] * B" if xmod else "", hub_name="")
+    if xmod:
+        tensors["{sample}.input_ids"] += " (the same for every language)"
+    meta = ff.outputs_meta(name, VARIANT_DESCRIPTIONS[name], hub,
+                           tokenizer=ff.tokenizer_info(tokenizer, folder), samples=samples,
+                           heads=head_info, labels=labels, tensors=tensors,
+                           dtype_note="fairseq ran in float32")
+    meta["weights_note"] = (
+        "not trained: built by fairseq's task.build_model, every parameter perturbed from a "
+        f"seed (weights and biases + N(0, {WEIGHT_NOISE}), adapters + N(0, {ADAPTER_NOISE}), "
+        f"LayerNorm weight 1 + N(0, {LAYER_NORM_NOISE}) and bias N(0, {LAYER_NORM_NOISE}); "
+        "padding rows of the embeddings zero), saved by fairseq's Trainer.save_checkpoint")
     if xmod:
         cfg_fields = {field: getattr(args, field) for field in XMOD_CONFIG_FIELDS
                       if hasattr(args, field)}
@@ -460,7 +384,7 @@ def describe(name: str, folder: Path, hub: Any, tokenizer: mf.Tokenizer, samples
 
 def check_checkpoint(folder: Path, built: dict[str, torch.Tensor], xmod: bool) -> None:
     """The saved file holds exactly the built, perturbed tensors; nothing is identity or zero."""
-    checkpoint = mf.load_checkpoint(folder / "model.pt")
+    checkpoint = ff.load_checkpoint(folder / "model.pt")
     assert set(checkpoint) >= {"cfg", "model", "optimizer_history", "extra_state"}, checkpoint
     assert "last_optimizer_state" not in checkpoint
     state = checkpoint["model"]
@@ -477,7 +401,7 @@ def check_checkpoint(folder: Path, built: dict[str, torch.Tensor], xmod: bool) -
         assert any(".adapter_modules." in key for key in state)
 
 
-def check_recording(name: str, folder: Path, tokenizer: mf.Tokenizer, samples: dict[str, Any],
+def check_recording(name: str, folder: Path, tokenizer: ff.Tokenizer, samples: dict[str, Any],
                     xmod: bool) -> list[str]:
     """Reload with fairseq and recompute; the languages must matter, the embeddings not."""
     notes = []
@@ -486,13 +410,13 @@ def check_recording(name: str, folder: Path, tokenizer: mf.Tokenizer, samples: d
     heads = sorted(hub.model.classification_heads.keys())
     pre_norm = bool(hub.model.args.encoder_normalize_before)
     if not xmod:
-        again = forward_all(hub, tokens_of(hub, samples["s2"]), heads, pre_norm)
+        again = ff.forward_all(hub, ff.tokens_of(hub, samples["s2"]), heads, pre_norm)
         for key, value in again.items():
             assert torch.equal(value, recorded[f"s2.{key}"]), key
         return ["recomputed s2 after reloading: identical"]
     languages = list(hub.model.args.languages)
     lang = languages[1]
-    again = forward_all(hub, tokens_of(hub, samples["s2"]), heads, pre_norm, lang_id=[lang])
+    again = ff.forward_all(hub, ff.tokens_of(hub, samples["s2"]), heads, pre_norm, lang_id=[lang])
     for key, value in again.items():
         assert torch.equal(value, recorded[f"s2.{lang}.{key}"]), key
     notes.append(f"recomputed s2 for {lang} after reloading: identical")
@@ -570,24 +494,13 @@ is about 7 MB.
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keep-work", type=Path, metavar="DIR",
-                        help="work in DIR (must not exist) and keep it, for debugging")
-    options = parser.parse_args()
-    logging.disable(logging.INFO)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    torch.manual_seed(mf.SEED)
-    gpt2 = mf.gpt2_tokenizer(FIXTURES / "gpt2_bpe")
-    spm = mf.spm_tokenizer(FIXTURES / "xlmr_mlm" / mf.SPM_FILE)  # the only copy
+    options = ff.start(__doc__)
+    gpt2 = ff.gpt2_tokenizer(FIXTURES / "gpt2_bpe")
+    spm = ff.spm_tokenizer(FIXTURES / "xlmr_mlm" / ff.SPM_FILE)  # the only copy
     plan = [("roberta_preln", build_roberta_preln, gpt2, samples_of("roberta_mlm"), False),
             ("xmod_base", build_xmod_base, spm, samples_of("xlmr_mlm"), True),
             ("xmod_prenorm", build_xmod_prenorm, spm, samples_of("xlmr_mlm"), True)]
-    with contextlib.ExitStack() as stack:
-        if options.keep_work:
-            work = options.keep_work.resolve()
-            work.mkdir(parents=True)
-        else:
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="variants-")))
+    with ff.work_dir(options.keep_work, prefix="variants-") as work:
         # Recorded in place (the tokenizer paths are relative to tests/fixtures), so build in
         # the work dir first and only then replace the three folders.
         staged = []
@@ -598,9 +511,7 @@ def main() -> None:
                            tokenizer, samples, xmod))
         for name, source, built, tokenizer, samples, xmod in staged:
             folder = FIXTURES / name
-            if folder.exists():
-                shutil.rmtree(folder)
-            shutil.copytree(source, folder)
+            ff.replace_tree(source, folder)
             check_checkpoint(folder, built, xmod)
             print(f"{name}: recording fairseq outputs ...", flush=True)
             record(name, folder, tokenizer, samples, xmod)
