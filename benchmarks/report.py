@@ -238,7 +238,7 @@ def fixed_cost_lines(fixed: dict | None) -> list[str]:
     for mode, runs in fixed["modes"].items():
         torch_s, tiny_s = median_of(runs[IMPORT_TORCH], "wall_s"), median_of(runs[TINY_CONVERT], "wall_s")
         ratio = tiny_s / torch_s if torch_s and tiny_s else None
-        lines.append(f"| {mode} | {_s(torch_s)} | {_s(tiny_s)} | {_ratio(ratio)} | ≤ {FIXED_COST_TARGET:.0f}x | "
+        lines.append(f"| {mode} | {_s(torch_s)} | {_s(tiny_s)} | {_ratio(ratio)} | ≤ {FIXED_COST_TARGET:.1f}x | "
                      f"{_verdict(None if ratio is None else ratio <= FIXED_COST_TARGET)} | "
                      f"{_gb(peak_of(runs[TINY_CONVERT], 'max_rss'))} |")
     return lines

@@ -158,3 +158,73 @@ def test_where_the_kernel_cannot_copy_the_bytes_are_written_from_user_space(tmp_
     convert_fixture("roberta_legacy_v09", tmp_path / "one_pass", True, monkeypatch)
     assert written_weights(tmp_path / "one_pass") == written_weights(tmp_path / "before")
     assert refused["calls"] == 1  # not asked again once refused
+
+
+def test_the_pass_checks_ahead_while_the_kernel_copies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Storages and the zip headers between them alternate in the file: the pass must not stop after the
+    region following the one being copied, or checking and copying take turns instead of overlapping."""
+    import threading
+    import time
+
+    scanned: Counter = Counter()
+    real_scan, real_copy = writer._OnePass._scan, os.copy_file_range
+
+    def counting_scan(self, *args, **kwargs):
+        result = real_scan(self, *args, **kwargs)
+        scanned["regions"] += 1
+        return result
+
+    ahead_during_first_copy = []
+
+    def waiting_copy(*args, **kwargs):
+        if not ahead_during_first_copy:  # hold the first copy until the pass is 3 regions further on
+            seen = scanned["regions"]
+            deadline = time.monotonic() + 10
+            while scanned["regions"] < seen + 3 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            ahead_during_first_copy.append(scanned["regions"] - seen)
+        return real_copy(*args, **kwargs)
+
+    monkeypatch.setattr(writer._OnePass, "_scan", counting_scan)
+    monkeypatch.setattr(os, "copy_file_range", waiting_copy)
+    convert_fixture("roberta_mlm", tmp_path / "out", True, monkeypatch)
+    assert not any(thread.name == "source-pass" for thread in threading.enumerate())  # joined
+    assert ahead_during_first_copy and ahead_during_first_copy[0] >= 3
+
+
+def test_verification_takes_the_values_without_copying_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference gets the pass's values on mappings of the source, and the block-by-block model maps
+    OUT's tensors where the writer left them: neither reads into buffers of its own."""
+    from fairseq_to_hf.verify import streamed_model
+
+    buffers: Counter = Counter()
+    real_buffer, real_pread = writer._OnePass._buffer, streamed_model.pread_fully
+
+    def counting_buffer(self, nbytes):
+        buffers["pass"] += 1
+        return real_buffer(self, nbytes)
+
+    def counting_pread(*args, **kwargs):
+        buffers["verification"] += 1
+        return real_pread(*args, **kwargs)
+
+    monkeypatch.setattr(writer._OnePass, "_buffer", counting_buffer)
+    monkeypatch.setattr(streamed_model, "pread_fully", counting_pread)
+    convert_fixture("roberta_mlm", tmp_path / "mapped", True, monkeypatch, verify=True, verify_streamed=True)
+    assert not buffers
+    report = json.loads((tmp_path / "mapped" / "conversion_report.json").read_text())
+    assert report["outputs"][0]["verification"]["passed"]
+    assert report["outputs"][0]["verification"]["loaded_with"] == "block by block"
+
+
+def test_where_nothing_can_be_mapped_verification_reads_the_bytes(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from fairseq_to_hf.verify import streamed_model
+
+    convert_fixture("roberta_mlm", tmp_path / "mapped", True, monkeypatch)
+    monkeypatch.setattr(writer._MappedSource, "held", lambda self, start, end: None)
+    monkeypatch.setattr(streamed_model, "_mapped", lambda *args: None)
+    convert_fixture("roberta_mlm", tmp_path / "read", True, monkeypatch, verify=True, verify_streamed=True)
+    assert written_weights(tmp_path / "read") == written_weights(tmp_path / "mapped")
+    report = json.loads((tmp_path / "read" / "conversion_report.json").read_text())
+    assert report["outputs"][0]["verification"]["passed"]

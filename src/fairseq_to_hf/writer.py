@@ -6,10 +6,11 @@ every tensor's place in the file is known before any is read.
 
 Most tensors go to the output unchanged (same dtype, contiguous, no alias rows): their bytes are
 copied from the checkpoint to their place with copy_file_range, inside the kernel, as `cp` copies. The
-checks still see every byte, read once: a pass over the source in file order, on the prefetch thread,
-feeds each storage's CRC-32, each tensor's NaN/Inf check, the file's sha256, and the values of the
-tensors that are cast, get alias rows or that the verification wants. A region is copied only after
-the pass has checked it, and the output only appears once everything was (see staged_output).
+checks still see every byte, read once: a pass over the source in file order, on a thread of its own
+that runs ahead of the copies (_PassAhead), feeds each storage's CRC-32, each tensor's NaN/Inf check,
+the file's sha256, and the values of the tensors that are cast, get alias rows or that the
+verification wants (handed over on a mapping of the source, not copied). A region is copied only
+after the pass has checked it, and the output only appears once everything was (see staged_output).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import struct
 import threading
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -398,10 +399,10 @@ class _OnePass:
                     self._write_values(files, placed, materialise(placed.planned))
                     if progress:
                         progress(placed.planned)
-            # The pass checks region i + 1 while region i is copied.
-            prefetch = stack.enter_context(Prefetcher(self.regions, lambda region: self._scan(region, reader)))
+            # The pass runs ahead of the copies on its own thread (see _PassAhead).
+            ahead = stack.enter_context(_PassAhead(self, reader, source.fileno()))
             for region in self.regions:
-                scanned = prefetch.take(region)
+                scanned = ahead.take()
                 for placed in scanned.copies:
                     self._copy(source.fileno(), files[placed.shard].fileno(), placed)
                 for placed, values in scanned.writes:
@@ -409,6 +410,7 @@ class _OnePass:
                 if scanned.buffer is not None and self.pool is not None:
                     self.pool.release(scanned.buffer)
                 non_finite.update(id(placed) for placed in scanned.non_finite)
+                ahead.written(region)
                 if progress:
                     for placed in region.tensors:
                         progress(placed.planned)
@@ -424,23 +426,31 @@ class _OnePass:
             shards[placed.shard].append(placed.planned)
         return shards
 
-    # -- on the prefetch thread --
+    # -- on the pass's thread --
 
-    def _scan(self, region: _Region, reader: _MappedSource) -> _Scanned:
+    def _copies(self, region: _Region) -> list[_Placed]:
+        """The region's tensors to copy inside the kernel (the others are written from user space)."""
+        return [placed for placed in region.tensors if self.copy_in_kernel and placed.unchanged]
+
+    def _scan(self, region: _Region, reader: _MappedSource, copies: list[_Placed]) -> _Scanned:
         """Reads the region once: CRC-32 of its storage, sha256, NaN/Inf of the tensors copied as they are,
         and the values of the others (and of all when `on_read` wants them)."""
-        copy = self.copy_in_kernel
-        copies = [placed for placed in region.tensors if copy and placed.unchanged]
         wanted = [placed for placed in region.tensors if self.on_read or placed not in copies]
         low = min((placed.start for placed in wanted), default=region.end)
         high = max((placed.end for placed in wanted), default=region.end)
-        buffer, pooled = self._buffer(high - low) if wanted else (None, None)
+        # The values wanted lie on a mapping of their own, kept with them; else they are copied into a buffer.
+        held = reader.held(low, high) if wanted else None
+        buffer, pooled = (held, None) if held is not None else self._buffer(high - low) if wanted else (None, None)
         scanned = _Scanned(copies, [], [], pooled)
         expected = self.index.unchecked_crc(region.key) if region.key is not None else None
         crc = 0
         for start, end in _pieces(region.start, region.end, (low, high)):
-            into = buffer[start - low:end - low] if buffer is not None and low <= start < high else None
-            with reader.piece(start, end, into) as piece:
+            inside = buffer is not None and low <= start < high
+            if held is not None and inside:
+                pieces: AbstractContextManager[memoryview] = nullcontext(memoryview(held[start - low:end - low].numpy()))
+            else:
+                pieces = reader.piece(start, end, buffer[start - low:end - low] if inside else None)
+            with pieces as piece:
                 if expected is not None:
                     crc = zlib.crc32(piece, crc)
                 if self.digest is not None:
@@ -513,6 +523,98 @@ class _OnePass:
             pwrite_fully(files[placed.shard].fileno(), data, placed.offset)
 
 
+class _PassAhead:
+    """The pass over the source on a thread of its own, as far ahead of the writer as memory allows.
+
+    The regions of a checkpoint alternate between storages and the few bytes of zip header between
+    them, so a pass one region ahead (as a Prefetcher) would check the header after a storage while
+    that storage is copied, then wait: checking and copying would take turns instead of overlapping.
+    Here the pass goes on to the next regions while the writer copies, within two bounds:
+    - the values it reads for the writer (cast tensors, alias rows): at most one region's worth waits
+      besides the one being written, as before;
+    - the bytes checked but not yet copied: at most LEAD_BYTES beyond one region, so the copies still
+      find them in the page cache.
+    The kernel is asked to read ahead of the pass (POSIX_FADV_WILLNEED), which matters when the
+    checkpoint is not yet in the page cache.
+    """
+
+    LEAD_BYTES = 256 << 20
+
+    def __init__(self, one_pass: _OnePass, reader: _MappedSource, source_fd: int) -> None:
+        self._pass, self._reader, self._fd = one_pass, reader, source_fd
+        self._results: list[tuple[_Scanned | None, BaseException | None]] = []
+        self._lead = 0  # bytes of regions scanned, not yet written
+        self._holding = 0  # results not yet taken that hold values for the writer
+        self._advised = 0  # the kernel was asked to read the source up to here
+        self._stopped = False
+        self._condition = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="source-pass", daemon=True)
+
+    def __enter__(self) -> _PassAhead:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._condition:
+            self._stopped = True
+            self._condition.notify_all()
+        self._thread.join()
+
+    def take(self) -> _Scanned:
+        """The next region's result, in file order (raises what the pass raised)."""
+        with self._condition:
+            while not self._results:
+                self._condition.wait()
+            scanned, error = self._results.pop(0)
+            self._holding -= scanned is not None and bool(scanned.writes)
+            self._condition.notify_all()
+        if error is not None:
+            raise error
+        assert scanned is not None
+        return scanned
+
+    def written(self, region: _Region) -> None:
+        with self._condition:
+            self._lead -= region.end - region.start
+            self._condition.notify_all()
+
+    def _run(self) -> None:
+        regions = self._pass.regions
+        try:
+            for number, region in enumerate(regions):
+                copies = self._pass._copies(region)
+                holds = len(copies) < len(region.tensors)
+                with self._condition:
+                    while not self._stopped and self._lead and (
+                            self._lead > self.LEAD_BYTES or (holds and self._holding)):
+                        self._condition.wait()
+                    if self._stopped:
+                        return
+                self._read_ahead(regions, number)
+                scanned = self._pass._scan(region, self._reader, copies)
+                with self._condition:
+                    self._lead += region.end - region.start
+                    self._holding += bool(scanned.writes)
+                    self._results.append((scanned, None))
+                    self._condition.notify_all()
+        except BaseException as error:  # handed to the writer, which raises it
+            with self._condition:
+                self._results.append((None, error))
+                self._condition.notify_all()
+
+    def _read_ahead(self, regions: list[_Region], number: int) -> None:
+        """Asks the kernel to start reading the bytes the pass needs next, LEAD_BYTES at a time."""
+        start, end = regions[number].start, regions[-1].end
+        if self._advised - start > self.LEAD_BYTES // 2 or not hasattr(os, "posix_fadvise"):
+            return
+        begin, self._advised = max(start, self._advised), min(end, start + self.LEAD_BYTES)
+        if begin < self._advised:
+            try:
+                os.posix_fadvise(self._fd, begin, self._advised - begin, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass
+
+
 def _regions(index: StorageIndex, placed: list[_Placed], hash_file: bool) -> list[_Region] | None:
     """The storages the output uses in file order, with the bytes between them when the file is hashed.
 
@@ -562,13 +664,14 @@ class _MappedSource:
     def __init__(self, index: StorageIndex) -> None:
         self.index = index
         self._map: mmap.mmap | None = None
+        self._file = None
         self._scratch: torch.Tensor | None = None
 
     def __enter__(self) -> _MappedSource:
         try:
-            with open(self.index.path, "rb") as file:
-                # Private and writable (never written): tensors made on it need no read-only warning.
-                self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+            self._file = open(self.index.path, "rb")
+            # Private and writable (never written): tensors made on it need no read-only warning.
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
         except (OSError, ValueError):  # ValueError: an empty file
             self._map = None
         return self
@@ -576,6 +679,30 @@ class _MappedSource:
     def __exit__(self, *exc: object) -> None:
         if self._map is not None:
             self._map.close()
+        if self._file is not None:
+            self._file.close()
+
+    def held(self, start: int, end: int) -> torch.Tensor | None:
+        """The bytes [start, end) as a uint8 tensor on a mapping of its own, unmapped when the tensor (and
+        every view of it) is freed: values the writer or the verification keep a while, at no copy.
+        None where the file cannot be mapped (then the caller copies the bytes into a buffer)."""
+        # Elements must be aligned in the mapping for the tensor views of them (8: the widest dtype).
+        if self._map is None or end > len(self._map) or end <= start or start % 8:
+            return None
+        aligned = start - start % mmap.ALLOCATIONGRANULARITY
+        try:
+            mapping = mmap.mmap(self._file.fileno(), end - aligned, access=mmap.ACCESS_COPY, offset=aligned)
+        except (OSError, ValueError):
+            return None
+        try:
+            mapping.madvise(MADV_POPULATE_READ)
+        except OSError as error:
+            mapping.close()
+            if error.errno == errno.EFAULT:  # pages past the end of the file: it shrank
+                raise CheckpointFormatError("the file ends in the middle of a tensor", path=self.index.path,
+                                            hint="the file is truncated; copy it again") from None
+            return None
+        return torch.frombuffer(mapping, dtype=torch.uint8, count=end - start, offset=start - aligned)
 
     @contextmanager
     def piece(self, start: int, end: int, into: torch.Tensor | None) -> Iterator[memoryview]:

@@ -11,10 +11,15 @@ over once (a tied embedding the LM head needs again) the reference reads itself.
 
 Memory stays bounded: once the tensors waiting for the reference exceed its largest stage, the writer
 waits for the reference, unless the reference is itself waiting for a tensor still to be written.
+
+Meanwhile Transformers' model code is imported on a thread of its own (about 2 s of the verification
+on this machine), while the writer mostly waits for the kernel; the import is done by the time
+`result()` returns, before the verification loads the model.
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -22,6 +27,19 @@ import torch
 
 from ..reader.tensors import LazyTensor
 from ..reference.forward import FairseqReference, ReferenceOutputs, Stage
+
+
+# What every Transformers model class imports first, whichever the architecture.
+TRANSFORMERS_MODULES = ("transformers", "transformers.modeling_utils")
+
+
+def import_quietly(modules: tuple[str, ...]) -> None:
+    """Imports `modules` ahead of their use; a failure is left for the real import to report."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 -- reported where the module is really needed
+            return
 
 
 class ReferenceStopped(Exception):
@@ -121,15 +139,20 @@ class ReferenceAlongside:
         self.reads = SharedReads(keys_by_source, capacity=largest_stage)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reference")
         self._outputs: Future[ReferenceOutputs] | None = None
+        self._imports = threading.Thread(target=import_quietly, args=(TRANSFORMERS_MODULES,),
+                                         name="import-transformers", daemon=True)
 
     def __enter__(self) -> ReferenceAlongside:
         self._outputs = self._executor.submit(self._run)
+        self._imports.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if exc[0] is not None:
             self.reads.stop()
         self._executor.shutdown(wait=True)
+        if self._imports.is_alive():
+            self._imports.join()
 
     def offer(self, source: LazyTensor, values: torch.Tensor) -> None:
         self.reads.offer(source, values)
@@ -137,7 +160,9 @@ class ReferenceAlongside:
     def result(self) -> ReferenceOutputs:
         self.reads.writer_done()
         assert self._outputs is not None
-        return self._outputs.result()
+        outputs = self._outputs.result()
+        self._imports.join()  # no import of Transformers may run on two threads at once
+        return outputs
 
     def _run(self) -> ReferenceOutputs:
         try:
