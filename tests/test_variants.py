@@ -66,10 +66,14 @@ def test_inspect_lists_the_languages() -> None:
     description = inspect_source(FIXTURES / "xmod_base")
     assert description["family"] == "xmod" and description["languages"] == ["en_XX", "de_DE", "hi_IN"]
     assert inspect_source(FIXTURES / "roberta_preln")["family"] == "roberta-prelayernorm"
-    # Without en_XX, convert needs a default language; inspect takes one to describe the plan.
-    assert "family" not in inspect_source(FIXTURES / "xmod_prenorm")
+    # Without en_XX, convert needs a default language; inspect describes the model either way, and
+    # takes one to describe the outputs.
+    undecided = inspect_source(FIXTURES / "xmod_prenorm")
+    assert undecided["family"] == "xmod" and undecided["adapters"]["ln_before_adapter"] is False
+    assert all("--default-language" in outcome["refused"] for outcome in undecided["convert_would_produce"].values())
     described = inspect_source(FIXTURES / "xmod_prenorm", default_language="ru_RU")
-    assert described["family"] == "xmod" and described["languages"] == ["de_DE", "fr_XX", "ru_RU"]
+    assert described["languages"] == ["de_DE", "fr_XX", "ru_RU"]
+    assert all("plan" in outcome for outcome in described["convert_would_produce"].values())
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["from_pretrained", "block-by-block"])
@@ -109,3 +113,34 @@ def test_xmod_wiring_missing_from_the_cfg_is_the_arch_default(fixture: str, opti
     renamed = resaved(fixture, tmp_path / "renamed", {**hparams, "arch": "my_xmod"})
     with pytest.raises(ConversionError, match="do not give adapter_reuse_layer_norm and ln_before_adapter"):
         convert(renamed, tmp_path / "out2", head="lm", **options)
+
+
+def test_verify_refuses_an_xmod_config_that_differs_from_the_checkpoint(tmp_path: Path) -> None:
+    """A folder missing a language, or running another language than fairseq for text given none."""
+    import json
+
+    out = tmp_path / "out"
+    convert(FIXTURES / "xmod_base", out, verify=False)
+    config = json_file(out / "config.json")
+
+    def edited(**fields) -> Path:
+        folder = tmp_path / "-".join(fields)
+        folder.mkdir()
+        for item in out.iterdir():
+            (folder / item.name).symlink_to(item)
+        (folder / "config.json").unlink()
+        (folder / "config.json").write_text(json.dumps({**config, **fields}))
+        return folder
+
+    fewer = verify_folder(FIXTURES / "xmod_base", edited(languages=["en_XX", "de_DE"]))
+    assert not fewer.passed and "languages" in fewer.config_mismatches[0]
+    other_default = edited(default_language="de_DE")
+    result = verify_folder(FIXTURES / "xmod_base", other_default)
+    assert not result.passed and "fairseq runs en_XX for text given no language" in result.config_mismatches[0]
+    assert verify_folder(FIXTURES / "xmod_base", other_default, default_language="de_DE").passed
+
+
+def test_default_language_is_refused_for_a_model_without_languages(tmp_path: Path) -> None:
+    with pytest.raises(ConversionError, match="applies to X-MOD models"):
+        convert(FIXTURES / "roberta_preln", tmp_path / "out", default_language="en_XX")
+    assert not (tmp_path / "out").exists()

@@ -67,11 +67,31 @@ def inspect_source(src: str | Path, *, checkpoint: str | Path | None = None, dic
         "classification_heads": {h.name: {"num_classes": h.num_classes, "inner_dim": h.inner_dim} for h in heads},
         "convert_would_produce": outputs,
     }
-    first = next((o for o in outputs.values() if "plan" in o), None)
-    if first:
-        description.update(first["plan"]["model"])
-        description["hyper_parameters_from"] = first["plan"]["hyper_parameters_from"]
+    if isinstance(model, SourceModel):
+        description.update(describe_source(model))
+        description["hyper_parameters_from"] = model.hyper_parameters.source
     return description
+
+
+def describe_source(model: SourceModel) -> dict[str, Any]:
+    """What the analysis found, whatever output is asked for."""
+    dims = model.dims
+    described: dict[str, Any] = {
+        "family": model.family.model_type,
+        "layout": "pre-norm" if model.layout.pre_norm else "post-norm",
+        "key_generation": model.source.key_generation,
+        "layers": dims.num_layers, "hidden_size": dims.hidden_size, "attention_heads": dims.num_heads,
+        "ffn_size": dims.ffn_size, "position_rows": dims.positions, "max_tokens": dims.positions - 2,
+        "vocab_rows": dims.vocab_size,
+    }
+    if dims.languages:
+        hparams = model.hyper_parameters.values
+        described["adapters"] = {"bottleneck": dims.adapter_size, "layer_norm": model.layout.adapter_layer_norm,
+                                 "reuse_layer_norm": hparams.get("adapter_reuse_layer_norm"),
+                                 "ln_before_adapter": hparams.get("ln_before_adapter"),
+                                 "left_out": sorted({name.split(".adapter_modules.")[1].split(".")[0]
+                                                     for name in model.left_out})}
+    return described
 
 
 def _would_produce(model: SourceModel | ConversionError, request: OutputRequest) -> dict[str, Any]:
@@ -86,16 +106,8 @@ def _would_produce(model: SourceModel | ConversionError, request: OutputRequest)
 
 def describe_plan(plan: ConversionPlan, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> dict[str, Any]:
     shards = plan_shards(plan.tensors, max_shard_bytes)
-    dims = plan.dims
     return {
-        "model": {
-            "family": plan.family.model_type,
-            "layout": "pre-norm" if plan.model.layout.pre_norm else "post-norm",
-            "key_generation": plan.model.source.key_generation,
-            "layers": dims.num_layers, "hidden_size": dims.hidden_size, "attention_heads": dims.num_heads,
-            "ffn_size": dims.ffn_size, "position_rows": dims.positions, "max_tokens": dims.positions - 2,
-            "vocab_rows": dims.vocab_size,
-        },
+        "model": describe_source(plan.model),
         "architecture": plan.architecture,
         "head": plan.head.name if plan.head else None,
         "hyper_parameters_from": plan.hyper_parameters.source,
@@ -132,6 +144,12 @@ def format_inspection(description: dict[str, Any]) -> str:
                  f"{dictionary['kind']} vocabulary)")
     if description["languages"]:
         lines.append(f"languages    {', '.join(description['languages'])} (X-MOD adapters)")
+    if "adapters" in description:
+        adapters = description["adapters"]
+        left_out = f"; never run by fairseq, left out: {', '.join(adapters['left_out'])}" if adapters["left_out"] else ""
+        lines.append(f"adapters     bottleneck {adapters['bottleneck']}, own LayerNorm {adapters['layer_norm']}, "
+                     f"reuse LayerNorm {adapters['reuse_layer_norm']}, LN before adapter "
+                     f"{adapters['ln_before_adapter']}{left_out}")
     heads = description["classification_heads"]
     lines.append("heads        " + (", ".join(f"{name} ({info['num_classes']} outputs)" for name, info in heads.items())
                                    or "none (masked LM)"))

@@ -16,7 +16,6 @@ import torch
 from ..errors import ConversionError, ProblemList, UnsupportedModelError
 from ..hparams import HyperParameters
 from ..reader.dictionary import UNK_ID, Dictionary, labels_for_head
-from ..arch.fairseq_keys import SourceTensor
 from ..reader.tensors import LazyTensor
 from . import families
 from .config import ACTIVATIONS, build_config
@@ -101,7 +100,10 @@ def make_plan(model: SourceModel, request: OutputRequest, *, extra_vocab_rows: i
     problems = ProblemList()
     for problem in model.problems:
         problems.add(problem)
-    _check_options(hparams, head, model.dims, source, problems)
+    _check_options(hparams, head, model, problems)
+    if request.default_language is not None and not model.dims.languages:
+        problems.add(f"--default-language {request.default_language} applies to X-MOD models; this one has no "
+                     "language adapters")
     problems.raise_if_any(UnsupportedModelError, "cannot convert this checkpoint exactly", path=path)
 
     rows = _rows(model, head)
@@ -235,8 +237,7 @@ def _select_head(model: SourceModel, requested: str | None) -> HeadInfo | None:
     )
 
 
-def _check_options(hparams: dict[str, Any], head: HeadInfo | None, dims: Dims,
-                   source: dict[str, SourceTensor], problems: ProblemList) -> None:
+def _check_options(hparams: dict[str, Any], head: HeadInfo | None, model: SourceModel, problems: ProblemList) -> None:
     """fairseq options that change what the model computes, checked against what the target can do."""
     activation = hparams["activation_fn"]
     if not isinstance(activation, str) or activation not in ACTIVATIONS:
@@ -244,7 +245,9 @@ def _check_options(hparams: dict[str, Any], head: HeadInfo | None, dims: Dims,
     elif head is None and activation != "gelu":
         problems.add(
             f"activation_fn is {activation!r}: the encoder converts exactly, but Transformers' masked-LM head "
-            "always applies exact gelu; convert a classification head with --head NAME instead"
+            "always applies exact gelu; "
+            + ("convert a classification head with --head NAME instead" if model.heads else
+               "this checkpoint has no classification head that could be converted instead")
         )
     if hparams.get("no_scale_embedding", True) is False:
         problems.add("no_scale_embedding is False: fairseq scales token embeddings by sqrt(dim), Transformers does not")
@@ -256,10 +259,10 @@ def _check_options(hparams: dict[str, Any], head: HeadInfo | None, dims: Dims,
         pooler = hparams["pooler_activation_fn"]
         if pooler != "tanh":
             problems.add(f"pooler_activation_fn is {pooler!r}; Transformers' classification head always uses tanh")
-        if head.inner_dim and head.inner_dim != dims.hidden_size:
+        if head.inner_dim and head.inner_dim != model.dims.hidden_size:
             problems.add(f"head {head.name!r} has inner dimension {head.inner_dim}, Transformers' head "
                          "needs the hidden size")
-        if f"classification_heads.{head.name}.out_proj.weight_orig" in source:
+        if f"classification_heads.{head.name}.out_proj.weight_orig" in model.tensors:
             problems.add(f"head {head.name!r} uses spectral normalisation, which Transformers does not express")
 
 

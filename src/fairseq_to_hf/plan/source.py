@@ -182,9 +182,10 @@ def _unused_adapters(source: NormalisedSource) -> dict[str, str]:
     for name in source.tensors:
         found = families.ADAPTER_NAME.match(name)
         if found and found.group(1) not in source.languages:
-            language = found.group(1)
-            unused[name] = (f"adapter {language!r}, which fairseq never runs: it takes "
-                            f"{strip_language(language)!r}'s adapter for {language} text")
+            language, runs = found.group(1), strip_language(found.group(1))
+            unused[name] = (f"adapter {language}, which fairseq never runs: for {language} text it runs the "
+                            + (f"{runs} adapter" if runs in source.languages else
+                               f"{runs} adapter, which this checkpoint lacks (fairseq fails on such text)"))
     return unused
 
 

@@ -12,7 +12,8 @@ import torch
 from ..errors import ConversionError
 from ..hparams import SuppliedHyperParameters
 from ..plan import (FAMILIES, LM_HEAD, Dims, NormalisedSource, OutputRequest, analyse_source, make_plan,
-                    normalise_source)
+                    normalise_source, strip_language)
+from ..plan.families import DEFAULT_LANGUAGE
 from ..reader.checkpoint import read_checkpoint
 from ..reader.dictionary import read_dictionary
 from ..reader.folder import find_source_files, read_text_lines
@@ -85,11 +86,13 @@ def verify_folder(
     token_dictionary = read_dictionary(files.dictionary)
     head_name = _head_for(architecture, config, source, head, out)
     model = analyse_source(source, token_dictionary, supplied=hyper_parameters)
-    plan = make_plan(model, OutputRequest(head=head_name or LM_HEAD,
-                                          default_language=config.get("default_language") or default_language))
+    languages = model.dims.languages
+    # The plan's own config is not compared; any language of the model lets it be made.
+    plan = make_plan(model, OutputRequest(head=head_name or LM_HEAD, default_language=default_language or (
+        None if not languages or DEFAULT_LANGUAGE in languages else languages[0])))
     dims = plan.dims
     result = FolderVerification(files.checkpoint, out, architecture, head_name, plan.hyper_parameters.source,
-                                config_mismatches(config, dims))
+                                config_mismatches(config, dims, default_language))
     if result.config_mismatches:  # the model would not even run on the checkpoint's inputs
         result.tokenizer_note = "config.json does not describe this checkpoint"
         return result
@@ -119,13 +122,30 @@ def verify_folder(
     return result
 
 
-def config_mismatches(config: dict[str, Any], dims: Dims) -> list[str]:
-    """Sizes in config.json that differ from the checkpoint's (taken from its tensors)."""
+def config_mismatches(config: dict[str, Any], dims: Dims, default_language: str | None = None) -> list[str]:
+    """What config.json says that differs from the checkpoint: sizes (from its tensors), and for X-MOD its
+    languages and the language of text given none (fairseq's en_XX, or `default_language`)."""
     expected = {"num_hidden_layers": dims.num_layers, "hidden_size": dims.hidden_size,
                 "num_attention_heads": dims.num_heads, "intermediate_size": dims.ffn_size,
                 "max_position_embeddings": dims.positions}
-    return [f"config.json says {key} {config.get(key)!r}, the checkpoint has {value}"
-            for key, value in expected.items() if config.get(key) != value]
+    mismatches = [f"config.json says {key} {config.get(key)!r}, the checkpoint has {value}"
+                  for key, value in expected.items() if config.get(key) != value]
+    if not dims.languages:
+        return mismatches
+    languages = config.get("languages")
+    if not isinstance(languages, list) or set(map(str, languages)) != set(dims.languages):
+        mismatches.append(f"config.json says languages {languages!r:.200}, the checkpoint's adapters are "
+                          f"{list(dims.languages)}")
+    folder_default = config.get("default_language")
+    fairseq_default = default_language or (DEFAULT_LANGUAGE if DEFAULT_LANGUAGE in dims.languages else None)
+    if fairseq_default is not None and folder_default != strip_language(fairseq_default):
+        mismatches.append(f"config.json says default_language {folder_default!r}; fairseq runs "
+                          f"{strip_language(fairseq_default)} for text given no language"
+                          + ("" if default_language else " (pass --default-language if that was a choice)"))
+    elif folder_default not in dims.languages:
+        mismatches.append(f"config.json says default_language {folder_default!r}, which is none of the "
+                          f"checkpoint's languages {list(dims.languages)}")
+    return mismatches
 
 
 def _read_config(out: Path) -> dict[str, Any]:
