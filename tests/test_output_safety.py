@@ -601,6 +601,7 @@ def test_batch_dry_run_writes_nothing(tmp_path: Path) -> None:
     result = run_cli(run, out, "--checkpoint", "checkpoint*.pt", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("plan for ") == 2 and not out.exists() and leftovers(out) == []
+    assert "planned 2 of 2 checkpoints (--dry-run: nothing written)" in result.stderr and "converted" not in result.stderr
 
 
 def test_batch_with_an_absolute_pattern_and_checkpoints_sharing_a_name(tmp_path: Path) -> None:

@@ -340,8 +340,8 @@ def _verify(args: argparse.Namespace, log) -> int:
 
 def _report_batch(args: argparse.Namespace, log, results) -> int:
     failed = [(path, outcome) for path, outcome in results if isinstance(outcome, ConversionError)]
-    done = "planned (--dry-run: nothing written)" if args.dry_run else f"converted into {args.out}"
-    log(f"{len(results) - len(failed)} of {len(results)} checkpoints {done}")
+    counted = f"{len(results) - len(failed)} of {len(results)} checkpoints"
+    log(f"planned {counted} (--dry-run: nothing written)" if args.dry_run else f"converted {counted} into {args.out}")
     for path, error in failed:
         log(f"  failed: {path.name}: {error.render().splitlines()[0]}")
     if args.json:
