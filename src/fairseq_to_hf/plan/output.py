@@ -94,6 +94,9 @@ def make_plan(model: SourceModel, request: OutputRequest, *, extra_vocab_rows: i
     """The plan of one output. `extra_vocab_rows`: tokenizer ids beyond the embedding (aliases of <unk>,
     see tokenizer/vocab.py), appended to the word embeddings and the LM head."""
     path, source, family = model.path, model.tensors, model.family
+    if request.default_language is not None and not model.dims.languages:
+        raise ConversionError(f"has no language adapters: --default-language {request.default_language} "
+                              "applies to X-MOD models only", path=path, hint="drop --default-language")
     head = _select_head(model, request.head)
     model.hyper_parameters.require(classifier=head is not None, path=path)
     hparams = model.hyper_parameters.values
@@ -101,9 +104,6 @@ def make_plan(model: SourceModel, request: OutputRequest, *, extra_vocab_rows: i
     for problem in model.problems:
         problems.add(problem)
     _check_options(hparams, head, model, problems)
-    if request.default_language is not None and not model.dims.languages:
-        problems.add(f"--default-language {request.default_language} applies to X-MOD models; this one has no "
-                     "language adapters")
     problems.raise_if_any(UnsupportedModelError, "cannot convert this checkpoint exactly", path=path)
 
     rows = _rows(model, head)
