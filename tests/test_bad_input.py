@@ -161,9 +161,21 @@ def _short_position_table(state: OrderedDict) -> None:
     state[key] = state[key][:4].clone()
 
 
+def _without_the_last_layer(state: OrderedDict) -> None:
+    for key in [key for key in state if ".layers.1." in key]:
+        del state[key]
+
+
+def _integer_weight(state: OrderedDict) -> None:
+    key = "encoder.sentence_encoder.layers.0.fc1.weight"
+    state[key] = state[key].round().long()
+
+
 @pytest.mark.parametrize("edit, phrase", [(_without_layers, "no encoder layers"),
-                                          (_short_position_table, "the position table has 4 rows")],
-                         ids=["zero-layers", "4-row-position-table"])
+                                          (_short_position_table, "the position table has 4 rows"),
+                                          (_without_the_last_layer, "say encoder_layers 2, the tensors hold 1"),
+                                          (_integer_weight, "fc1.weight holds int64 values")],
+                         ids=["zero-layers", "4-row-position-table", "a-layer-missing", "integer-weight"])
 def test_degenerate_encoders_are_refused_in_one_line(tmp_path: Path, edit, phrase: str) -> None:
     src = edited_mlm_checkpoint(tmp_path / "src", edit)
     out = tmp_path / "out"
@@ -231,3 +243,42 @@ def test_float16_overflow_is_not_blamed_on_the_source(tmp_path: Path) -> None:
     assert_refused(result, out, 2, "1 tensor exceed float16's range (max |value| 1.2e5): use --dtype bfloat16 or float32",
                    "encoder.sentence_encoder.layers.0.fc2.weight")
     assert "NaN" not in result.stderr and "damaged" not in result.stderr
+
+
+def _edited(folder: Path, tmp_path: Path, name: str, edit) -> Path:
+    edited = tmp_path / name
+    shutil.copytree(folder, edited)
+    config = json.loads((edited / "config.json").read_text())
+    (edited / "config.json").write_text(json.dumps(edit(config)))
+    return edited
+
+
+@pytest.mark.parametrize("edit, code, phrase", [
+    (lambda config: [1, 2], 2, "holds a JSON list, not an object"),
+    (lambda config: {**config, "architectures": 5}, 2, "holds architectures 5"),
+    (lambda config: {**config, "architectures": "RobertaForMaskedLM"}, 2, "holds architectures 'RobertaForMaskedLM'"),
+    (lambda config: {**config, "model_type": "bogus"}, 1, "model_type 'bogus'"),
+    (lambda config: {**config, "vocab_size": 100}, 1, "vocab_size 100, the checkpoint's embedding has"),
+], ids=["list", "architectures-int", "architectures-str", "model-type", "vocab-size"])
+def test_verify_on_a_config_that_cannot_describe_the_checkpoint(converted_mlm: Path, tmp_path: Path, edit,
+                                                                code: int, phrase: str) -> None:
+    result = run_cli("verify", MLM, _edited(converted_mlm, tmp_path, "edited", edit))
+    assert result.returncode == code and "Traceback" not in result.stderr and "internal error" not in result.stderr
+    assert phrase in result.stderr, result.stderr
+
+
+def test_verify_checks_the_heads_and_labels_a_classifier_folder_names(tmp_path: Path) -> None:
+    out = tmp_path / "cls"
+    assert run_cli("convert", FIXTURES / "roberta_cls", out, "--no-verify").returncode == 0
+    as_lm = run_cli("verify", FIXTURES / "roberta_cls", out, "--head", "lm")
+    assert as_lm.returncode == 2 and "is a classifier folder" in as_lm.stderr, as_lm.stderr
+    unknown = run_cli("verify", FIXTURES / "roberta_cls", out, "--head", "nope")
+    assert unknown.returncode == 2 and "has no head named 'nope'" in unknown.stderr, unknown.stderr
+
+    def swapped(config: dict) -> dict:
+        names = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+        names[0], names[1] = names[1], names[0]
+        return {**config, "id2label": {str(i): name for i, name in enumerate(names)}}
+
+    relabelled = run_cli("verify", FIXTURES / "roberta_cls", _edited(out, tmp_path, "swapped", swapped))
+    assert relabelled.returncode == 1 and "differs from the label dict's classes" in relabelled.stderr

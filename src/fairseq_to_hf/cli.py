@@ -17,6 +17,7 @@ import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
+import traceback  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
 from . import __version__  # noqa: E402
@@ -278,8 +279,9 @@ def _unexpected(error: Exception) -> int:
         where = f"{error.filename}: " if error.filename else ""
         print(f"fairseq-to-hf: error: {where}{error.strerror or error}", file=sys.stderr)
         return EXIT_OUTPUT if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else EXIT_BAD_INPUT
-    if os.environ.get("FAIRSEQ_TO_HF_TRACEBACK"):  # a bug: still one line, and the staged output is gone
-        raise error
+    if os.environ.get("FAIRSEQ_TO_HF_TRACEBACK"):  # a bug: the traceback, and still the bug's exit code
+        traceback.print_exception(error)
+        return EXIT_INTERNAL
     print(f"fairseq-to-hf: internal error: {type(error).__name__}: {str(error)[:300]} (please report it; "
           "set FAIRSEQ_TO_HF_TRACEBACK=1 for the traceback); nothing was written", file=sys.stderr)
     return EXIT_INTERNAL
@@ -312,7 +314,7 @@ def _verify(args: argparse.Namespace, log) -> int:
                            default_language=args.default_language, head=args.head, verify_text=args.verify_text,
                            tolerance=args.tolerance, streamed=args.block_by_block, hyper_parameters=_supplied(args),
                            **_tokenizer_files(args))
-    for mismatch in report.config_mismatches:
+    for mismatch in report.config_mismatches + ([report.run_error] if report.run_error else []):
         log(f"  {mismatch}")
     weights = report.weights
     if weights is not None:

@@ -80,7 +80,8 @@ def describe_source(model: SourceModel) -> dict[str, Any]:
         "family": model.family.model_type,
         "layout": "pre-norm" if model.layout.pre_norm else "post-norm",
         "key_generation": model.source.key_generation,
-        "layers": dims.num_layers, "hidden_size": dims.hidden_size, "attention_heads": dims.num_heads,
+        "layers": dims.num_layers, "hidden_size": dims.hidden_size,
+        "attention_heads": dims.num_heads or None,  # None: the hyper-parameters do not give it
         "ffn_size": dims.ffn_size, "position_rows": dims.positions, "max_tokens": dims.positions - 2,
         "vocab_rows": dims.vocab_size,
     }
@@ -135,7 +136,7 @@ def format_inspection(description: dict[str, Any]) -> str:
     if "family" in description:
         lines.append(f"model        {description['family']}, {description['layout']}, {description['key_generation']} keys")
         lines.append(f"size         {description['layers']} layers, hidden {description['hidden_size']}, "
-                     f"{description['attention_heads']} heads, ffn {description['ffn_size']}, "
+                     f"{description['attention_heads'] or 'unknown'} heads, ffn {description['ffn_size']}, "
                      f"{description['max_tokens']} positions, {description['vocab_rows']} vocabulary rows")
     for dtype, entry in description["parameters_by_dtype"].items():
         lines.append(f"tensors      {dtype}: {entry['parameters']:,} values, {entry['bytes'] / 1e6:.1f} MB")
@@ -151,7 +152,7 @@ def format_inspection(description: dict[str, Any]) -> str:
                      f"reuse LayerNorm {adapters['reuse_layer_norm']}, LN before adapter "
                      f"{adapters['ln_before_adapter']}{left_out}")
     heads = description["classification_heads"]
-    lines.append("heads        " + (", ".join(f"{name} ({info['num_classes']} outputs)" for name, info in heads.items())
+    lines.append("heads        " + (", ".join(f"{name} ({info['num_classes']} output{'s' if info['num_classes'] != 1 else ''})" for name, info in heads.items())
                                    or "none (masked LM)"))
     tokenizer = description["tokenizer_files"]
     trained = f"; trained with --bpe {description['trained_with_bpe']}" if description["trained_with_bpe"] else ""

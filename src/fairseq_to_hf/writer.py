@@ -21,7 +21,6 @@ import json
 import math
 import mmap
 import os
-import shutil
 import struct
 import threading
 import zlib

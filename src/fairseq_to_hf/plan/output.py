@@ -133,7 +133,10 @@ def make_plan(model: SourceModel, request: OutputRequest, *, extra_vocab_rows: i
             else:
                 dropped[item.stored_as] = reason
             continue
-        dtype = out_dtype if (out_dtype and item.tensor.dtype.is_floating_point) else item.tensor.dtype
+        if not item.tensor.dtype.is_floating_point:
+            problems.add(f"{item.stored_as} holds {str(item.tensor.dtype).removeprefix('torch.')} values; "
+                         "every weight of the model is floating point")
+        dtype = out_dtype or item.tensor.dtype
         for target in targets:
             mapped[target] = TensorPlan(target, item.tensor.shape, dtype, item.tensor, item.stored_as)
 

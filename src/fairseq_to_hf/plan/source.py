@@ -114,6 +114,7 @@ def dictionary_kind(dictionary: Dictionary) -> str:
 
 
 def describe_heads(heads: list[HeadInfo]) -> list[str]:
+    """'name: N outputs' for messages, a regression head said as such."""
     return [f"{head.name}: {head.num_classes} output{'s' if head.num_classes != 1 else ''}"
             f"{' (regression)' if head.num_classes == 1 else ''}" for head in heads]
 
@@ -134,6 +135,10 @@ def analyse_source(source: NormalisedSource, dictionary: Dictionary, *, model_ty
     checkpoint, tensors = source.checkpoint, source.tensors
     _require_roberta(checkpoint, tensors)
     _refuse_unsupported_layouts(checkpoint)
+    arch = arch_name(checkpoint.hparams) or ""
+    if arch.startswith("xmod") and not source.languages:
+        raise UnsupportedModelError(f"is an X-MOD model (arch {arch!r}) without any language adapter that "
+                                    "fairseq can run; it is not a complete checkpoint", path=checkpoint.path)
     layout = families.Layout(pre_norm=f"{E}.layer_norm.weight" in tensors,
                              embedding_layer_norm=f"{E}.layernorm_embedding.weight" in tensors,
                              adapters=bool(source.languages),
@@ -231,10 +236,15 @@ def _dims(source: NormalisedSource, hparams: dict[str, Any], problems: list[str]
 
     vocab_size, hidden = (shape(f"{E}.embed_tokens.weight") + (0, 0))[:2]
     layers = sorted({int(m.group(1)) for key in source.tensors if (m := LAYER_INDEX.match(key))})
+    configured_layers = hparams.get("encoder_layers")
     if not layers:
         problems.append(f"no encoder layers ({E}.layers.*): there is no model to convert")
     elif layers != list(range(len(layers))):
         problems.append(f"encoder layers are numbered {layers}, not 0..{len(layers) - 1}")
+    elif isinstance(configured_layers, int) and not isinstance(configured_layers, bool) \
+            and configured_layers != len(layers) and not hparams.get("encoder_layers_to_keep"):
+        problems.append(f"the hyper-parameters say encoder_layers {configured_layers}, the tensors hold "
+                        f"{len(layers)} layers: fairseq would refuse to load this file")
     positions = shape(f"{E}.embed_positions.weight")
     if not positions:
         problems.append("no learned position table (encoder.sentence_encoder.embed_positions.weight): "

@@ -15,7 +15,7 @@ from ..plan import (FAMILIES, LM_HEAD, Dims, NormalisedSource, OutputRequest, an
                     normalise_source, strip_language)
 from ..plan.families import DEFAULT_LANGUAGE
 from ..reader.checkpoint import read_checkpoint
-from ..reader.dictionary import read_dictionary
+from ..reader.dictionary import Dictionary, labels_for_head, read_dictionary
 from ..reader.folder import find_source_files, read_text_lines
 from ..tokenizer import TOKENIZER_FILES, kind_named, looked_for, prepare_tokenizer
 from .compare import (DEFAULT_TOLERANCE, WeightsVerification, per_language, reference_languages, reference_rows,
@@ -41,10 +41,12 @@ class FolderVerification:
     weights: WeightsVerification | None = None
     tokenizer: TokenizerVerification | None = None
     tokenizer_note: str | None = None  # why the tokenizer was not checked
+    run_error: str | None = None  # the folder's model failed on the inputs (weights that do not fit it)
 
     @property
     def passed(self) -> bool:
-        return (not self.config_mismatches and self.weights is not None and self.weights.passed
+        return (not self.config_mismatches and not self.run_error and self.weights is not None
+                and self.weights.passed
                 and (self.tokenizer is None or self.tokenizer.passed))
 
     def as_dict(self) -> dict[str, Any]:
@@ -53,7 +55,7 @@ class FolderVerification:
                 "hyper_parameters_from": self.hyper_parameters_from, "config_mismatches": self.config_mismatches,
                 "verification": self.weights.as_dict() if self.weights else None,
                 "tokenizer_verification": self.tokenizer.as_dict() if self.tokenizer else None,
-                "tokenizer_note": self.tokenizer_note, "passed": self.passed}
+                "tokenizer_note": self.tokenizer_note, "run_error": self.run_error, "passed": self.passed}
 
 
 def verify_folder(
@@ -76,11 +78,14 @@ def verify_folder(
     """
     out = Path(out)
     config = _read_config(out)
-    architecture = (config.get("architectures") or [""])[0]
-    if architecture not in SUPPORTED_CLASSES:
-        raise ConversionError(f"holds a {architecture or 'model without architectures'}; verify checks the "
-                              "masked-LM and classifier folders of fairseq's RoBERTa family", path=out / "config.json",
-                              hint=f"one of {', '.join(sorted(SUPPORTED_CLASSES))}")
+    architectures = config.get("architectures")
+    architecture = architectures[0] if isinstance(architectures, list) and architectures else ""
+    if not isinstance(architecture, str) or architecture not in SUPPORTED_CLASSES:
+        held = (f"a {architecture}" if isinstance(architecture, str) and architecture else
+                f"architectures {architectures!r:.60}" if architectures is not None else "no architectures")
+        raise ConversionError(f"holds {held}; verify checks the masked-LM and classifier folders of fairseq's "
+                              "RoBERTa family", path=out / "config.json",
+                              hint=f"architectures: [one of {', '.join(sorted(SUPPORTED_CLASSES))}]")
     files = find_source_files(src, TOKENIZER_FILES, checkpoint=checkpoint, dictionary=dictionary, **tokenizer_files)
     source = normalise_source(read_checkpoint(files.checkpoint))
     token_dictionary = read_dictionary(files.dictionary)
@@ -93,6 +98,9 @@ def verify_folder(
     dims = plan.dims
     result = FolderVerification(files.checkpoint, out, architecture, head_name, plan.hyper_parameters.source,
                                 config_mismatches(config, dims, default_language))
+    if plan.head is not None and plan.head.num_classes > 1 and files.label_dictionary is not None:
+        result.config_mismatches += label_mismatches(config, read_dictionary(files.label_dictionary),
+                                                     plan.head.num_classes)
     if result.config_mismatches:  # the model would not even run on the checkpoint's inputs
         result.tokenizer_note = "config.json does not describe this checkpoint"
         return result
@@ -104,8 +112,15 @@ def verify_folder(
     reference = FairseqReference(source.checkpoint.tensors, plan.hyper_parameters.values, round_to=stored_dtype)
     expected = reference.forward(reference_rows(inputs), head_name,
                                  languages=reference_languages(inputs, row_languages))
-    result.weights = verify_weights(out, architecture, inputs, expected, head=head_name, vocab_size=dims.vocab_size,
-                                    tolerance=tolerance, streamed=streamed, row_languages=row_languages)
+    try:
+        result.weights = verify_weights(out, architecture, inputs, expected, head=head_name,
+                                        vocab_size=dims.vocab_size, tolerance=tolerance, streamed=streamed,
+                                        row_languages=row_languages)
+    except (RuntimeError, IndexError, KeyError, ValueError) as error:  # its weights do not fit its config
+        result.run_error = f"the folder's model cannot run the checkpoint's inputs ({type(error).__name__}: " \
+                           f"{str(error).strip().splitlines()[0][:200] if str(error).strip() else ''})"
+        result.tokenizer_note = "not checked: the model did not run"
+        return result
 
     tokenizer = prepare_tokenizer(files.tokenizer, token_dictionary, dims.vocab_size, source.checkpoint.bpe)
     # tokenizer.json (ours), or the files an old script left for a slow tokenizer
@@ -128,8 +143,18 @@ def config_mismatches(config: dict[str, Any], dims: Dims, default_language: str 
     expected = {"num_hidden_layers": dims.num_layers, "hidden_size": dims.hidden_size,
                 "num_attention_heads": dims.num_heads, "intermediate_size": dims.ffn_size,
                 "max_position_embeddings": dims.positions}
-    mismatches = [f"config.json says {key} {config.get(key)!r}, the checkpoint has {value}"
+    mismatches = [f"config.json says {key} {config.get(key)!r}, where fairseq runs {value}"
                   for key, value in expected.items() if config.get(key) != value]
+    vocab_size = config.get("vocab_size")
+    if not isinstance(vocab_size, int) or vocab_size < dims.vocab_size:  # more: the tokenizer's alias rows
+        mismatches.append(f"config.json says vocab_size {vocab_size!r}, the checkpoint's embedding has "
+                          f"{dims.vocab_size} rows")
+    architecture = (config.get("architectures") or [""])[0]
+    model_type = next((family.model_type for family in FAMILIES.values()
+                       if architecture in (family.masked_lm_class, family.classifier_class)), None)
+    if config.get("model_type") != model_type:
+        mismatches.append(f"config.json says model_type {config.get('model_type')!r}, which is not {architecture}'s "
+                          f"({model_type}): Transformers would not load it as such")
     if not dims.languages:
         return mismatches
     languages = config.get("languages")
@@ -148,24 +173,50 @@ def config_mismatches(config: dict[str, Any], dims: Dims, default_language: str 
     return mismatches
 
 
+def label_mismatches(config: dict[str, Any], labels: Dictionary, num_classes: int) -> list[str]:
+    """config.json's class names against the label dict's, where the label dict fits the head."""
+    try:
+        expected = labels_for_head(labels, num_classes)
+    except ConversionError:  # a label dict of another head: nothing to compare
+        return []
+    id2label = config.get("id2label")
+    names = [id2label.get(str(i)) for i in range(num_classes)] if isinstance(id2label, dict) else None
+    if names == expected:
+        return []
+    return [f"config.json's id2label {names!r:.120} differs from the label dict's classes {expected!r:.120}"]
+
+
 def _read_config(out: Path) -> dict[str, Any]:
     if not out.is_dir():
         raise ConversionError("does not exist" if not out.exists() else "is not a folder", path=out,
                               hint="pass the Transformers folder to check")
     try:
-        return json.loads((out / "config.json").read_text(encoding="utf-8"))
+        config = json.loads((out / "config.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConversionError("has no config.json: not a Transformers model folder", path=out) from None
     except (OSError, ValueError) as error:
         raise ConversionError(f"config.json cannot be read ({error})", path=out) from None
+    if not isinstance(config, dict):
+        raise ConversionError(f"config.json holds a JSON {type(config).__name__}, not an object: not a "
+                              "Transformers config", path=out)
+    return config
 
 
 def _head_for(architecture: str, config: dict, source: NormalisedSource, requested: str | None,
               out: Path) -> str | None:
     """The fairseq head a classifier folder was made from: --head, or the one head with as many outputs."""
     if architecture.endswith("ForMaskedLM"):
+        if requested not in (None, LM_HEAD):
+            raise ConversionError(f"is a masked-LM folder ({architecture}); --head {requested} names a "
+                                  "classification head", path=out, hint=f"drop --head, or pass --head {LM_HEAD}")
         return None
+    if requested == LM_HEAD:
+        raise ConversionError(f"is a classifier folder ({architecture}), not the masked-LM head", path=out,
+                              hint="name the fairseq classification head it was made from with --head")
     if requested:
+        if requested not in {h.name for h in source.heads}:
+            raise ConversionError(f"has no head named {requested!r}", path=source.checkpoint.path,
+                                  details=[f"{h.name}: {h.num_classes} outputs" for h in source.heads])
         return requested
     heads = source.heads
     num_labels = int(config.get("num_labels") or len(config.get("id2label") or {}) or 2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import ConversionError
 from ..reader.dictionary import UNK_ID, Dictionary
 from ..reference.encode import fairseq_encode
 
@@ -95,7 +96,12 @@ def verify_tokenizer(
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # "longer than model_max_length" is expected here
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        except Exception as error:  # whatever Transformers raises for tokenizer files it cannot read
+            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            raise ConversionError(f"its tokenizer cannot be loaded by AutoTokenizer ({reason})", path=folder,
+                                  hint="check tokenizer.json and tokenizer_config.json") from None
         result = TokenizerVerification(tokenizer_class=type(tokenizer).__name__,
                                        known_difference=known_difference_reason)
         index = dictionary.index()
