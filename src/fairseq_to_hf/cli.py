@@ -248,6 +248,20 @@ def _return_freed_memory_promptly() -> None:
         pass  # not glibc: its allocator has its own policy
 
 
+def run() -> int:
+    """The command: `main`, then an interrupted run ends at once with its exit code.
+
+    Its cleanup is done and its message printed; what remains of the interpreter's shutdown (threads
+    still importing or reading, finalisers) has nothing left to do and must not change the exit code.
+    """
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     interrupts.install(defer=True)  # still deferred while torch is imported: a cut import fails obscurely later
     try:
