@@ -282,3 +282,4 @@ def test_verify_checks_the_heads_and_labels_a_classifier_folder_names(tmp_path: 
 
     relabelled = run_cli("verify", FIXTURES / "roberta_cls", _edited(out, tmp_path, "swapped", swapped))
     assert relabelled.returncode == 1 and "differs from the label dict's classes" in relabelled.stderr
+

@@ -144,3 +144,24 @@ def test_default_language_is_refused_for_a_model_without_languages(tmp_path: Pat
     with pytest.raises(ConversionError, match="applies to X-MOD models"):
         convert(FIXTURES / "roberta_preln", tmp_path / "out", default_language="en_XX")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_xmod_arch_without_its_adapters_is_refused(tmp_path: Path) -> None:
+    """Not converted as the XLM-R its remaining tensors look like: the arch says adapters ran."""
+    import argparse
+    import shutil
+    from collections import OrderedDict
+
+    import torch
+
+    from fairseq_to_hf.reader import read_checkpoint
+
+    checkpoint = read_checkpoint(FIXTURES / "xmod_base" / "model.pt")
+    src = tmp_path / "src"
+    shutil.copytree(FIXTURES / "xmod_base", src, ignore=shutil.ignore_patterns("model.pt"))
+    state = OrderedDict((name, lazy.load()) for name, lazy in checkpoint.tensors.items()
+                        if ".adapter_modules." not in name and name != "encoder.lm_head.weight")
+    torch.save({"model": state, "args": argparse.Namespace(**checkpoint.hparams)}, src / "model.pt")
+    with pytest.raises(ConversionError, match="without any language adapter"):
+        convert(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
