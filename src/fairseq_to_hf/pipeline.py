@@ -250,7 +250,7 @@ def _prepare(source: Checkpoint, shared: SharedSources, options: ConvertOptions,
     plans = {(name if options.all_heads else ""): make_plan(model, replace(request, head=name),
                                                               extra_vocab_rows=alias_rows)
              for name in heads}
-    report = ConversionReport.of_source(model, shared.files, tokenizer)
+    report = ConversionReport(model, shared.files, tokenizer)
     say(f"read {source.path} ({source.format} format, {model.source.key_generation} keys, "
         f"{len(source.tensors)} tensors); heads: {', '.join(describe_heads(model.heads)) or 'none'}")
     if tokenizer is None:

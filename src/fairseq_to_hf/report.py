@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .plan import Dims, HeadInfo, SourceModel
+from .plan import SourceModel
 from .reader.folder import SourceFiles
 from .tokenizer import PreparedTokenizer
 from .verify.compare import WeightsVerification
@@ -73,27 +73,15 @@ class OutputReport:
 class ConversionReport:
     """The source (analysed once) and every output written from it."""
 
-    source_folder: Path
-    source_checkpoint: Path
-    source_dictionary: Path
-    checkpoint_format: str
-    key_generation: str
-    hparams_source: str
-    pre_norm: bool
-    dims: Dims
-    heads_in_checkpoint: list[HeadInfo]
+    model: SourceModel
+    files: SourceFiles
     tokenizer: PreparedTokenizer | None = None
     source_sha256: str | None = None
     outputs: list[OutputReport] = field(default_factory=list)
 
-    @classmethod
-    def of_source(cls, model: SourceModel, files: SourceFiles,
-                  tokenizer: PreparedTokenizer | None) -> ConversionReport:
-        checkpoint = model.source.checkpoint
-        return cls(source_folder=files.folder, source_checkpoint=checkpoint.path, source_dictionary=files.dictionary,
-                   checkpoint_format=checkpoint.format, key_generation=model.source.key_generation,
-                   hparams_source=model.hyper_parameters.source, pre_norm=model.layout.pre_norm, dims=model.dims,
-                   heads_in_checkpoint=list(model.heads), tokenizer=tokenizer)
+    @property
+    def key_generation(self) -> str:
+        return self.model.source.key_generation
 
     @property
     def verified(self) -> bool:
@@ -106,24 +94,25 @@ class ConversionReport:
         if self.tokenizer is None:
             return None
         summary = self.tokenizer.summary()
-        files = {kind: portable(path, self.source_folder) for kind, path in summary["source_files"].items()}
+        files = {kind: portable(path, self.files.folder) for kind, path in summary["source_files"].items()}
         return {**summary, "source_files": files}
 
     def as_dict(self, only: OutputReport | None = None) -> dict[str, Any]:
         outputs = [only] if only is not None else self.outputs
+        model, folder = self.model, self.files.folder
         return {
             "tool": "fairseq-to-hf",
             "tool_version": __version__,
             "source": {
-                "checkpoint": portable(self.source_checkpoint, self.source_folder),
+                "checkpoint": portable(model.path, folder),
                 "sha256": self.source_sha256,
-                "dictionary": portable(self.source_dictionary, self.source_folder),
-                "checkpoint_format": self.checkpoint_format,
+                "dictionary": portable(self.files.dictionary, folder),
+                "checkpoint_format": model.source.checkpoint.format,
                 "key_generation": self.key_generation,
-                "hyper_parameters_from": self.hparams_source,
-                "layout": "pre-norm" if self.pre_norm else "post-norm",
-                "dims": {**vars(self.dims), "languages": list(self.dims.languages)},
-                "classification_heads": {head.name: head.num_classes for head in self.heads_in_checkpoint},
+                "hyper_parameters_from": model.hyper_parameters.source,
+                "layout": "pre-norm" if model.layout.pre_norm else "post-norm",
+                "dims": {**vars(model.dims), "languages": list(model.dims.languages)},
+                "classification_heads": {head.name: head.num_classes for head in model.heads},
             },
             "tokenizer": self._tokenizer_as_dict(),
             "outputs": [out.as_dict() for out in outputs],

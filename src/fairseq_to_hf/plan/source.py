@@ -20,7 +20,7 @@ from .families import Family, strip_language
 from ..errors import ConversionError, UnsupportedModelError
 from ..hparams import HEADS, HyperParameters, SuppliedHyperParameters, arch_name, resolve_hyper_parameters
 from ..reader.checkpoint import Checkpoint
-from ..reader.dictionary import PADDING_SYMBOL_PREFIX, Dictionary, EmbeddingFit, fit_embedding
+from ..reader.dictionary import PADDING_SYMBOL_PREFIX, Dictionary, fit_embedding
 
 E = families.E
 MIN_POSITION_ROWS = 5  # the padding and offset rows, then <s>, one token, </s>
@@ -68,7 +68,6 @@ class SourceModel:
     """The analysed checkpoint: what every output of it shares."""
 
     source: NormalisedSource
-    dictionary: Dictionary
     layout: families.Layout
     family: Family
     dims: Dims
@@ -76,7 +75,6 @@ class SourceModel:
     tied: bool  # the LM head shares the word embeddings
     left_out: dict[str, str] = field(default_factory=dict)  # normalised name -> why no output has it
     problems: list[str] = field(default_factory=list)  # raised by the plan with its own
-    embedding_fit: EmbeddingFit | None = None  # None while there are problems
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -146,12 +144,12 @@ def analyse_source(source: NormalisedSource, dictionary: Dictionary, *, model_ty
     family = _family(layout, dictionary_kind(dictionary), model_type, checkpoint.path)
     hyper_parameters = resolve_hyper_parameters(checkpoint, supplied)
     problems = list(source.problems)
-    model = SourceModel(source, dictionary, layout, family,
+    model = SourceModel(source, layout, family,
                         _dims(source, hyper_parameters.values, problems), hyper_parameters,
                         _tied(hyper_parameters.values, tensors), _unused_adapters(source), problems)
     if problems:
         return model
-    model.embedding_fit = fit = fit_embedding(dictionary, model.dims.vocab_size)
+    fit = fit_embedding(dictionary, model.dims.vocab_size)
     if checkpoint.hparams_source == "none":
         model.notes.append("the checkpoint holds no hyper-parameters: its token embeddings are taken to be "
                            "unscaled (no_scale_embedding, every RoBERTa arch's setting), which no tensor shows")
