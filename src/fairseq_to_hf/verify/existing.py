@@ -23,8 +23,9 @@ from .compare import (DEFAULT_TOLERANCE, WeightsVerification, per_language, refe
 from ..reference.forward import FairseqReference
 from .tokenizer_check import TokenizerVerification, verify_tokenizer
 
-SUPPORTED_CLASSES = frozenset(name for family in FAMILIES.values()
-                              for name in (family.masked_lm_class, family.classifier_class))
+FAMILY_OF_CLASS = {name: family for family in FAMILIES.values()
+                   for name in (family.masked_lm_class, family.classifier_class)}
+SUPPORTED_CLASSES = frozenset(FAMILY_OF_CLASS)
 HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -97,7 +98,7 @@ def verify_folder(
         None if not languages or DEFAULT_LANGUAGE in languages else languages[0])))
     dims = plan.dims
     result = FolderVerification(files.checkpoint, out, architecture, head_name, plan.hyper_parameters.source,
-                                config_mismatches(config, dims, default_language))
+                                config_mismatches(config, architecture, dims, default_language))
     if plan.head is not None and plan.head.num_classes > 1 and files.label_dictionary is not None:
         result.config_mismatches += label_mismatches(config, read_dictionary(files.label_dictionary),
                                                      plan.head.num_classes)
@@ -137,7 +138,8 @@ def verify_folder(
     return result
 
 
-def config_mismatches(config: dict[str, Any], dims: Dims, default_language: str | None = None) -> list[str]:
+def config_mismatches(config: dict[str, Any], architecture: str, dims: Dims,
+                      default_language: str | None = None) -> list[str]:
     """What config.json says that differs from the checkpoint: sizes (from its tensors), and for X-MOD its
     languages and the language of text given none (fairseq's en_XX, or `default_language`)."""
     expected = {"num_hidden_layers": dims.num_layers, "hidden_size": dims.hidden_size,
@@ -149,9 +151,7 @@ def config_mismatches(config: dict[str, Any], dims: Dims, default_language: str 
     if not isinstance(vocab_size, int) or vocab_size < dims.vocab_size:  # more: the tokenizer's alias rows
         mismatches.append(f"config.json says vocab_size {vocab_size!r}, the checkpoint's embedding has "
                           f"{dims.vocab_size} rows")
-    architecture = (config.get("architectures") or [""])[0]
-    model_type = next((family.model_type for family in FAMILIES.values()
-                       if architecture in (family.masked_lm_class, family.classifier_class)), None)
+    model_type = FAMILY_OF_CLASS[architecture].model_type
     if config.get("model_type") != model_type:
         mismatches.append(f"config.json says model_type {config.get('model_type')!r}, which is not {architecture}'s "
                           f"({model_type}): Transformers would not load it as such")
@@ -214,10 +214,7 @@ def _head_for(architecture: str, config: dict, source: NormalisedSource, request
         raise ConversionError(f"is a classifier folder ({architecture}), not the masked-LM head", path=out,
                               hint="name the fairseq classification head it was made from with --head")
     if requested:
-        if requested not in {h.name for h in source.heads}:
-            raise ConversionError(f"has no head named {requested!r}", path=source.checkpoint.path,
-                                  details=[f"{h.name}: {h.num_classes} outputs" for h in source.heads])
-        return requested
+        return requested  # the plan refuses a head the checkpoint does not have
     heads = source.heads
     num_labels = int(config.get("num_labels") or len(config.get("id2label") or {}) or 2)
     fitting = [h.name for h in heads if h.num_classes == num_labels]
