@@ -10,6 +10,7 @@ from .errors import ConversionError
 from .hparams import SuppliedHyperParameters, arch_name
 from .plan import (LM_HEAD, ConversionPlan, OutputRequest, SourceModel, analyse_source, dictionary_kind, make_plan,
                    normalise_source)
+from .plan.families import ADAPTER_NAME
 from .reader.checkpoint import read_checkpoint
 from .reader.dictionary import read_dictionary
 from .reader.folder import find_source_files
@@ -90,8 +91,8 @@ def describe_source(model: SourceModel) -> dict[str, Any]:
         described["adapters"] = {"bottleneck": dims.adapter_size, "layer_norm": model.layout.adapter_layer_norm,
                                  "reuse_layer_norm": hparams.get("adapter_reuse_layer_norm"),
                                  "ln_before_adapter": hparams.get("ln_before_adapter"),
-                                 "left_out": sorted({name.split(".adapter_modules.")[1].split(".")[0]
-                                                     for name in model.left_out})}
+                                 "left_out": sorted({found.group(1) for name in model.left_out
+                                                     if (found := ADAPTER_NAME.match(name))})}
     return described
 
 

@@ -113,11 +113,11 @@ class Layout:
     adapter_layer_norm: bool = False  # the adapters have a LayerNorm of their own
 
     def describe(self) -> str:
-        parts = ["pre-norm" if self.pre_norm else "post-norm",
-                 "with" if self.embedding_layer_norm else "without", "an embedding LayerNorm"]
+        described = (f"{'pre-norm' if self.pre_norm else 'post-norm'} "
+                     f"{'with' if self.embedding_layer_norm else 'without'} an embedding LayerNorm")
         if self.adapters:
-            parts.append(", with X-MOD language adapters" + (" and their LayerNorm" if self.adapter_layer_norm else ""))
-        return " ".join(parts).replace(" ,", ",")
+            described += ", with X-MOD language adapters" + (" and their LayerNorm" if self.adapter_layer_norm else "")
+        return described
 
 
 @dataclass(frozen=True)
