@@ -228,3 +228,17 @@ def test_where_nothing_can_be_mapped_verification_reads_the_bytes(tmp_path: Path
     assert written_weights(tmp_path / "read") == written_weights(tmp_path / "mapped")
     report = json.loads((tmp_path / "read" / "conversion_report.json").read_text())
     assert report["outputs"][0]["verification"]["passed"]
+
+
+@pytest.mark.parametrize("verify", [False, True], ids=["no-verify", "verified"])
+def test_the_reported_sha256_is_that_of_the_checkpoint_file(verify: bool, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sha256 is computed on a thread of its own from the pass's pieces: small pieces, many of them,
+    must still be hashed whole and in file order."""
+    import hashlib
+
+    monkeypatch.setattr(writer, "SCAN_CHUNK", 4096)
+    convert_fixture("roberta_mlm", tmp_path / "out", True, monkeypatch, verify=verify)
+    report = json.loads((tmp_path / "out" / "conversion_report.json").read_text())
+    expected = hashlib.sha256((FIXTURES / "roberta_mlm" / "model.pt").read_bytes()).hexdigest()
+    assert report["source"]["sha256"] == expected

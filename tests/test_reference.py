@@ -99,6 +99,36 @@ def test_prefetcher_passes_on_a_loading_error() -> None:
             prefetch.take("b")
 
 
+def test_prefetcher_follows_an_order_that_repeats() -> None:
+    """A model run once per batch takes its blocks again from the first: a block asked for out of order
+    in a later pass is found in that pass, so the guess that follows it is the right one."""
+    loads: list[str] = []
+
+    def load(block: str) -> str:
+        loads.append(block)
+        return block.upper()
+
+    with Prefetcher(["a", "b", "c"] * 2, load) as prefetch:
+        assert [prefetch.take(block) for block in "abca"] == list("ABCA")
+        assert prefetch.take("c") == "C"  # the second pass skips b: c is its last block, nothing follows
+        assert prefetch._pending is None  # not a third pass's "a"
+    assert loads.count("a") == 2 and loads.count("c") == 2
+
+
+def test_differences_and_scales_leave_out_what_is_not_finite() -> None:
+    from fairseq_to_hf.reference.forward import scale_of
+    from fairseq_to_hf.verify.compare import max_abs_diff, non_finite
+
+    nan, inf = float("nan"), float("inf")
+    want = torch.tensor([[1.0, nan, 3.0], [-6.0, 2.0, inf]])
+    have = torch.tensor([[1.5, 0.0, 3.0], [-6.0, 2.25, inf]])
+    assert max_abs_diff(want, have) == 0.5 and non_finite(want, have) == 2
+    assert scale_of(want) == 6.0 and scale_of(torch.full((2,), nan)) == 0.0
+    assert max_abs_diff(torch.full((2,), nan), torch.zeros(2)) == 0.0 and non_finite(torch.full((2,), nan), torch.zeros(2)) == 2
+    empty = torch.zeros(0, 4)
+    assert max_abs_diff(empty, empty) == 0.0 and non_finite(empty, empty) == 0 and scale_of(empty) == 0.0
+
+
 @pytest.mark.parametrize("have", [torch.full((2, 3), float("nan")), torch.tensor([[0.0, float("inf"), 0.0]] * 2)])
 def test_outputs_that_are_not_finite_never_pass(have: torch.Tensor) -> None:
     from fairseq_to_hf.verify.compare import OutputCheck, max_abs_diff, non_finite

@@ -360,7 +360,8 @@ def _write_and_verify_one(folder: Path, final_folder: Path, plan: ConversionPlan
     sources = [tensor.source for tensor in plan.tensors if tensor.source is not None]
     # One torch thread for the reference too: the writer's reading and hashing threads need the cores.
     with single_torch_thread(), ReferenceAlongside(reference, reference_rows(inputs), head, sources,
-                                                            reference_languages(inputs, row_languages)) as alongside:
+                                                   reference_languages(inputs, row_languages),
+                                                   architecture=plan.architecture) as alongside:
         output = _write_one(folder, final_folder, plan, tokenizer, options, say, progress, on_read=alongside.offer)
         expected = alongside.result()
     say("verifying against a reference fairseq forward pass on the source tensors"

@@ -47,7 +47,10 @@ class Prefetcher(Generic[Item, Loaded]):
         else:
             if pending is not None and not pending[1].cancel():
                 pending[1].exception()  # waits for the load already running, so two never overlap
-            position = next((i for i in range(len(self._order)) if self._is(i, item)), None)
+            # Where `order` repeats, the next occurrence from the expected position on.
+            start = pending[0] if pending is not None else 0
+            around = [*range(start, len(self._order)), *range(start)]
+            position = next((i for i in around if self._is(i, item)), None)
             loaded = self._load(item)
         if position is not None and position + 1 < len(self._order):
             self._start(position + 1)

@@ -16,7 +16,6 @@ after the pass has checked it, and the output only appears once everything was (
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import math
 import mmap
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointFormatError, ConversionError
+from .hashing import HashAlongside
 from .plan import ConversionPlan, TensorPlan
 from .reader.tensors import LazyTensor, StorageIndex, as_elements
 from .prefetch import Prefetcher
@@ -363,7 +363,7 @@ class _OnePass:
                  on_read: OnRead | None, pool: BufferPool | None) -> None:
         self.index, self.placed, self.regions = index, placed, regions
         self.on_read, self.pool = on_read, pool
-        self.digest = hashlib.sha256() if index.sha256 is None else None
+        self.digest: HashAlongside | None = None  # the source's sha256, when the index lacks it: see write()
         # Read by the pass when it starts a region, cleared by the writer when the kernel refuses a copy.
         self.copy_in_kernel = hasattr(os, "copy_file_range")
 
@@ -393,6 +393,8 @@ class _OnePass:
                 pwrite_fully(file.fileno(), memoryview(safetensors_header(shard, {"format": "pt"})), 0)
             source = stack.enter_context(open(self.index.path, "rb", buffering=0))
             reader = stack.enter_context(_MappedSource(self.index))
+            # sha256 costs more per byte than the CRC-32 and the NaN/Inf check together: its own thread.
+            self.digest = stack.enter_context(HashAlongside()) if self.index.sha256 is None else None
             for placed in self.placed:
                 if placed.planned.source is None:
                     self._write_values(files, placed, materialise(placed.planned))
@@ -450,11 +452,15 @@ class _OnePass:
             else:
                 pieces = reader.piece(start, end, buffer[start - low:end - low] if inside else None)
             with pieces as piece:
-                if expected is not None:
-                    crc = zlib.crc32(piece, crc)
                 if self.digest is not None:
                     self.digest.update(piece)
-                self._check_copied(copies, piece, start, end, scanned.non_finite)
+                try:
+                    if expected is not None:
+                        crc = zlib.crc32(piece, crc)
+                    self._check_copied(copies, piece, start, end, scanned.non_finite)
+                finally:
+                    if self.digest is not None:
+                        self.digest.wait()  # before the piece is unmapped
         if expected is not None:
             self.index.check_crc(region.key, crc)
         for placed in wanted:

@@ -323,5 +323,7 @@ def sample_inputs(vocab_size: int, max_tokens: int, *, seed: int = 0) -> dict[st
 
 
 def scale_of(tensor: torch.Tensor) -> float:
-    finite = tensor[tensor.isfinite()]
-    return float(finite.abs().max()) if finite.numel() else 0.0
+    """max |value| over the finite values, 0 where there are none."""
+    if not tensor.numel():
+        return 0.0
+    return float(torch.where(tensor.isfinite(), tensor.abs(), 0.0).max())

@@ -112,12 +112,15 @@ def _mapped(path: Path, offset: int, nbytes: int, dtype: torch.dtype) -> torch.T
 
 
 class StreamedModel:
-    """Use as a context manager; `model` then runs like a from_pretrained model, block by block."""
+    """Use as a context manager; `model` then runs like a from_pretrained model, block by block.
 
-    def __init__(self, folder: Path, architecture: str) -> None:
+    `passes`: how many forward passes will run (one per batch); each reads the blocks again.
+    """
+
+    def __init__(self, folder: Path, architecture: str, passes: int = 1) -> None:
         import transformers
 
-        self.folder = folder
+        self.folder, self.passes = folder, passes
         config = transformers.AutoConfig.from_pretrained(folder)
         config.dtype = torch.float32
         with torch.device("meta"):
@@ -146,8 +149,9 @@ class StreamedModel:
     def __enter__(self) -> StreamedModel:
         blocks = self._blocks()
         self._modules = {name: (module, whole) for name, module, whole in blocks}
-        # Blocks run in the order Transformers registers them; the next one is read during this one.
-        self._prefetch = Prefetcher([name for name, _, _ in blocks], self._read_block)
+        # Blocks run in the order Transformers registers them, `passes` times over; the next one is
+        # read during this one.
+        self._prefetch = Prefetcher([name for name, _, _ in blocks] * self.passes, self._read_block)
         self._prefetch.__enter__()
         self._hooks = []
         for name, module, whole in blocks:
@@ -155,17 +159,12 @@ class StreamedModel:
                 lambda module, args, name=name: self._install(self._prefetch.take(name))))
             self._hooks.append(module.register_forward_hook(
                 lambda module, args, output, whole=whole: self._drop(module, whole)))
-        # One core is left to the thread that maps the next block: torch's workers would spin on it
-        # (on two cores, measured: the forward pass of RoBERTa large took 2x as long with two threads).
-        self._threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, self._threads - 1))
         return self
 
     def __exit__(self, *exc: object) -> None:
         for hook in self._hooks:
             hook.remove()
         self._prefetch.__exit__(*exc)
-        torch.set_num_threads(self._threads)
 
     def _blocks(self) -> list[tuple[str, nn.Module, bool]]:
         """(name, module, whole): the embeddings and each encoder layer load whole; every other module
