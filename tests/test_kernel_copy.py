@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import shutil
+import time
 from collections import Counter, OrderedDict
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from conftest import FIXTURES, GPT2_BPE
 from fairseq_to_hf import convert, writer
 from fairseq_to_hf.errors import CheckpointFormatError, ConversionError
+from fairseq_to_hf.hashing import HashAlongside
 from fairseq_to_hf.plan import list_heads
 from fairseq_to_hf.reader.checkpoint import read_checkpoint
 from test_bad_input import edited_mlm_checkpoint
@@ -231,14 +233,28 @@ def test_where_nothing_can_be_mapped_verification_reads_the_bytes(tmp_path: Path
 
 
 @pytest.mark.parametrize("verify", [False, True], ids=["no-verify", "verified"])
-def test_the_reported_sha256_is_that_of_the_checkpoint_file(verify: bool, tmp_path: Path,
+@pytest.mark.parametrize("source", ["mapped", "read", "cast"])
+def test_the_reported_sha256_is_that_of_the_checkpoint_file(verify: bool, source: str, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """The sha256 is computed on a thread of its own from the pass's pieces: small pieces, many of them,
-    must still be hashed whole and in file order."""
+    """The sha256 is computed on a thread of its own, from pieces still held until hashed: many small
+    pieces must be hashed whole and in file order, whether they lie on the mapping, were read into
+    buffers of their own, or into the (pooled, reused) buffers of tensors the writer casts."""
     import hashlib
 
     monkeypatch.setattr(writer, "SCAN_CHUNK", 4096)
-    convert_fixture("roberta_mlm", tmp_path / "out", True, monkeypatch, verify=verify)
+    if source in ("read", "cast"):
+        monkeypatch.setattr(writer._MappedSource, "held", lambda self, start, end: None)
+    if source == "read":
+        monkeypatch.setattr(writer._MappedSource, "_mapped", lambda self, start, end: None)
+    options = {}
+    if source == "cast":
+        options["dtype"] = "float16"
+        # A hasher that lags: a buffer given back to the pool before its pieces are hashed would be
+        # hashed with another region's bytes in it.
+        monkeypatch.setattr(writer.BufferPool, "MIN_BYTES", 0)  # the fixture's tensors are small
+        hash_piece = HashAlongside._hash
+        monkeypatch.setattr(HashAlongside, "_hash", lambda self, *args: (time.sleep(0.002), hash_piece(self, *args)))
+    convert_fixture("roberta_mlm", tmp_path / "out", True, monkeypatch, verify=verify, **options)
     report = json.loads((tmp_path / "out" / "conversion_report.json").read_text())
     expected = hashlib.sha256((FIXTURES / "roberta_mlm" / "model.pt").read_bytes()).hexdigest()
     assert report["source"]["sha256"] == expected

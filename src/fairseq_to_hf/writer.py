@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -451,16 +452,21 @@ class _OnePass:
                 pieces: AbstractContextManager[memoryview] = nullcontext(memoryview(held[start - low:end - low].numpy()))
             else:
                 pieces = reader.piece(start, end, buffer[start - low:end - low] if inside else None)
-            with pieces as piece:
-                if self.digest is not None:
-                    self.digest.update(piece)
-                try:
-                    if expected is not None:
-                        crc = zlib.crc32(piece, crc)
-                    self._check_copied(copies, piece, start, end, scanned.non_finite)
-                finally:
-                    if self.digest is not None:
-                        self.digest.wait()  # before the piece is unmapped
+            piece = pieces.__enter__()
+            try:
+                if expected is not None:
+                    crc = zlib.crc32(piece, crc)
+                self._check_copied(copies, piece, start, end, scanned.non_finite)
+            except BaseException:
+                pieces.__exit__(None, None, None)
+                raise
+            if self.digest is not None:
+                # Hashed on the digest's thread while the pass checks the next pieces; released there.
+                self.digest.update(piece, done=partial(pieces.__exit__, None, None, None))
+            else:
+                pieces.__exit__(None, None, None)
+        if pooled is not None and self.digest is not None:
+            self.digest.wait()  # the writer gives the buffer back to the pool once written
         if expected is not None:
             self.index.check_crc(region.key, crc)
         for placed in wanted:
@@ -670,7 +676,6 @@ class _MappedSource:
         self.index = index
         self._map: mmap.mmap | None = None
         self._file = None
-        self._scratch: torch.Tensor | None = None
 
     def __enter__(self) -> _MappedSource:
         try:
@@ -713,7 +718,8 @@ class _MappedSource:
     def piece(self, start: int, end: int, into: torch.Tensor | None) -> Iterator[memoryview]:
         mapped = self._mapped(start, end)
         if mapped is None:
-            target = into if into is not None else self._scratch_for(end - start)
+            # A buffer of its own: pieces stay in use until hashed, after the next ones are read.
+            target = into if into is not None else torch.empty(end - start, dtype=torch.uint8)
             view = memoryview(target.numpy())
             self.index.read_into(view, start)
             yield view
@@ -745,10 +751,6 @@ class _MappedSource:
             return None
         return memoryview(self._map)[start:end]
 
-    def _scratch_for(self, nbytes: int) -> torch.Tensor:
-        if self._scratch is None or self._scratch.numel() < nbytes:
-            self._scratch = torch.empty(max(nbytes, SCAN_CHUNK), dtype=torch.uint8)
-        return self._scratch[:nbytes]
 
 
 def pwrite_fully(fd: int, data: memoryview, offset: int) -> None:
