@@ -752,7 +752,6 @@ class _MappedSource:
         return memoryview(self._map)[start:end]
 
 
-
 def pwrite_fully(fd: int, data: memoryview, offset: int) -> None:
     """Writes all of `data` at byte `offset` of `fd` (os.pwrite may write less than asked)."""
     while len(data):
