@@ -113,20 +113,21 @@ def test_block_by_block_verification_agrees_with_from_pretrained(fixture: str, h
     assert max(results[1].worst().values()) <= 1e-5
 
 
+@pytest.mark.parametrize("fixture", ["roberta_mlm", "roberta_mlm_fp16"])
 @pytest.mark.parametrize("streamed", [False, True], ids=["from_pretrained", "block-by-block"])
-def test_verification_catches_a_misplaced_tensor(tmp_path: Path, streamed: bool) -> None:
+def test_verification_catches_a_misplaced_tensor(tmp_path: Path, streamed: bool, fixture: str) -> None:
     from safetensors.torch import load_file, save_file
 
     from fairseq_to_hf.verify.existing import verify_folder
 
     out = tmp_path / "out"
-    convert(FIXTURES / "roberta_mlm", out, verify=False)
+    convert(FIXTURES / fixture, out, verify=False)
     weights = load_file(out / "model.safetensors")
     query = "roberta.encoder.layer.1.attention.self.query.weight"
     key = "roberta.encoder.layer.1.attention.self.key.weight"
     weights[query], weights[key] = weights[key].clone(), weights[query].clone()
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
-    result = verify_folder(FIXTURES / "roberta_mlm", out, streamed=streamed).weights
+    result = verify_folder(FIXTURES / fixture, out, streamed=streamed).weights
     assert not result.passed
     failing = {check.output for check in result.checks if not check.passed}
     assert "hidden_states[1]" not in failing and "last_hidden_state" in failing
