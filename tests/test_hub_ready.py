@@ -70,6 +70,31 @@ def test_usage_snippet_runs_as_written_once_uploaded(classifier: Path, tmp_path:
     assert "'label': '" in result.stdout
 
 
+def test_an_xmod_card_says_which_languages_there_are_and_how_to_choose_one(tmp_path: Path) -> None:
+    out = tmp_path / "xmod-model"
+    spm = FIXTURES / "xlmr_mlm" / "sentencepiece.bpe.model"
+    result = run_cli("convert", FIXTURES / "xmod_prenorm", out, "--sentencepiece-model", spm, "--head", "lm",
+                     "--default-language", "de_DE", "--repo-id", "example-user/xmod-model", "--no-verify")
+    assert result.returncode == 0, result.stderr
+    text = (out / "README.md").read_text()
+    assert text.count("An XmodForMaskedLM model") == 1
+    languages = json.loads((out / "config.json").read_text())["languages"]
+    section = text.split("## Languages", 1)[1].split("\n## ", 1)[0]
+    assert all(f"`{language}`" in section for language in languages) and "go through `de_DE`" in section
+    # The usage snippet, then the section's way of choosing another language, run as written.
+    usage, choose = re.findall(r"```python\n(.*?)```", text, re.S)[:2]
+    other = re.search(r"set_default_language\('([^']+)'\)", choose).group(1)
+    assert other != "de_DE" and other in languages
+    hub = tmp_path / "as-uploaded" / "example-user"
+    hub.mkdir(parents=True)
+    (hub / "xmod-model").symlink_to(out)
+    program = usage + choose.splitlines()[0] + "\nprint(fill_mask.model.config.default_language)\n"
+    ran = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300,
+                         cwd=hub.parent, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip().splitlines()[-1] == other
+
+
 def test_no_local_path_in_any_file_of_out(tmp_path: Path) -> None:
     """The folder goes to the Hub as it is: neither SRC's, the tokenizer files', nor OUT's location is in it."""
     src = tmp_path / "private-location-7f3a" / "my-model"

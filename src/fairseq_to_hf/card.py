@@ -54,7 +54,8 @@ def model_card(report: dict[str, Any], output: dict[str, Any], options: CardOpti
     tokenizer = report.get("tokenizer")
     sections = [front_matter(pipeline_tag, output["model_type"], options), "", f"# {name}", ""]
 
-    what = (f"A {output['architecture']} model ({source['layout']}, {dims['num_layers']} layers, hidden size "
+    article = "An" if output["architecture"][0] in "AEIOUX" else "A"  # "an XmodForMaskedLM"
+    what = (f"{article} {output['architecture']} model ({source['layout']}, {dims['num_layers']} layers, hidden size "
             f"{dims['hidden_size']}, {dims['num_heads']} attention heads, feed-forward size {dims['ffn_size']}, "
             f"up to {dims['positions'] - 2} tokens), converted from a fairseq checkpoint.")
     if classifier:
@@ -70,6 +71,8 @@ def model_card(report: dict[str, Any], output: dict[str, Any], options: CardOpti
     if not options.repo_id:
         sections += [f"Replace `{model_id}` with the repository this folder is uploaded to, or with the folder's "
                      "local path.", ""]
+    if dims.get("languages"):
+        sections += languages_section(dims["languages"], output.get("default_language"), pipeline_tag)
     if tokenizer and tokenizer["alias_count"] and not classifier:
         sections += alias_training_note(tokenizer)
 
@@ -94,6 +97,20 @@ def model_card(report: dict[str, Any], output: dict[str, Any], options: CardOpti
     sections.append("")
     sections += verification_section(output)
     return "\n".join(sections).rstrip() + "\n"
+
+
+def languages_section(languages: list[str], default: str | None, pipeline_tag: str) -> list[str]:
+    """X-MOD runs each input through its language's adapters: the pipeline above uses the default one."""
+    runner = "fill_mask" if pipeline_tag == "fill-mask" else "classify"
+    other = next((language for language in languages if language != default), languages[0])
+    return ["## Languages", "",
+            f"Each layer has an adapter per language: {', '.join(f'`{language}`' for language in languages)}. "
+            + (f"Inputs given no language go through `{default}` (`config.default_language`). " if default else "")
+            + "Choose the language of a model's inputs with `set_default_language`, or per row with `lang_ids` "
+            "(indices into `config.languages`):", "",
+            "```python", f"{runner}.model.set_default_language({other!r})",
+            f"# or: model(input_ids, lang_ids=torch.tensor([model.config.languages.index({other!r})] * len(input_ids)))",
+            "```", ""]
 
 
 def alias_training_note(tokenizer: dict[str, Any]) -> list[str]:

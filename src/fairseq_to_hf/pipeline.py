@@ -342,6 +342,7 @@ def _write_one(folder: Path, final_folder: Path, plan: ConversionPlan, tokenizer
         bytes_written=plan.total_bytes,
         dropped=dict(plan.dropped),
         notes=list(plan.notes),
+        default_language=plan.config.get("default_language"),
     )
 
 

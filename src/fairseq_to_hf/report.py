@@ -43,6 +43,7 @@ class OutputReport:
     notes: list[str]
     verification: WeightsVerification | None = None  # None: written with --no-verify
     tokenizer_verification: TokenizerVerification | None = None
+    default_language: str | None = None  # X-MOD: the adapter used where no lang_ids are given
 
     @property
     def verified(self) -> bool:
@@ -63,6 +64,7 @@ class OutputReport:
             "bytes_written": self.bytes_written,
             "dropped_tensors": self.dropped,
             "notes": self.notes,
+            **({"default_language": self.default_language} if self.default_language else {}),
             "verification": self.verification.as_dict() if self.verification else None,
             "tokenizer_verification": (self.tokenizer_verification.as_dict() if self.tokenizer_verification
                                        else None),
