@@ -141,7 +141,7 @@ def test_nan_weights_are_named_and_need_a_flag(tmp_path: Path) -> None:
 
     src = edited_mlm_checkpoint(tmp_path / "src", edit)
     out = tmp_path / "out"
-    assert_refused(run_cli("convert", src, out), out, 2, "2 source tensors hold NaN or Inf values",
+    assert_refused(run_cli("convert", src, out), out, 2, f"{src / 'model.pt'}: 2 source tensors hold NaN or Inf values",
                    "encoder.sentence_encoder.layers.1.fc1.weight", "encoder.lm_head.dense.bias",
                    "--allow-non-finite")
     # NaN everywhere on both sides proves nothing: the comparison fails, and --no-verify is the way out.
@@ -265,6 +265,9 @@ def test_verify_on_a_config_that_cannot_describe_the_checkpoint(converted_mlm: P
     result = run_cli("verify", MLM, _edited(converted_mlm, tmp_path, "edited", edit))
     assert result.returncode == code and "Traceback" not in result.stderr and "internal error" not in result.stderr
     assert phrase in result.stderr, result.stderr
+    if code == 1:  # a folder that does not match says why, even with --quiet
+        quiet = run_cli("verify", MLM, tmp_path / "edited", "--quiet")
+        assert quiet.returncode == 1 and phrase in quiet.stderr and "DOES NOT match" in quiet.stderr
 
 
 def test_verify_checks_the_heads_and_labels_a_classifier_folder_names(tmp_path: Path) -> None:

@@ -91,12 +91,13 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def assert_one_message(result: subprocess.CompletedProcess, code: int, *phrases: str) -> None:
-    """The exit code, and exactly one message line (the last one), without a traceback."""
+    """The exit code, and exactly one message line (the last one but its `  - ` details), without a traceback."""
     stderr = result.stderr
     assert result.returncode == code, stderr
     assert "Traceback" not in stderr, stderr
     messages = [line for line in stderr.splitlines() if line.startswith("fairseq-to-hf: ")]
-    assert len(messages) == 1 and stderr.rstrip().endswith(messages[0]), stderr
+    last = [line for line in stderr.splitlines() if not line.startswith("  - ")][-1]
+    assert len(messages) == 1 and last == messages[0], stderr
     for phrase in phrases:
         assert phrase in messages[0], stderr
 
@@ -595,6 +596,19 @@ def test_batch_where_every_checkpoint_fails_writes_nothing(tmp_path: Path, force
     assert_failed_cleanly(result, out, EXIT_BAD_INPUT, "none of the 2 checkpoints converted", previous=previous)
 
 
+def test_batch_failures_are_said_with_quiet(tmp_path: Path) -> None:
+    run = training_run(tmp_path, {"checkpoint1.pt": MLM / "model.pt", "checkpoint2.pt": b"not a checkpoint"})
+    out = tmp_path / "out"
+    result = run_cli(run, out, "--checkpoint", "checkpoint*.pt", "--no-verify", "--quiet")
+    assert result.returncode == EXIT_BAD_INPUT and (out / "checkpoint1" / "model.safetensors").exists()
+    assert "converted 1 of 2 checkpoints" in result.stderr and "failed: checkpoint2.pt" in result.stderr
+    (tmp_path / "all-bad").mkdir()
+    nothing = run_cli(training_run(tmp_path / "all-bad", {"checkpoint1.pt": b"no", "checkpoint2.pt": b"nor this"}),
+                      tmp_path / "out2", "--checkpoint", "checkpoint*.pt", "--no-verify", "--quiet")
+    assert nothing.returncode == EXIT_BAD_INPUT
+    assert "  - checkpoint1.pt: " in nothing.stderr and "  - checkpoint2.pt: " in nothing.stderr
+
+
 def test_batch_dry_run_writes_nothing(tmp_path: Path) -> None:
     run = training_run(tmp_path, {"checkpoint1.pt": MLM / "model.pt", "checkpoint2.pt": MLM / "model.pt"})
     out = tmp_path / "out"
@@ -613,3 +627,25 @@ def test_batch_with_an_absolute_pattern_and_checkpoints_sharing_a_name(tmp_path:
     assert "Traceback" not in result.stderr
     written = sorted(str(p.relative_to(out)) for p in out.glob("*/*/model.safetensors"))
     assert written == ["run1/checkpoint_best/model.safetensors", "run2/checkpoint_best/model.safetensors"]
+
+
+def test_closed_or_full_standard_streams_keep_the_exit_codes(tmp_path: Path) -> None:
+    """`>&-`, `2>&-`, `>/dev/full`: no traceback, the documented code, and a --json report that cannot
+    be printed says that the conversion itself is complete."""
+    def run(*args, **streams) -> subprocess.CompletedProcess:
+        return subprocess.run(command(*args), text=True, timeout=300, **streams)
+
+    closed_stdout = run(MLM, tmp_path / "a", "--json", "--no-verify", stderr=subprocess.PIPE,
+                        preexec_fn=lambda: os.close(1))
+    assert closed_stdout.returncode == 0 and not closed_stdout.stderr.count("Traceback")
+    assert (tmp_path / "a" / "model.safetensors").exists()
+    closed_stderr = run(tmp_path / "missing", tmp_path / "b", stdout=subprocess.PIPE, preexec_fn=lambda: os.close(2))
+    assert closed_stderr.returncode == EXIT_BAD_INPUT and closed_stderr.stdout == ""
+    with open("/dev/full", "w") as full:
+        full_stderr = run(tmp_path / "missing", tmp_path / "c", stdout=subprocess.PIPE, stderr=full)
+        assert full_stderr.returncode == EXIT_BAD_INPUT and full_stderr.stdout == ""
+        full_stdout = run(MLM, tmp_path / "d", "--json", "--no-verify", "--quiet", stdout=full, stderr=subprocess.PIPE)
+    assert full_stdout.returncode == EXIT_OUTPUT
+    assert full_stdout.stderr.startswith("fairseq-to-hf: error: stdout: cannot be written") and \
+        "the conversion is complete" in full_stdout.stderr and full_stdout.stderr.count("\n") == 1
+    assert (tmp_path / "d" / "conversion_report.json").exists()

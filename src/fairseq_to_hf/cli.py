@@ -23,7 +23,7 @@ from typing import NoReturn  # noqa: E402
 
 from . import __version__  # noqa: E402
 from .errors import (EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_OUTPUT,  # noqa: E402
-                     EXIT_VERIFY_FAILED, ConversionError)
+                     EXIT_VERIFY_FAILED, ConversionError, OutputError)
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
@@ -260,7 +260,8 @@ def run() -> NoReturn:
     code = main()
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
+            if stream is not None:
+                stream.flush()
         except (OSError, ValueError):  # a reader that went away, a stream already closed: nothing to tell
             pass
     os._exit(code)
@@ -268,16 +269,17 @@ def run() -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> int:
     interrupts.install(defer=True)  # still deferred while torch is imported: a cut import fails obscurely later
+    _discard_closed_streams()
     try:
         args = build_parser().parse_args(argv)
         interrupts.start()
         return _run(args)
     except ConversionError as error:
-        print(f"fairseq-to-hf: error: {error.render()}", file=sys.stderr)
+        tell(f"fairseq-to-hf: error: {error.render()}")
         return error.exit_code
     except KeyboardInterrupt:
         interrupts.ignore_from_now()
-        print("fairseq-to-hf: interrupted; nothing was written", file=sys.stderr)
+        tell("fairseq-to-hf: interrupted; nothing was written")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # Whoever read stdout stopped (`... --json | head`); the work itself is done.
@@ -286,22 +288,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         if interrupts.interrupted():  # the failure is the interrupt's doing
             interrupts.ignore_from_now()
-            print("fairseq-to-hf: interrupted; nothing was written", file=sys.stderr)
+            tell("fairseq-to-hf: interrupted; nothing was written")
             return EXIT_INTERRUPTED
         return _unexpected(error)
+
+
+def tell(line: str) -> None:
+    """A line on stderr, flushed; where stderr cannot take it (a full device), the exit code says it all."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
+def _discard_closed_streams() -> None:
+    """A stdout or stderr the caller closed (`>&-`) is None in Python: what would go there is dropped."""
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
 
 
 def _unexpected(error: Exception) -> int:
     """One line for an error nothing turned into a ConversionError; a traceback only when asked for."""
     if isinstance(error, OSError):  # one that no reader or writer turned into a clearer message
         where = f"{error.filename}: " if error.filename else ""
-        print(f"fairseq-to-hf: error: {where}{error.strerror or error}", file=sys.stderr)
+        tell(f"fairseq-to-hf: error: {where}{error.strerror or error}")
         return EXIT_OUTPUT if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else EXIT_BAD_INPUT
     if os.environ.get("FAIRSEQ_TO_HF_TRACEBACK"):  # a bug: the traceback, and still the bug's exit code
         traceback.print_exception(error)
         return EXIT_INTERNAL
-    print(f"fairseq-to-hf: internal error: {type(error).__name__}: {str(error)[:300]} (please report it; "
-          "set FAIRSEQ_TO_HF_TRACEBACK=1 for the traceback); nothing was written", file=sys.stderr)
+    tell(f"fairseq-to-hf: internal error: {type(error).__name__}: {str(error)[:300]} (please report it; "
+         "set FAIRSEQ_TO_HF_TRACEBACK=1 for the traceback); nothing was written")
     return EXIT_INTERNAL
 
 
@@ -310,7 +327,7 @@ def _run(args: argparse.Namespace) -> int:
 
     def log(message: str) -> None:
         if not getattr(args, "quiet", False):
-            print(message, file=sys.stderr, flush=True)
+            tell(message)
 
     if args.command == "convert":
         return _convert(args, log)
@@ -332,6 +349,8 @@ def _verify(args: argparse.Namespace, log) -> int:
                            default_language=args.default_language, head=args.head, verify_text=args.verify_text,
                            tolerance=args.tolerance, streamed=args.block_by_block, hyper_parameters=_supplied(args),
                            **_tokenizer_files(args))
+    if not report.passed:  # the reasons are the error: said even with --quiet
+        log = tell
     for mismatch in report.config_mismatches + ([report.run_error] if report.run_error else []):
         log(f"  {mismatch}")
     weights = report.weights
@@ -361,6 +380,8 @@ def _verify(args: argparse.Namespace, log) -> int:
 def _report_batch(args: argparse.Namespace, log, results) -> int:
     failed = [(path, outcome) for path, outcome in results if isinstance(outcome, ConversionError)]
     counted = f"{len(results) - len(failed)} of {len(results)} checkpoints"
+    if failed:  # the failures are errors: said even with --quiet
+        log = tell
     log(f"planned {counted} (--dry-run: nothing written)" if args.dry_run else f"converted {counted} into {args.out}")
     for path, error in failed:
         log(f"  failed: {path.name}: {error.render().splitlines()[0]}")
@@ -406,8 +427,20 @@ def _convert(args: argparse.Namespace, log) -> int:
             status = "verified" if output.verification else "not verified (--no-verify)"
             log(f"wrote {output.folder}: {output.architecture}, {output.tensors_written} tensors, {status}")
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
+        _print_document(json.dumps(report.as_dict(), indent=2),
+                        "the conversion is complete: OUT holds the same report, as conversion_report.json")
     return EXIT_OK
+
+
+def _print_document(text: str, hint: str) -> None:
+    """The --json document on stdout; where stdout cannot take it (a full device), one line says what
+    is done all the same."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        raise  # a reader that stopped reading: not an error (see main)
+    except OSError as error:
+        raise OutputError(f"cannot be written ({error.strerror})", path="stdout", hint=hint) from None
 
 
 if __name__ == "__main__":

@@ -171,8 +171,10 @@ def convert_batch(src: str | Path, out: str | Path, options: ConvertOptions | No
                 results.append((path, error))
         failures = [outcome for _, outcome in results if isinstance(outcome, ConversionError)]
         if len(failures) == len(results):
-            error = ConversionError(f"none of the {len(results)} checkpoints converted (each failure is said above); "
-                                    "nothing was written", path=target.path)
+            error = ConversionError(f"none of the {len(results)} checkpoints converted; nothing was written",
+                                    path=target.path,
+                                    details=[f"{path.name}: {outcome.render().splitlines()[0]}"
+                                             for path, outcome in results][:20])
             error.exit_code = failures[0].exit_code
             raise error
     return results

@@ -256,13 +256,13 @@ def write_weights(folder: Path, plan: ConversionPlan, max_shard_bytes: int = DEF
         dtype = str(overflowed[0][0].dtype).removeprefix("torch.")
         raise ConversionError(
             f"{len(overflowed)} tensor{'s' if len(overflowed) > 1 else ''} exceed {dtype}'s range "
-            f"(max |value| {largest}): use --dtype bfloat16 or float32",
+            f"(max |value| {largest}): use --dtype bfloat16 or float32", path=plan.model.path,
             details=[tensor.source_name for tensor, _ in overflowed[:20]],
         )
     if non_finite and not allow_non_finite:
         raise ConversionError(
-            f"{len(non_finite)} source tensor{'s' if len(non_finite) > 1 else ''} hold NaN or Inf values",
-            hint="the checkpoint may be damaged or diverged in training; pass --allow-non-finite to convert anyway",
+            f"{len(non_finite)} source tensor{'s hold' if len(non_finite) > 1 else ' holds'} NaN or Inf values",
+            path=plan.model.path, hint="the checkpoint may be damaged or diverged in training; pass --allow-non-finite to convert anyway",
             details=non_finite[:20] + ([f"... and {len(non_finite) - 20} more"] if len(non_finite) > 20 else []),
         )
     if len(shards) > 1:
