@@ -649,3 +649,19 @@ def test_closed_or_full_standard_streams_keep_the_exit_codes(tmp_path: Path) -> 
     assert full_stdout.stderr.startswith("fairseq-to-hf: error: stdout: cannot be written") and \
         "the conversion is complete" in full_stdout.stderr and full_stdout.stderr.count("\n") == 1
     assert (tmp_path / "d" / "conversion_report.json").exists()
+
+
+def test_force_refuses_an_out_it_could_only_half_remove(tmp_path: Path) -> None:
+    """A read-only folder inside the old OUT would leave the old OUT's remains beside the new one."""
+    preexec = permissions_apply()
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "sub" / "kept.txt").write_text("kept")
+    (out / "sub").chmod(0o555)
+    try:
+        result = run_cli(MLM, out, "--force", "--no-verify", preexec=preexec)
+        assert_one_message(result, EXIT_OUTPUT, "cannot be replaced", str(out / "sub"))
+        assert (out / "sub" / "kept.txt").read_text() == "kept"
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
+    finally:
+        (out / "sub").chmod(0o755)

@@ -73,6 +73,10 @@ def output_target(out: str | Path, *, force: bool, inputs: Iterable[Path] = ()) 
         if _holds(path, Path(os.getcwd())):
             raise OutputError("holds the current folder, which --force would replace", path=path,
                               hint="run the command from another folder, or choose another OUT")
+        locked = _unremovable(path)
+        if locked is not None:
+            raise OutputError(f"cannot be replaced: {locked} is a folder whose entries you cannot delete",
+                              path=path, hint="make it writable or remove OUT yourself, then run again")
         replaces = _identity(path)
     parent = path.parent
     if not parent.is_dir():
@@ -80,6 +84,23 @@ def output_target(out: str | Path, *, force: bool, inputs: Iterable[Path] = ()) 
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write in {parent}", path=path, hint="choose a folder you can write to")
     return OutputTarget(path, replaces)
+
+
+def _unremovable(folder: Path) -> Path | None:
+    """A folder inside `folder` (or itself) whose entries this user cannot list or delete, which would
+    leave the replaced OUT half-removed beside the new one; None where all of it can go."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return folder
+    if entries and not os.access(folder, os.W_OK | os.X_OK):
+        return folder
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            found = _unremovable(Path(entry.path))
+            if found is not None:
+                return found
+    return None
 
 
 def _holds(folder: Path, path: Path) -> bool:
