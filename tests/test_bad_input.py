@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FIXTURES
+from conftest import FIXTURES, GPT2_BPE
 
 MLM = FIXTURES / "roberta_mlm"
 
@@ -286,3 +286,20 @@ def test_verify_checks_the_heads_and_labels_a_classifier_folder_names(tmp_path: 
     relabelled = run_cli("verify", FIXTURES / "roberta_cls", _edited(out, tmp_path, "swapped", swapped))
     assert relabelled.returncode == 1 and "differs from the label dict's classes" in relabelled.stderr
 
+
+
+@pytest.mark.parametrize("fixture, says", [("roberta_mlm", "the masked-LM head"),
+                                           ("roberta_reg", "a regression head")])
+def test_a_label_dict_for_an_output_without_labels_is_refused(tmp_path: Path, fixture: str, says: str) -> None:
+    out = tmp_path / "out"
+    result = run_cli("convert", FIXTURES / fixture, out, "--label-dict", FIXTURES / "roberta_cls" / "label" / "dict.txt",
+                     "--no-verify")
+    assert_refused(result, out, 2, "--label-dict was given", says, "drop --label-dict")
+
+
+def test_tokenizer_files_named_on_the_command_line_are_the_ones_used(tmp_path: Path) -> None:
+    """SRC ships a sentencepiece model; GPT-2 files passed by name are not silently set aside for it."""
+    out = tmp_path / "out"
+    result = run_cli("convert", FIXTURES / "xlmr_mlm", out, "--encoder-json", GPT2_BPE / "encoder.json",
+                     "--vocab-bpe", GPT2_BPE / "vocab.bpe", "--no-verify")
+    assert_refused(result, out, 2, "encoder.json", "not this model's tokenizer")

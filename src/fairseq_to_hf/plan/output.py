@@ -159,6 +159,10 @@ def make_plan(model: SourceModel, request: OutputRequest, *, extra_vocab_rows: i
     architecture = family.masked_lm_class if head is None else family.classifier_class
     notes = list(model.notes)
     labels = None
+    if request.strict_labels and request.label_dictionary is not None and (head is None or head.num_classes < 2):
+        what = "the masked-LM head" if head is None else f"head {head.name}, a regression head"
+        raise ConversionError(f"--label-dict was given, but the output is {what}, which has no labels",
+                              path=path, hint="drop --label-dict, or name a classification head with --head")
     if head is not None and head.num_classes > 1 and request.label_dictionary is not None:
         try:
             labels = labels_for_head(request.label_dictionary, head.num_classes)

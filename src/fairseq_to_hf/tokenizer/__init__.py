@@ -16,7 +16,8 @@ from . import fastbpe, gpt2, hf_byte_bpe, sentencepiece, subword_nmt
 from ..reader.folder import TokenizerFile, TokenizerFiles
 from .base import PreparedTokenizer, TokenizerKind
 
-# Without the checkpoint's word, the first kind whose files are all there (and that claims them) wins.
+# Without the checkpoint's word, the first kind whose files are all there (and that claims them) wins,
+# among those whose files were named on the command line if any were.
 KINDS: tuple[TokenizerKind, ...] = (sentencepiece.KIND, gpt2.KIND, hf_byte_bpe.KIND, fastbpe.KIND,
                                     subword_nmt.KIND)
 KINDS_BY_BPE = {kind.fairseq_bpe: kind for kind in KINDS}
@@ -61,11 +62,13 @@ def choose_kind(files: TokenizerFiles, bpe: dict) -> TokenizerKind | None:
                 hint=f"give {' and '.join(f.flag for f in trained_with.files)} "
                      f"({' + '.join(f.names[0] for f in trained_with.files)})")
         return None
-    for kind in complete:
+    # Files named on the command line say which kind is meant; SRC's own files only where none were.
+    named = [kind for kind in complete if files.given & {f.role for f in kind.files}] or complete
+    for kind in named:
         if kind.claims(files):
             return kind
-    if complete:
-        return complete[0]
+    if named:
+        return named[0]
     for kind in KINDS:
         have = [f for f in kind.files if f.role in files.paths]
         if have and len(have) < len(kind.files):
