@@ -16,6 +16,7 @@ import torch
 from conftest import FIXTURES, GPT2_BPE
 
 MLM = FIXTURES / "roberta_mlm"
+GPT2_FLAGS = ["--encoder-json", str(GPT2_BPE / "encoder.json"), "--vocab-bpe", str(GPT2_BPE / "vocab.bpe")]
 
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
@@ -303,3 +304,33 @@ def test_tokenizer_files_named_on_the_command_line_are_the_ones_used(tmp_path: P
     result = run_cli("convert", FIXTURES / "xlmr_mlm", out, "--encoder-json", GPT2_BPE / "encoder.json",
                      "--vocab-bpe", GPT2_BPE / "vocab.bpe", "--no-verify")
     assert_refused(result, out, 2, "encoder.json", "not this model's tokenizer")
+
+
+def test_verify_compares_every_embedding_row_and_refuses_foreign_shards(tmp_path: Path) -> None:
+    """A classifier never predicts tokens: a changed row of its word embeddings that no verification
+    input uses must still fail; an index naming a shard outside OUT is not a model folder."""
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "cls"
+    assert run_cli("convert", FIXTURES / "roberta_cls", out, *GPT2_FLAGS, "--no-verify").returncode == 0
+    weights = load_file(out / "model.safetensors")
+    name = "roberta.embeddings.word_embeddings.weight"
+    weights[name][300] = 50.0  # a row of dict.txt that no verification input uses
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    result = run_cli("verify", FIXTURES / "roberta_cls", out)
+    assert result.returncode == 1 and "word_embeddings" in result.stderr and "DOES NOT match" in result.stderr
+
+    sharded = tmp_path / "sharded"
+    assert run_cli("convert", MLM, sharded, "--max-shard-size", "20KB", "--no-verify").returncode == 0
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    first = sorted(set(index["weight_map"].values()))[0]
+    index["weight_map"] = {key: ("../elsewhere.safetensors" if value == first else value)
+                           for key, value in index["weight_map"].items()}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+    refused = run_cli("verify", MLM, sharded)
+    assert refused.returncode == 2 and "not a file of this folder" in refused.stderr
+
+    (sharded / "model.safetensors.index.json").unlink()
+    (sharded / "config.json").write_text("[" * 100000 + "]" * 100000)
+    deep = run_cli("verify", MLM, sharded)
+    assert deep.returncode == 2 and "config.json cannot be read" in deep.stderr and "internal error" not in deep.stderr

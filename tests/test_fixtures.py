@@ -131,3 +131,23 @@ def test_verification_catches_a_misplaced_tensor(tmp_path: Path, streamed: bool,
     assert not result.passed
     failing = {check.output for check in result.checks if not check.passed}
     assert "hidden_states[1]" not in failing and "last_hidden_state" in failing
+
+
+def test_conversions_on_several_threads_at_once_all_verify(tmp_path: Path) -> None:
+    import threading
+
+    outcomes: dict[int, object] = {}
+
+    def run(number: int) -> None:
+        try:
+            outcomes[number] = convert(FIXTURES / "roberta_mlm", tmp_path / f"out{number}").verified
+        except Exception as error:  # noqa: BLE001 -- the test reports what each thread met
+            outcomes[number] = error
+
+    threads = [threading.Thread(target=run, args=(number,)) for number in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes == {0: True, 1: True, 2: True}
+    assert convert(FIXTURES / "roberta_mlm", tmp_path / "after").verified  # and the process is none the worse

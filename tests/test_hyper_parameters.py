@@ -105,3 +105,12 @@ def test_the_reference_never_defaults_a_hyper_parameter() -> None:
     del hparams["encoder_attention_heads"]
     with pytest.raises(ConversionError, match="needs encoder_attention_heads"):
         FairseqReference(source.tensors, hparams).forward([torch.tensor([0, 5, 2])], None)
+
+
+def test_convert_takes_the_supplied_hyper_parameters_by_keyword(tmp_path) -> None:
+    from fairseq_to_hf import ConversionError, convert
+
+    report = convert(FIXTURES / "roberta_mlm", tmp_path / "agrees", num_heads=4, verify=False)
+    assert report.outputs[0].architecture == "RobertaForMaskedLM"
+    with pytest.raises(ConversionError, match="--num-heads 3 contradicts"):
+        convert(FIXTURES / "roberta_mlm", tmp_path / "contradicts", num_heads=3, verify=False)

@@ -9,7 +9,7 @@ import shutil
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields as dataclass_fields, replace
 from pathlib import Path
 
 import torch
@@ -214,11 +214,15 @@ def matching_checkpoints(src: str | Path, pattern: str) -> dict[str, Path]:
 
 
 def _with_fields(options: ConvertOptions | None, fields: dict) -> ConvertOptions:
-    """ConvertOptions fields by keyword; tokenizer file roles (encoder_json=...) go into tokenizer_files."""
+    """ConvertOptions fields by keyword; tokenizer file roles (encoder_json=...) go into tokenizer_files,
+    and num_heads, activation_fn, pooler_activation_fn into hyper_parameters."""
     options = options or ConvertOptions()
     roles = {f.role for f in TOKENIZER_FILES}
+    supplied = {f.name for f in dataclass_fields(SuppliedHyperParameters)}
     files = {**options.tokenizer_files, **{k: v for k, v in fields.items() if k in roles}}
-    return replace(options, tokenizer_files=files, **{k: v for k, v in fields.items() if k not in roles})
+    hyper_parameters = replace(options.hyper_parameters, **{k: v for k, v in fields.items() if k in supplied})
+    return replace(options, tokenizer_files=files, hyper_parameters=hyper_parameters,
+                   **{k: v for k, v in fields.items() if k not in roles and k not in supplied})
 
 
 def _shared_sources(src: str | Path, options: ConvertOptions, checkpoint: str | Path | None) -> SharedSources:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from .streamed_model import StreamedModel
 
 # Allowed max abs difference, relative to the output's own scale (max |value|, at least 1).
 DEFAULT_TOLERANCE = 1e-5
+_ONE_MODEL_AT_A_TIME = threading.Lock()
 STREAMED_MAX_TOKENS = 32  # longest input of a block-by-block verification: its padded batch is 6 x 32
 
 
@@ -177,7 +179,9 @@ def verify_weights(
     `streamed`: run the Transformers model block by block (see streamed_model.py), so memory holds
     one block of weights, not the model.
     """
-    with ExitStack() as stack:
+    # One at a time in a process: building a model on the meta device pushes onto torch's global mode
+    # stack, and two threads doing it at once leave each other's models half on "meta" for good.
+    with _ONE_MODEL_AT_A_TIME, ExitStack() as stack:
         if streamed:
             streamed_model = stack.enter_context(StreamedModel(folder, architecture, passes=len(inputs)))
             model, warnings = streamed_model.model, streamed_model.loading_warnings

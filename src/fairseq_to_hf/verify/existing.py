@@ -18,8 +18,10 @@ from ..reader.checkpoint import read_checkpoint
 from ..reader.dictionary import Dictionary, labels_for_head, read_dictionary
 from ..reader.folder import find_source_files, read_text_lines
 from ..tokenizer import TOKENIZER_FILES, kind_named, looked_for, prepare_tokenizer
-from .compare import (DEFAULT_TOLERANCE, WeightsVerification, per_language, reference_languages, reference_rows,
-                      verification_inputs, verify_weights)
+from .compare import (DEFAULT_TOLERANCE, OutputCheck, WeightsVerification, max_abs_diff, non_finite, per_language,
+                      reference_languages, reference_rows, verification_inputs, verify_weights)
+from ..reference.forward import scale_of
+from ..writer import INDEX_FILE, SINGLE_FILE
 from ..reference.forward import FairseqReference
 from .tokenizer_check import TokenizerVerification, verify_tokenizer
 
@@ -113,10 +115,12 @@ def verify_folder(
     reference = FairseqReference(source.checkpoint.tensors, plan.hyper_parameters.values, round_to=stored_dtype)
     expected = reference.forward(reference_rows(inputs), head_name,
                                  languages=reference_languages(inputs, row_languages))
+    _check_shard_index(out)
     try:
         result.weights = verify_weights(out, architecture, inputs, expected, head=head_name,
                                         vocab_size=dims.vocab_size, tolerance=tolerance, streamed=streamed,
                                         row_languages=row_languages)
+        result.weights.checks += embedding_table_checks(out, reference)
     except (RuntimeError, IndexError, KeyError, ValueError) as error:  # its weights do not fit its config
         result.run_error = f"the folder's model cannot run the checkpoint's inputs ({type(error).__name__}: " \
                            f"{str(error).strip().splitlines()[0][:200] if str(error).strip() else ''})"
@@ -186,6 +190,72 @@ def label_mismatches(config: dict[str, Any], labels: Dictionary, num_classes: in
     return [f"config.json's id2label {names!r:.120} differs from the label dict's classes {expected!r:.120}"]
 
 
+def _check_shard_index(out: Path) -> None:
+    """Every shard the index names is a file of OUT itself: a folder that loads weights from elsewhere
+    would not be the model once uploaded."""
+    index = out / INDEX_FILE
+    if not index.exists():
+        return
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards = set(weight_map.values())
+    except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
+        raise ConversionError("cannot be read as a safetensors index (JSON with a weight_map of file names)",
+                              path=index, hint="convert the checkpoint again") from None
+    for shard in sorted(shards, key=str):
+        if not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", "..") \
+                or not (out / shard).is_file():
+            raise ConversionError(f"names the shard {shard!r:.80}, which is not a file of this folder", path=index,
+                                  hint="a model folder holds its own weights; convert the checkpoint again")
+
+
+def embedding_table_checks(out: Path, reference: FairseqReference, rows_at_once: int = 1 << 14) -> list[OutputCheck]:
+    """Every row of the word and position embeddings against the source's, exactly (rounded alike).
+
+    The forward passes look up only the rows of the ids they run, so a row no input uses could differ
+    unseen; the tables are compared whole instead, a block of rows at a time.
+    """
+    from safetensors import safe_open
+
+    stored = _stored_tensors(out)
+    checks = []
+    for suffix, fairseq_name in (("embeddings.word_embeddings.weight", "encoder.sentence_encoder.embed_tokens.weight"),
+                                 ("embeddings.position_embeddings.weight",
+                                  "encoder.sentence_encoder.embed_positions.weight")):
+        name = next((n for n in stored if n.endswith(suffix)), None)
+        if name is None or not reference.has(fairseq_name):
+            continue  # a folder without the table fails to load; a checkpoint without it has nothing to compare
+        want = reference.weight(fairseq_name)
+        worst, non_finite_count = 0.0, 0
+        with safe_open(stored[name], "pt") as weights:
+            table = weights.get_slice(name)
+            if len(table.get_shape()) != 2 or table.get_shape()[0] < len(want) or table.get_shape()[1] != want.shape[1]:
+                worst = float("inf")
+            else:
+                for start in range(0, len(want), rows_at_once):
+                    end = min(start + rows_at_once, len(want))  # rows past the source's: tokenizer aliases
+                    have, part = table[start:end].to(torch.float32), want[start:end]
+                    worst = max(worst, max_abs_diff(part, have))
+                    non_finite_count += non_finite(part, have)
+        checks.append(OutputCheck("every row", suffix.split(".")[1], worst, scale_of(want), 0.0, non_finite_count))
+    return checks
+
+
+def _stored_tensors(out: Path) -> dict[str, Path]:
+    """Tensor name -> the safetensors file of OUT holding it."""
+    from safetensors import safe_open
+
+    index = out / INDEX_FILE
+    files = sorted({out / shard for shard in json.loads(index.read_text())["weight_map"].values()}) \
+        if index.exists() else [out / SINGLE_FILE]
+    stored = {}
+    for file in files:
+        if file.is_file():
+            with safe_open(file, "pt") as weights:
+                stored.update({name: file for name in weights.keys()})
+    return stored
+
+
 def _read_config(out: Path) -> dict[str, Any]:
     if not out.is_dir():
         raise ConversionError("does not exist" if not out.exists() else "is not a folder", path=out,
@@ -194,8 +264,8 @@ def _read_config(out: Path) -> dict[str, Any]:
         config = json.loads((out / "config.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConversionError("has no config.json: not a Transformers model folder", path=out) from None
-    except (OSError, ValueError) as error:
-        raise ConversionError(f"config.json cannot be read ({error})", path=out) from None
+    except (OSError, ValueError, RecursionError) as error:  # RecursionError: nested deeper than json can read
+        raise ConversionError(f"config.json cannot be read ({str(error)[:200]})", path=out) from None
     if not isinstance(config, dict):
         raise ConversionError(f"config.json holds a JSON {type(config).__name__}, not an object: not a "
                               "Transformers config", path=out)
