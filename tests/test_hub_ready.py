@@ -250,3 +250,10 @@ def test_inspect_counts_a_tied_embedding_once(fixture: str, tied: bool) -> None:
     counted = [t for name, t in tensors.items() if not (tied and name == "encoder.lm_head.weight")]
     assert inspect_source(FIXTURES / fixture)["parameters_by_dtype"] == {
         "float32": {"parameters": sum(t.numel for t in counted), "bytes": sum(t.nbytes for t in counted)}}
+
+
+def test_a_single_language_given_as_a_string_is_one_language() -> None:
+    from fairseq_to_hf.card import CardOptions, front_matter
+
+    text = front_matter("fill-mask", "roberta", CardOptions(language="en"))
+    assert 'language:\n- "en"\n' in text and '- "e"' not in text

@@ -22,6 +22,10 @@ class CardOptions:
     model_name: str | None = None
     repo_id: str | None = None  # where the folder will be uploaded: the usage snippet loads it from there
 
+    def __post_init__(self) -> None:
+        if isinstance(self.language, str):  # CardOptions(language="en"): one language, not two letters
+            object.__setattr__(self, "language", [self.language])
+
 
 def _yaml_value(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)  # JSON strings and lists are valid YAML
