@@ -8,6 +8,8 @@ from safetensors.torch import load_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GPT2_BPE = FIXTURES / "gpt2_bpe"
+# The command-line flags that give the GPT-2 BPE files to a conversion.
+GPT2_FLAGS = ["--encoder-json", str(GPT2_BPE / "encoder.json"), "--vocab-bpe", str(GPT2_BPE / "vocab.bpe")]
 PAD_ID = 1
 
 

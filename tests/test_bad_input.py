@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FIXTURES, GPT2_BPE
+from conftest import FIXTURES, GPT2_FLAGS
 
 MLM = FIXTURES / "roberta_mlm"
-GPT2_FLAGS = ["--encoder-json", str(GPT2_BPE / "encoder.json"), "--vocab-bpe", str(GPT2_BPE / "vocab.bpe")]
 
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
@@ -301,8 +300,7 @@ def test_a_label_dict_for_an_output_without_labels_is_refused(tmp_path: Path, fi
 def test_tokenizer_files_named_on_the_command_line_are_the_ones_used(tmp_path: Path) -> None:
     """SRC ships a sentencepiece model; GPT-2 files passed by name are not silently set aside for it."""
     out = tmp_path / "out"
-    result = run_cli("convert", FIXTURES / "xlmr_mlm", out, "--encoder-json", GPT2_BPE / "encoder.json",
-                     "--vocab-bpe", GPT2_BPE / "vocab.bpe", "--no-verify")
+    result = run_cli("convert", FIXTURES / "xlmr_mlm", out, *GPT2_FLAGS, "--no-verify")
     assert_refused(result, out, 2, "encoder.json", "not this model's tokenizer")
 
 

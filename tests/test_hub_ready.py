@@ -14,9 +14,7 @@ import pytest
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
-from conftest import FIXTURES, GPT2_BPE
-
-BPE_FLAGS = ["--encoder-json", str(GPT2_BPE / "encoder.json"), "--vocab-bpe", str(GPT2_BPE / "vocab.bpe")]
+from conftest import FIXTURES, GPT2_BPE, GPT2_FLAGS
 
 
 def run_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -30,7 +28,7 @@ REPO_ID = "example-user/sentiment-model"
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("hub") / "sentiment-model"
-    result = run_cli("convert", FIXTURES / "roberta_cls", out, *BPE_FLAGS, "--language", "en", "--license", "mit",
+    result = run_cli("convert", FIXTURES / "roberta_cls", out, *GPT2_FLAGS, "--language", "en", "--license", "mit",
                      "--base-model", "example/tiny-roberta", "--repo-id", REPO_ID)
     assert result.returncode == 0, result.stderr
     return out
@@ -117,7 +115,7 @@ def test_no_local_path_in_any_file_of_out(tmp_path: Path) -> None:
 def test_card_tells_how_to_train_on_with_alias_ids(tmp_path: Path) -> None:
     """The card's one-line label mapping turns the tokenizer's ids into fairseq's labels."""
     out = tmp_path / "mlm"
-    result = run_cli("convert", FIXTURES / "roberta_mlm", out, *BPE_FLAGS, "--no-verify")
+    result = run_cli("convert", FIXTURES / "roberta_mlm", out, *GPT2_FLAGS, "--no-verify")
     assert result.returncode == 0, result.stderr
     card = (out / "README.md").read_text()
     mapping = re.search(r"^labels = labels\.masked_fill\(.*$", card, re.M).group(0)
@@ -137,7 +135,7 @@ def test_card_tells_how_to_train_on_with_alias_ids(tmp_path: Path) -> None:
 
 def test_masked_lm_card_and_json_report_on_stdout(tmp_path: Path) -> None:
     out = tmp_path / "mlm"
-    result = run_cli("convert", FIXTURES / "roberta_mlm", out, *BPE_FLAGS, "--json")
+    result = run_cli("convert", FIXTURES / "roberta_mlm", out, *GPT2_FLAGS, "--json")
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)  # stdout is the report alone; messages went to stderr
     assert printed["outputs"][0]["verification"]["passed"] is True
@@ -149,7 +147,7 @@ def test_masked_lm_card_and_json_report_on_stdout(tmp_path: Path) -> None:
 
 
 def test_verify_passes_a_correct_folder_and_flags_wrong_ones(classifier: Path, tmp_path: Path) -> None:
-    good = run_cli("verify", FIXTURES / "roberta_cls", classifier, *BPE_FLAGS)
+    good = run_cli("verify", FIXTURES / "roberta_cls", classifier, *GPT2_FLAGS)
     assert good.returncode == 0, good.stderr
     assert "matches" in good.stderr
 
@@ -158,7 +156,7 @@ def test_verify_passes_a_correct_folder_and_flags_wrong_ones(classifier: Path, t
     weights = load_file(changed_weight / "model.safetensors")
     weights["roberta.encoder.layer.0.output.dense.bias"][5] += 0.01
     save_file(weights, changed_weight / "model.safetensors", metadata={"format": "pt"})
-    bad = run_cli("verify", FIXTURES / "roberta_cls", changed_weight, *BPE_FLAGS)
+    bad = run_cli("verify", FIXTURES / "roberta_cls", changed_weight, *GPT2_FLAGS)
     assert bad.returncode == 1 and "DOES NOT match" in bad.stderr
 
     changed_vocab = tmp_path / "changed-vocab"
@@ -168,7 +166,7 @@ def test_verify_passes_a_correct_folder_and_flags_wrong_ones(classifier: Path, t
     the, dot = vocab["\u0120the"], vocab["."]
     vocab["\u0120the"], vocab["."] = dot, the
     (changed_vocab / "tokenizer.json").write_text(json.dumps(spec))
-    bad_vocab = run_cli("verify", FIXTURES / "roberta_cls", changed_vocab, *BPE_FLAGS, "--json")
+    bad_vocab = run_cli("verify", FIXTURES / "roberta_cls", changed_vocab, *GPT2_FLAGS, "--json")
     assert bad_vocab.returncode == 1
     report = json.loads(bad_vocab.stdout)
     assert report["verification"]["passed"] is True and report["tokenizer_verification"]["mismatch_count"] > 0
@@ -198,7 +196,7 @@ def test_batch_converts_every_checkpoint_and_reports_failures(tmp_path: Path) ->
     shutil.copy(FIXTURES / "roberta_mlm_fp16" / "model.pt", run / "checkpoint2.pt")
     (run / "checkpoint_broken.pt").write_bytes(b"not a checkpoint")
     out = tmp_path / "out"
-    result = run_cli("convert", run, out, "--checkpoint", "checkpoint*.pt", *BPE_FLAGS)
+    result = run_cli("convert", run, out, "--checkpoint", "checkpoint*.pt", *GPT2_FLAGS)
     assert result.returncode == 2, result.stderr
     assert "converted 2 of 3 checkpoints" in result.stderr and "failed: checkpoint_broken.pt" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint1", "checkpoint2"]

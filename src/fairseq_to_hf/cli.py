@@ -260,8 +260,7 @@ def run() -> NoReturn:
     code = main()
     for stream in (sys.stdout, sys.stderr):
         try:
-            if stream is not None:
-                stream.flush()
+            stream.flush()  # never None: main() put devnull in place of a closed stream
         except (OSError, ValueError):  # a reader that went away, a stream already closed: nothing to tell
             pass
     os._exit(code)

@@ -16,8 +16,8 @@ from .streamed_model import StreamedModel
 
 # Allowed max abs difference, relative to the output's own scale (max |value|, at least 1).
 DEFAULT_TOLERANCE = 1e-5
-_ONE_MODEL_AT_A_TIME = threading.Lock()
 STREAMED_MAX_TOKENS = 32  # longest input of a block-by-block verification: its padded batch is 6 x 32
+_ONE_MODEL_AT_A_TIME = threading.Lock()  # see verify_weights
 
 
 @dataclass

@@ -20,9 +20,9 @@ from ..reader.folder import find_source_files, read_text_lines
 from ..tokenizer import TOKENIZER_FILES, kind_named, looked_for, prepare_tokenizer
 from .compare import (DEFAULT_TOLERANCE, OutputCheck, WeightsVerification, max_abs_diff, non_finite, per_language,
                       reference_languages, reference_rows, verification_inputs, verify_weights)
-from ..reference.forward import scale_of
-from ..writer import INDEX_FILE, SINGLE_FILE
-from ..reference.forward import FairseqReference
+from ..reference.forward import FairseqReference, scale_of
+from ..writer import INDEX_FILE
+from .streamed_model import StoredWeights
 from .tokenizer_check import TokenizerVerification, verify_tokenizer
 
 FAMILY_OF_CLASS = {name: family for family in FAMILIES.values()
@@ -217,7 +217,7 @@ def embedding_table_checks(out: Path, reference: FairseqReference, rows_at_once:
     """
     from safetensors import safe_open
 
-    stored = _stored_tensors(out)
+    stored = StoredWeights(out).locations
     checks = []
     for suffix, fairseq_name in (("embeddings.word_embeddings.weight", "encoder.sentence_encoder.embed_tokens.weight"),
                                  ("embeddings.position_embeddings.weight",
@@ -226,12 +226,13 @@ def embedding_table_checks(out: Path, reference: FairseqReference, rows_at_once:
         if name is None or not reference.has(fairseq_name):
             continue  # a folder without the table fails to load; a checkpoint without it has nothing to compare
         want = reference.weight(fairseq_name)
+        file, _, shape, _, _ = stored[name]
         worst, non_finite_count = 0.0, 0
-        with safe_open(stored[name], "pt") as weights:
-            table = weights.get_slice(name)
-            if len(table.get_shape()) != 2 or table.get_shape()[0] < len(want) or table.get_shape()[1] != want.shape[1]:
-                worst = float("inf")
-            else:
+        if len(shape) != 2 or shape[0] < len(want) or shape[1] != want.shape[1]:
+            worst = float("inf")
+        else:
+            with safe_open(file, "pt") as weights:
+                table = weights.get_slice(name)
                 for start in range(0, len(want), rows_at_once):
                     end = min(start + rows_at_once, len(want))  # rows past the source's: tokenizer aliases
                     have, part = table[start:end].to(torch.float32), want[start:end]
@@ -239,21 +240,6 @@ def embedding_table_checks(out: Path, reference: FairseqReference, rows_at_once:
                     non_finite_count += non_finite(part, have)
         checks.append(OutputCheck("every row", suffix.split(".")[1], worst, scale_of(want), 0.0, non_finite_count))
     return checks
-
-
-def _stored_tensors(out: Path) -> dict[str, Path]:
-    """Tensor name -> the safetensors file of OUT holding it."""
-    from safetensors import safe_open
-
-    index = out / INDEX_FILE
-    files = sorted({out / shard for shard in json.loads(index.read_text())["weight_map"].values()}) \
-        if index.exists() else [out / SINGLE_FILE]
-    stored = {}
-    for file in files:
-        if file.is_file():
-            with safe_open(file, "pt") as weights:
-                stored.update({name: file for name in weights.keys()})
-    return stored
 
 
 def _read_config(out: Path) -> dict[str, Any]:
