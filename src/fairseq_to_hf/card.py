@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .field_types import refuse_wrong_types
 from .tokenizer import kind_named, looked_for
 
 REPO_PLACEHOLDER = "your-username"
@@ -25,6 +26,7 @@ class CardOptions:
     def __post_init__(self) -> None:
         if isinstance(self.language, str):  # CardOptions(language="en"): one language, not two letters
             object.__setattr__(self, "language", [self.language])
+        refuse_wrong_types(self)
 
 
 def _yaml_value(value: Any) -> str:

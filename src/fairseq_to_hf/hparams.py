@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConversionError, ProblemList
+from .field_types import refuse_wrong_types
 from .reader.checkpoint import Checkpoint
 
 HEADS, ACTIVATION, POOLER_ACTIVATION = "encoder_attention_heads", "activation_fn", "pooler_activation_fn"
@@ -42,6 +43,11 @@ class SuppliedHyperParameters:
     num_heads: int | None = None
     activation_fn: str | None = None
     pooler_activation_fn: str | None = None
+
+    def __post_init__(self) -> None:
+        refuse_wrong_types(self)
+        if self.num_heads is not None and self.num_heads <= 0:
+            raise ConversionError(f"num_heads must be a positive number of attention heads, not {self.num_heads}")
 
     def by_key(self) -> dict[str, Any]:
         return {HEADS: self.num_heads, ACTIVATION: self.activation_fn, POOLER_ACTIVATION: self.pooler_activation_fn}

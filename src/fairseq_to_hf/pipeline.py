@@ -16,10 +16,11 @@ import torch
 
 from .card import CardOptions, model_card
 from .errors import ConversionError, VerificationError
+from .field_types import refuse_wrong_types
 from .hashing import SourceChecksum
 from .hparams import SuppliedHyperParameters
 from .progress import WriteProgress
-from .plan import (OUTPUT_DTYPES, ConversionPlan, OutputRequest, analyse_source, describe_heads,
+from .plan import (ACTIVATIONS, OUTPUT_DTYPES, ConversionPlan, OutputRequest, analyse_source, describe_heads,
                    make_plan, normalise_source)
 from .reader.checkpoint import Checkpoint, read_checkpoint
 from .reader.dictionary import Dictionary, read_dictionary
@@ -75,6 +76,15 @@ class ConvertOptions:
     dry_run: bool = False
 
     def __post_init__(self) -> None:
+        refuse_wrong_types(self)
+        unknown_roles = sorted(set(self.tokenizer_files) - {f.role for f in TOKENIZER_FILES})
+        if unknown_roles:
+            raise ConversionError(f"unknown tokenizer file role {unknown_roles[0]!r}; choose from "
+                                  f"{', '.join(f.role for f in TOKENIZER_FILES)}")
+        for name, value in (("activation_fn", self.hyper_parameters.activation_fn),
+                            ("pooler_activation_fn", self.hyper_parameters.pooler_activation_fn)):
+            if value is not None and value not in ACTIVATIONS:
+                raise ConversionError(f"unknown {name} {value!r:.40}; choose from {', '.join(ACTIVATIONS)}")
         if self.dtype is not None and self.dtype not in OUTPUT_DTYPES:
             raise ConversionError(f"unknown dtype {self.dtype!r}; choose from {', '.join(OUTPUT_DTYPES)}")
         if self.head is not None and self.all_heads:
@@ -217,12 +227,16 @@ def _with_fields(options: ConvertOptions | None, fields: dict) -> ConvertOptions
     """ConvertOptions fields by keyword; tokenizer file roles (encoder_json=...) go into tokenizer_files,
     and num_heads, activation_fn, pooler_activation_fn into hyper_parameters."""
     options = options or ConvertOptions()
+    fields = dict(fields)
     roles = {f.role for f in TOKENIZER_FILES}
     supplied = {f.name for f in dataclass_fields(SuppliedHyperParameters)}
-    files = {**options.tokenizer_files, **{k: v for k, v in fields.items() if k in roles}}
-    hyper_parameters = replace(options.hyper_parameters, **{k: v for k, v in fields.items() if k in supplied})
-    return replace(options, tokenizer_files=files, hyper_parameters=hyper_parameters,
-                   **{k: v for k, v in fields.items() if k not in roles and k not in supplied})
+    if isinstance(fields.get("tokenizer_files", {}), dict):
+        fields["tokenizer_files"] = {**options.tokenizer_files, **fields.get("tokenizer_files", {}),
+                                     **{k: fields.pop(k) for k in list(fields) if k in roles}}
+    if isinstance(fields.get("hyper_parameters", options.hyper_parameters), SuppliedHyperParameters):
+        fields["hyper_parameters"] = replace(fields.get("hyper_parameters", options.hyper_parameters),
+                                             **{k: fields.pop(k) for k in list(fields) if k in supplied})
+    return replace(options, **fields)
 
 
 def _shared_sources(src: str | Path, options: ConvertOptions, checkpoint: str | Path | None) -> SharedSources:

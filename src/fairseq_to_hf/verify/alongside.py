@@ -19,8 +19,6 @@ is done by the time `result()` returns, before the verification loads the model.
 
 from __future__ import annotations
 
-import importlib
-import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -28,30 +26,7 @@ import torch
 
 from ..reader.tensors import LazyTensor
 from ..reference.forward import FairseqReference, ReferenceOutputs, Stage
-
-
-IMPORT_SWITCH_INTERVAL = 0.0005  # seconds a thread waiting for the GIL lets the importing thread run on
-
-
-def import_quietly(architecture: str | None) -> None:
-    """Imports Transformers and the model code of `architecture` (a class name) ahead of their use;
-    a failure is left for the real import to report.
-
-    An import runs Python code and holds the GIL nearly throughout, while the writer's threads need
-    it only between their copies and checksums, and by default wait up to 5 ms for each handover: a
-    shorter switch interval while the import runs took about 0.4 s off writing RoBERTa large.
-    """
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(IMPORT_SWITCH_INTERVAL)
-    try:
-        transformers = importlib.import_module("transformers")
-        importlib.import_module("transformers.modeling_utils")  # what every model class imports first
-        if architecture:
-            getattr(transformers, architecture)  # the lazy module imports the class's own code here
-    except Exception:  # noqa: BLE001 -- reported where the module is really needed
-        return
-    finally:
-        sys.setswitchinterval(interval)
+from .imports import BackgroundImport
 
 
 class ReferenceStopped(Exception):
@@ -152,20 +127,19 @@ class ReferenceAlongside:
         self.reads = SharedReads(keys_by_source, capacity=largest_stage)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reference")
         self._outputs: Future[ReferenceOutputs] | None = None
-        self._imports = threading.Thread(target=import_quietly, args=(architecture,),
-                                         name="import-transformers", daemon=True)
+        self._architecture = architecture
 
     def __enter__(self) -> ReferenceAlongside:
         self._outputs = self._executor.submit(self._run)
-        self._imports.start()
+        BackgroundImport.start(self._architecture)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if exc[0] is not None:
             self.reads.stop()
         self._executor.shutdown(wait=True)
-        if self._imports.is_alive():
-            self._imports.join()
+        if exc[0] is None:
+            BackgroundImport.wait()
 
     def offer(self, source: LazyTensor, values: torch.Tensor) -> None:
         self.reads.offer(source, values)
@@ -174,7 +148,7 @@ class ReferenceAlongside:
         self.reads.writer_done()
         assert self._outputs is not None
         outputs = self._outputs.result()
-        self._imports.join()  # no import of Transformers may run on two threads at once
+        BackgroundImport.wait()  # no import of Transformers may run on two threads at once
         return outputs
 
     def _run(self) -> ReferenceOutputs:

@@ -12,6 +12,7 @@ import torch
 
 from ..errors import ConversionError
 from ..reference.forward import PAD, ReferenceOutputs, sample_inputs, scale_of
+from .imports import transformers as import_transformers
 from .streamed_model import StreamedModel
 
 # Allowed max abs difference, relative to the output's own scale (max |value|, at least 1).
@@ -79,7 +80,7 @@ class _CollectWarnings(logging.Handler):
 
 def load_transformers_model(folder: Path, architecture: str):
     """from_pretrained on the output folder, in float32, collecting loading warnings."""
-    import transformers
+    transformers = import_transformers()
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()

@@ -25,6 +25,7 @@ from ..errors import ConversionError
 from ..prefetch import Prefetcher
 from ..reader.tensors import pread_fully
 from ..writer import INDEX_FILE, SAFETENSORS_DTYPES, SINGLE_FILE
+from .imports import transformers as import_transformers
 
 DTYPES_BY_NAME = {name: dtype for dtype, name in SAFETENSORS_DTYPES.items()}
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit
@@ -118,7 +119,7 @@ class StreamedModel:
     """
 
     def __init__(self, folder: Path, architecture: str, passes: int = 1) -> None:
-        import transformers
+        transformers = import_transformers()
 
         self.folder, self.passes = folder, passes
         config = transformers.AutoConfig.from_pretrained(folder)

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import ConversionError
 from ..reader.dictionary import UNK_ID, Dictionary
 from ..reference.encode import fairseq_encode
+from .imports import transformers as import_transformers
 
 # Built-in lines: the scripts, whitespace and odd characters where tokenizers tend to differ.
 SAMPLE_TEXTS: tuple[str, ...] = (
@@ -90,7 +91,7 @@ def verify_tokenizer(
     known_difference_reason: str | None = None,
 ) -> TokenizerVerification:
     """Ids at or past `model_rows` are aliases of <unk>; ids at or past `vocab_size` are out of range."""
-    from transformers import AutoTokenizer
+    AutoTokenizer = import_transformers().AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
     verbosity = transformers_logging.get_verbosity()

@@ -1,0 +1,65 @@
+"""Type checks of option dataclasses from their annotations, so a Python caller's mistake is refused at once.
+
+The command line's values are typed by argparse; a caller of `convert()` may pass anything, and a
+string where a number goes would otherwise fail deep inside the work, after files were read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from .errors import ConversionError, ProblemList
+
+_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "True or False", type(None): "None",
+          Path: "a path", dict: "a dict", list: "a list"}
+
+
+def refuse_wrong_types(instance: Any) -> None:
+    """Raises ConversionError naming every field of the dataclass `instance` whose value its annotation rules out."""
+    hints = typing.get_type_hints(type(instance))
+    problems = ProblemList()
+    for field in dataclasses.fields(instance):
+        value = getattr(instance, field.name)
+        hint = hints[field.name]
+        if not _matches(value, hint):
+            problems.add(f"{field.name} must be {_describe(hint)}, not {value!r:.60} ({type(value).__name__})")
+    problems.raise_if_any(ConversionError, f"{type(instance).__name__}: wrong type")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, option) for option in typing.get_args(hint))
+    if origin is dict:
+        key_hint, value_hint = typing.get_args(hint)
+        return isinstance(value, dict) and all(_matches(k, key_hint) and _matches(v, value_hint)
+                                               for k, v in value.items())
+    if origin is list:
+        (item_hint,) = typing.get_args(hint)
+        return isinstance(value, (list, tuple)) and all(_matches(item, item_hint) for item in value)
+    if hint is Path:
+        return isinstance(value, os.PathLike)
+    if hint in (int, float):  # a bool is an int to Python, never a count or a tolerance here
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    if hint is type(None):
+        return value is None
+    if dataclasses.is_dataclass(hint) or isinstance(hint, type):
+        return isinstance(value, hint)
+    return True  # Any and other forms: not checked
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(option) for option in typing.get_args(hint))
+    if origin is list:
+        return f"a list of ({_describe(typing.get_args(hint)[0])})"
+    if origin is dict:
+        key_hint, value_hint = typing.get_args(hint)
+        return f"a dict from ({_describe(key_hint)}) to ({_describe(value_hint)})"
+    return _NAMES.get(hint, f"a {getattr(hint, '__name__', hint)}")
