@@ -4,6 +4,7 @@ leaves the process able to convert again."""
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,17 @@ def test_a_run_cut_short_leaves_the_process_able_to_convert_and_verify(tmp_path:
     # The first run left Transformers importing on its thread; the second waits for it before using it.
     report = convert(MLM, tmp_path / "second")
     assert report.outputs[0].verified
+
+
+@pytest.mark.parametrize("arguments, keywords, message", [
+    ((5, "out"), {}, "src must be a path (str or os.PathLike), not int"),
+    (("src", None), {}, "out must be a path"),
+    (("src", "out", {"head": "mnli"}), {}, "options must be a ConvertOptions, not dict"),
+    (("src", "out"), {"log": 5}, "log must be a function"),
+    (("src", "out"), {"progress": "bar"}, "progress must be a WriteProgress"),
+    (("src", "out"), {"tolerance": 10**400}, "must be a finite number"),
+])
+def test_arguments_of_the_wrong_type_are_refused(tmp_path: Path, arguments: tuple, keywords: dict,
+                                                 message: str) -> None:
+    with pytest.raises(ConversionError, match=re.escape(message)):
+        convert(*arguments, **keywords)

@@ -111,3 +111,63 @@ def test_a_wrong_tokenizer_fails_verification(tmp_path: Path) -> None:
     (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
     result = verify_tokenizer(tmp_path, prepared.reference_bpe, dictionary, vocabulary.model_rows, vocabulary.size)
     assert not result.passed and result.mismatches
+
+
+@pytest.mark.parametrize("damage", ["no #version header", "no final newline"])
+def test_vocab_bpe_lines_are_read_as_fairseq_reads_them(tmp_path: Path, damage: str) -> None:
+    """fairseq's get_encoder drops the first and the last line of vocab.bpe whatever they hold: without
+    the header the first merge is lost, without the final newline the last one. The tokenizer and the
+    reference must lose the same merge, i.e. equal those of a file that lacks it, properly framed."""
+    from fairseq_to_hf.tokenizer import TokenizerFiles, prepare_tokenizer
+
+    lines = (GPT2_BPE / "vocab.bpe").read_text(encoding="utf-8").split("\n")
+    assert lines[0].startswith("#version") and lines[-1] == ""
+    header, merges = lines[0], lines[1:-1]
+    damaged, lost = ("\n".join(merges) + "\n", 0) if damage.startswith("no #") else ("\n".join([header, *merges]), -1)
+    without = [header, *[merge for i, merge in enumerate(merges) if i != lost % len(merges)], ""]
+    dictionary = read_dictionary(FIXTURES / "roberta_mlm" / "dict.txt")
+
+    def prepared(text: str, name: str):
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        return prepare_tokenizer(TokenizerFiles({"encoder_json": GPT2_BPE / "encoder.json",
+                                                 "vocab_bpe": tmp_path / name}), dictionary, MODEL_ROWS)
+
+    got, want = prepared(damaged, "damaged.bpe"), prepared("\n".join(without), "without.bpe")
+    full = prepared("\n".join(lines), "full.bpe")
+    texts = [case["text"] for case in CASES["single"]] + ["the cat sat on the mat", "ado adore"]
+    assert [got.tokenizer.encode(t).ids for t in texts] == [want.tokenizer.encode(t).ids for t in texts]
+    assert [got.reference_bpe(t) for t in texts] == [want.reference_bpe(t) for t in texts]
+    assert any(got.reference_bpe(t) != full.reference_bpe(t) for t in texts)  # the lost merge mattered
+
+
+@pytest.mark.parametrize("edit", ["mask is </s>", "pad and unk swapped", "no added tokens"])
+def test_special_tokens_that_differ_from_fairseqs_fail_verification(converted: Path, tmp_path: Path,
+                                                                     edit: str) -> None:
+    """Pipelines and collators use the special ids: a folder whose <mask>, <pad> or <unk> is another
+    token, or whose <mask> typed in text is not one token, is not fairseq's tokenizer."""
+    import shutil
+
+    from fairseq_to_hf.verify.tokenizer_check import verify_tokenizer
+
+    folder = tmp_path / "edited"
+    shutil.copytree(converted, folder)
+    config, spec = json_file(folder / "tokenizer_config.json"), json_file(folder / "tokenizer.json")
+    specials = json_file(folder / "special_tokens_map.json") if (folder / "special_tokens_map.json").exists() else {}
+    if edit == "mask is </s>":
+        config["mask_token"] = specials["mask_token"] = "</s>"
+    elif edit == "pad and unk swapped":
+        config["pad_token"], config["unk_token"] = config["unk_token"], config["pad_token"]
+        if specials:
+            specials["pad_token"], specials["unk_token"] = specials["unk_token"], specials["pad_token"]
+    else:
+        spec["added_tokens"] = [token for token in spec["added_tokens"] if token["content"] != "<mask>"]
+    for name, document in (("tokenizer_config.json", config), ("tokenizer.json", spec),
+                           ("special_tokens_map.json", specials)):
+        if document:
+            (folder / name).write_text(json.dumps(document))
+    dictionary = read_dictionary(FIXTURES / "roberta_mlm" / "dict.txt")
+    encoder, merges = read_gpt2_files(GPT2_BPE / "encoder.json", GPT2_BPE / "vocab.bpe", fairseq_lines=True)
+    reference = Gpt2Encoder(encoder, merges).bpe_string
+    assert verify_tokenizer(converted, reference, dictionary, MODEL_ROWS, 400).passed
+    result = verify_tokenizer(folder, reference, dictionary, MODEL_ROWS, 400)
+    assert not result.passed and result.special_tokens, result.as_dict()

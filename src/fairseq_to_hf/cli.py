@@ -368,6 +368,8 @@ def _verify(args: argparse.Namespace, log) -> int:
             f"{len(tokens.mismatches)} differ")
         for mismatch in tokens.mismatches[:5]:
             log(f"    {mismatch.text[:60]!r}: fairseq {mismatch.expected[:10]} vs {mismatch.got[:10]}")
+        for problem in tokens.special_tokens:
+            log(f"    special tokens: {problem}")
     else:
         log(f"  tokenizer: not checked ({report.tokenizer_note})")
     log(f"{args.out}: {'matches' if report.passed else 'DOES NOT match'} {args.src}")

@@ -33,7 +33,7 @@ ARCH_SPECIFIC_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 # base_architecture, which every roberta arch ends with, sets these whatever the arch.
 ARCH_DEFAULTS = {ACTIVATION: "gelu", POOLER_ACTIVATION: "tanh", "untie_weights_roberta": False,
-                 "no_scale_embedding": True}
+                 "no_scale_embedding": True, "encoder_learned_pos": True, "no_token_positional_embeddings": False}
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import glob
-import math
 import os
 import shutil
+import sys
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -89,8 +89,8 @@ class ConvertOptions:
             raise ConversionError(f"unknown dtype {self.dtype!r}; choose from {', '.join(OUTPUT_DTYPES)}")
         if self.head is not None and self.all_heads:
             raise ConversionError("--head and --all-heads exclude each other", hint="pass one of them")
-        if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
-            raise ConversionError(f"the tolerance {self.tolerance!r} must be a finite number >= 0")
+        if not 0 <= self.tolerance <= sys.float_info.max:  # NaN compares false
+            raise ConversionError(f"the tolerance {self.tolerance!r:.40} must be a finite number >= 0")
         self.max_shard_bytes  # noqa: B018 -- refuse a bad size before any work
 
     @property
@@ -136,6 +136,7 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = N
     `num_heads`, `activation_fn`, `pooler_activation_fn`: hyper-parameters the checkpoint lacks.
     """
     options = _with_fields(options, option_fields)
+    _refuse_wrong_arguments(src, out, log, progress)
     say = log or (lambda message: None)
     shared = _shared_sources(src, options, options.checkpoint)
     target = output_target(out, force=options.force, inputs=shared.inputs(options))
@@ -162,6 +163,7 @@ def convert_batch(src: str | Path, out: str | Path, options: ConvertOptions | No
     all have been tried, and not at all when none did.
     """
     options = _with_fields(options, option_fields)
+    _refuse_wrong_arguments(src, out, log, progress)
     say = log or (lambda message: None)
     checkpoints = matching_checkpoints(src, str(options.checkpoint))
     shared = _shared_sources(src, options, next(iter(checkpoints.values())))
@@ -223,9 +225,23 @@ def matching_checkpoints(src: str | Path, pattern: str) -> dict[str, Path]:
     return {str(path.relative_to(common).with_suffix("")): path for path in found}
 
 
+def _refuse_wrong_arguments(src: object, out: object, log: object, progress: object) -> None:
+    problems = [f"{name} must be a path (str or os.PathLike), not {type(value).__name__}"
+                for name, value in (("src", src), ("out", out)) if not isinstance(value, (str, os.PathLike))]
+    if log is not None and not callable(log):
+        problems.append(f"log must be a function taking a message, not {type(log).__name__}")
+    if progress is not None and not isinstance(progress, WriteProgress):
+        problems.append(f"progress must be a WriteProgress, not {type(progress).__name__}")
+    if problems:
+        raise ConversionError("; ".join(problems))
+
+
 def _with_fields(options: ConvertOptions | None, fields: dict) -> ConvertOptions:
     """ConvertOptions fields by keyword; tokenizer file roles (encoder_json=...) go into tokenizer_files,
     and num_heads, activation_fn, pooler_activation_fn into hyper_parameters."""
+    if options is not None and not isinstance(options, ConvertOptions):
+        raise ConversionError(f"options must be a ConvertOptions, not {type(options).__name__}",
+                              hint="pass the options by keyword, or as ConvertOptions(...)")
     options = options or ConvertOptions()
     fields = dict(fields)
     roles = {f.role for f in TOKENIZER_FILES}
@@ -426,4 +442,5 @@ def _failures(output: OutputReport) -> list[str]:
             lines.append(f"tokenizer: {mismatch.text[:60]!r}: fairseq {mismatch.expected[:12]} vs {mismatch.got[:12]}")
         if tokens.out_of_range:
             lines.append(f"tokenizer: ids beyond the vocabulary for {len(tokens.out_of_range)} lines")
+        lines += [f"tokenizer: {problem}" for problem in tokens.special_tokens]
     return lines

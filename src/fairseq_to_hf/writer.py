@@ -34,6 +34,7 @@ import torch
 from .errors import CheckpointFormatError, ConversionError
 from .hashing import HashAlongside
 from .plan import ConversionPlan, TensorPlan
+from .plan.positions import computed_table
 from .reader.tensors import LazyTensor, StorageIndex, as_elements
 from .prefetch import Prefetcher
 
@@ -147,6 +148,8 @@ class BufferPool:
 def materialise(tensor: TensorPlan, on_read: OnRead | None = None, into: torch.Tensor | None = None) -> torch.Tensor:
     """The output values of one planned tensor, read from the checkpoint (into `into` if given) and cast."""
     if tensor.source is None:
+        if tensor.computed is not None:
+            return computed_table(tensor.computed, *tensor.shape).to(tensor.dtype)
         return torch.zeros(tensor.shape, dtype=tensor.dtype)
     loaded = tensor.source.load(into)
     if on_read:

@@ -108,6 +108,11 @@ UNSUPPORTED_LAYOUTS: tuple[tuple[str, str], ...] = (
     (r"\.self_attn\.(c_attn|alpha)\b|\.ffn_layernorm\.|\.attn_ln\.", "NormFormer scaling"),
     (r"\.layers\.\d+\.(gate|moe_layer|experts)\.", "mixture-of-experts layers"),
     (r"^encoder\.sentence_encoder\.embed_scale\b", "learned embedding scale"),
+    (r"^encoder\.sentence_encoder\.quant_noise\.weight$",
+     "quant-noise's projection after the embeddings (trained with --quant-noise-pq above 0)"),
+    (r"^encoder\.(lm_head_transform_weight|lm_output_learned_bias|masked_lm_pooler|sentence_projection_layer)\b"
+     r"|\.sentence_encoder\.segment_embeddings\.",
+     "fairseq's masked_lm model (BERT/XLM style: segment embeddings, its own LM head and pooler), not RoBERTa"),
 )
 
 

@@ -14,7 +14,7 @@ from .source import HeadInfo, SourceModel
 
 # fairseq activation_fn -> Transformers hidden_act (same function on both sides).
 ACTIVATIONS = {"gelu": "gelu", "gelu_accurate": "gelu_new", "gelu_fast": "gelu_new", "relu": "relu",
-               "tanh": "tanh", "linear": "linear"}
+               "relu_squared": "relu2", "tanh": "tanh", "linear": "linear"}
 LAYER_NORM_EPS = 1e-5
 
 

@@ -20,6 +20,7 @@ from ..reader.tensors import LazyTensor
 from . import families
 from .config import ACTIVATIONS, build_config
 from .families import Family, compile_rows, match_rows
+from .positions import DESCRIPTIONS as POSITION_DESCRIPTIONS, LEARNED
 from .source import Dims, HeadInfo, SourceModel, describe_heads
 
 E = families.E
@@ -34,12 +35,13 @@ class TensorPlan:
     target: str
     shape: tuple[int, ...]
     dtype: torch.dtype
-    source: LazyTensor | None  # None: written as zeros
+    source: LazyTensor | None  # None: written as zeros, or as `computed` says
     source_name: str
     # Alias rows appended after the source rows: a copy of row `copy_row`, or `fill` everywhere.
     extra_rows: int = 0
     copy_row: int | None = None
     fill: float | None = None
+    computed: str | None = None  # a position table fairseq computes (plan/positions.py kind)
 
     @property
     def nbytes(self) -> int:
@@ -142,9 +144,13 @@ def make_plan(model: SourceModel, request: OutputRequest, *, extra_vocab_rows: i
 
     _append_alias_rows(mapped, extra_vocab_rows, family.base)
     float_dtype = out_dtype or embed.tensor.dtype
+    position_kind = model.dims.position_kind
     for target, (source_name, shape) in expected.items():
         if source_name is None:
             mapped[target] = TensorPlan(target, shape, float_dtype, None, "zeros (fairseq has no token types)")
+        elif source_name == f"{E}.embed_positions.weight" and position_kind != LEARNED:
+            mapped[target] = TensorPlan(target, shape, float_dtype, None, POSITION_DESCRIPTIONS[position_kind],
+                                        computed=position_kind)
 
     for target, (_, shape) in expected.items():
         planned = mapped.get(target)
@@ -258,8 +264,6 @@ def _check_options(hparams: dict[str, Any], head: HeadInfo | None, model: Source
         )
     if hparams.get("no_scale_embedding", True) is False:
         problems.add("no_scale_embedding is False: fairseq scales token embeddings by sqrt(dim), Transformers does not")
-    if hparams.get("encoder_layers_to_keep"):
-        problems.add(f"encoder_layers_to_keep={hparams['encoder_layers_to_keep']!r} (LayerDrop pruning) is not supported")
     if hparams.get("adaptive_input"):
         problems.add("adaptive_input embeddings have no Transformers equivalent")
     if head is not None:

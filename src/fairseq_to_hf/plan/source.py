@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from . import families
 from ..arch.fairseq_keys import SourceTensor, normalise_state_dict, unsupported_layouts
 from .families import Family, strip_language
+from .positions import LEARNED, position_kind
 from ..errors import ConversionError, UnsupportedModelError
 from ..hparams import HEADS, HyperParameters, SuppliedHyperParameters, arch_name, resolve_hyper_parameters
 from ..reader.checkpoint import Checkpoint
-from ..reader.dictionary import PADDING_SYMBOL_PREFIX, Dictionary, fit_embedding
+from ..reader.dictionary import PAD_ID, PADDING_SYMBOL_PREFIX, Dictionary, fit_embedding
 
 E = families.E
 MIN_POSITION_ROWS = 5  # the padding and offset rows, then <s>, one token, </s>
@@ -37,6 +38,7 @@ class Dims:
     positions: int  # rows of the position table (max_positions + 2)
     adapter_size: int = 0  # X-MOD: the adapters' bottleneck width
     languages: tuple[str, ...] = ()  # X-MOD: the adapters' languages, as Transformers indexes them
+    position_kind: str = LEARNED  # plan/positions.py: stored, or computed by fairseq and written as a table
 
 
 @dataclass(frozen=True)
@@ -119,8 +121,41 @@ def describe_heads(heads: list[HeadInfo]) -> list[str]:
 
 def normalise_source(checkpoint: Checkpoint) -> NormalisedSource:
     tensors, dropped, problems = normalise_state_dict(checkpoint.tensors)
+    tensors = _pruned(tensors, checkpoint.hparams.get("encoder_layers_to_keep"), dropped, problems)
     return NormalisedSource(checkpoint, tensors, dropped, problems, _heads(tensors), _languages(tensors),
                             key_generation(list(checkpoint.tensors)))
+
+
+def _pruned(tensors: dict[str, SourceTensor], keep: Any, dropped: dict[str, str],
+            problems: list[str]) -> dict[str, SourceTensor]:
+    """The layers fairseq runs when `encoder_layers_to_keep` is set (LayerDrop pruning): its loader keeps
+    the listed layers, renumbered 0, 1, ... in order, and drops the others (prune_state_dict)."""
+    if not keep:
+        return tensors
+    try:
+        kept = sorted(int(layer) for layer in str(keep).split(","))
+    except ValueError:
+        problems.append(f"encoder_layers_to_keep {keep!r:.60} is not a list of layer numbers")
+        return tensors
+    stored = sorted({int(m.group(1)) for key in tensors if (m := LAYER_INDEX.match(key))})
+    absent = [layer for layer in kept if layer not in stored]
+    if absent or len(set(kept)) != len(kept):
+        problems.append(f"encoder_layers_to_keep {keep!r:.60} names layers {absent or kept} that the checkpoint "
+                        f"does not hold once each (it holds {len(stored)}): fairseq cannot load it either; a model "
+                        "trained with --encoder-layers-to-keep is saved already pruned")
+        return tensors
+    renumbered = {str(old): str(new) for new, old in enumerate(kept)}
+    pruned: dict[str, SourceTensor] = {}
+    for name, item in tensors.items():
+        found = LAYER_INDEX.match(name)
+        if found is None:
+            pruned[name] = item
+        elif found.group(1) in renumbered:
+            new_name = f"{E}.layers.{renumbered[found.group(1)]}.{name[found.end():]}"
+            pruned[new_name] = replace(item, name=new_name)
+        else:
+            dropped[item.stored_as] = f"layer {found.group(1)}: not in encoder_layers_to_keep {keep!r}, so fairseq drops it"
+    return pruned
 
 
 def list_heads(checkpoint: Checkpoint) -> list[HeadInfo]:
@@ -244,10 +279,17 @@ def _dims(source: NormalisedSource, hparams: dict[str, Any], problems: list[str]
         problems.append(f"the hyper-parameters say encoder_layers {configured_layers}, the tensors hold "
                         f"{len(layers)} layers: fairseq would refuse to load this file")
     positions = shape(f"{E}.embed_positions.weight")
-    if not positions:
-        problems.append("no learned position table (encoder.sentence_encoder.embed_positions.weight): "
-                        "sinusoidal or absent positions have no Transformers equivalent")
-    elif positions[0] < MIN_POSITION_ROWS:
+    kind = position_kind(hparams, bool(positions))
+    if kind is None:
+        problems.append(_unknown_positions(hparams, bool(positions)))
+    elif kind != LEARNED:
+        max_positions = hparams.get("max_positions")
+        if isinstance(max_positions, int) and not isinstance(max_positions, bool) and max_positions > 0:
+            positions = (max_positions + PAD_ID + 1, hidden)  # fairseq's table: max_positions + padding_idx + 1 rows
+        else:
+            problems.append(f"its positions are computed ({kind}), and max_positions {max_positions!r:.40} "
+                            "is not a number of positions, so the table's size is unknown")
+    if positions and positions[0] < MIN_POSITION_ROWS:
         problems.append(f"the position table has {positions[0]} rows; fairseq's has max_positions + 2 (pads and "
                         f"the offset take two), so at least {MIN_POSITION_ROWS} to hold <s>, a token and </s>")
     # The configured size if some layer has it, else the layers' majority: a damaged layer is then
@@ -266,7 +308,17 @@ def _dims(source: NormalisedSource, hparams: dict[str, Any], problems: list[str]
         if not adapter or hidden % adapter:
             problems.append(f"X-MOD adapters of width {adapter} do not divide the hidden size {hidden}")
     return Dims(vocab_size, hidden, len(layers), heads, ffn[0] if ffn else 0, positions[0] if positions else 0,
-                adapter, languages)
+                adapter, languages, kind or LEARNED)
+
+
+def _unknown_positions(hparams: dict[str, Any], has_table: bool) -> str:
+    if has_table:
+        return (f"it stores a position table ({E}.embed_positions.weight), but no_token_positional_embeddings "
+                "is True: fairseq would not build one")
+    said = {key: hparams.get(key) for key in ("encoder_learned_pos", "no_token_positional_embeddings")}
+    return (f"no position table ({E}.embed_positions.weight), and the hyper-parameters do not say positions are "
+            f"computed or absent (encoder_learned_pos {said['encoder_learned_pos']!r:.20}, "
+            f"no_token_positional_embeddings {said['no_token_positional_embeddings']!r:.20})")
 
 
 def _family(layout: families.Layout, vocabulary: str, requested: str | None, path: Path) -> Family:

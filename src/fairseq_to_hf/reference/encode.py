@@ -9,6 +9,7 @@ vocab.json), sentencepiece's EncodeAsPieces, or fastBPE / subword-nmt word BPE w
 from __future__ import annotations
 
 import functools
+import io
 from collections.abc import Callable
 
 import regex
@@ -46,10 +47,17 @@ def merge_pair(symbols: list[str], pair: tuple[str, str]) -> list[str]:
     return merged
 
 
+def fairseq_gpt2_merges(vocab_bpe: bytes) -> list[tuple[str, ...]]:
+    """The merges as fairseq's get_encoder reads vocab.bpe: text mode (universal newlines), then
+    `bpe_data.split("\\n")[1:-1]`, each line split on whitespace (a line that is not a pair never merges)."""
+    text = io.TextIOWrapper(io.BytesIO(vocab_bpe), encoding="utf-8").read()
+    return [tuple(line.split()) for line in text.split("\n")[1:-1]]
+
+
 class Gpt2Encoder:
     """OpenAI's GPT-2 BPE encoder: text -> GPT-2 ids."""
 
-    def __init__(self, encoder: dict[str, int], merges: list[tuple[str, str]], *,
+    def __init__(self, encoder: dict[str, int], merges: list[tuple[str, ...]], *,
                  add_prefix_space: bool = False) -> None:
         self.encoder = encoder
         self.add_prefix_space = add_prefix_space  # tokenizers' ByteLevel: a space before a text without one

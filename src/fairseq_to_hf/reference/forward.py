@@ -10,6 +10,7 @@ weights, and the next one's as it arrives.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ ACTIVATIONS = {
     "gelu_accurate": lambda x: F.gelu(x, approximate="tanh"),
     "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
+    "relu_squared": lambda x: F.relu(x).pow(2),
     "tanh": torch.tanh,
     "linear": lambda x: x,
 }
@@ -137,7 +139,7 @@ class FairseqReference:
         enc = "encoder.sentence_encoder"
         stages: list[Stage] = [(f"{enc}.embed_tokens.", f"{enc}.embed_positions.",
                                 f"{enc}.layernorm_embedding.", f"{enc}.emb_layer_norm.")]
-        stages += [(f"{enc}.layers.{i}.",) for i in range(self.num_layers())]
+        stages += [(f"{enc}.layers.{i}.",) for i in self.layer_ids()]
         if self._pre_norm():
             stages.append((f"{enc}.layer_norm.",))
         if head is not None:
@@ -201,6 +203,39 @@ class FairseqReference:
             count += 1
         return count
 
+    def layer_ids(self) -> list[int]:
+        """The stored layers fairseq runs, in order: with `encoder_layers_to_keep` (LayerDrop pruning)
+        fairseq's loader keeps only those (checkpoint_utils.prune_state_dict), else all of them."""
+        keep = self.hparams.get("encoder_layers_to_keep")
+        if not keep:
+            return list(range(self.num_layers()))
+        return sorted(int(layer) for layer in str(keep).split(","))
+
+    def position_table(self) -> torch.Tensor:
+        """The table fairseq looks positions up in: the stored one, else the one its encoder computes
+        (SinusoidalPositionalEmbedding, max_positions + padding_idx + 1 rows), or zeros for none."""
+        enc = "encoder.sentence_encoder"
+        if self.has(f"{enc}.embed_positions.weight"):
+            return self.weight(f"{enc}.embed_positions.weight")
+        found = self._lookup(f"{enc}.embed_tokens.weight")
+        if found is None:
+            raise KeyError(f"{enc}.embed_tokens.weight")
+        words = self.state[found[0]]  # read for its width and dtype only
+        dim = words.shape[1]
+        rows = self._hparam("max_positions") + PAD + 1
+        if self._hparam("no_token_positional_embeddings"):
+            return torch.zeros(rows, dim)
+        if self._hparam("encoder_learned_pos"):
+            raise ConversionError("the checkpoint has no learned position table, though encoder_learned_pos is set")
+        half = dim // 2
+        step = math.log(10000) / (half - 1)
+        angle = torch.outer(torch.arange(rows, dtype=torch.float), torch.exp(torch.arange(half, dtype=torch.float) * -step))
+        table = torch.cat([torch.sin(angle), torch.cos(angle)], dim=1)
+        if dim % 2:
+            table = torch.cat([table, torch.zeros(rows, 1)], dim=1)
+        table[PAD] = 0
+        return self.prepare(table.to(words.dtype))  # fairseq's buffer takes the model's dtype
+
     @torch.no_grad()
     def forward(self, sequences: list[torch.Tensor], head: str | None,
                 take_stage: Callable[[Stage], dict[str, torch.Tensor]] | None = None,
@@ -231,7 +266,7 @@ class FairseqReference:
             with self._using(take_stage(next(stages))):
                 x = self._embed(tokens, positions)
             hidden_states = [x]
-            for i in range(self.num_layers()):
+            for i in self.layer_ids():
                 with self._using(take_stage(next(stages))):
                     x = self._layer(f"{enc}.layers.{i}", x, lengths, pre_norm, activation, languages)
                 hidden_states.append(x)
@@ -247,7 +282,7 @@ class FairseqReference:
     def _embed(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         enc = "encoder.sentence_encoder"
         x = F.embedding(tokens, self.weight(f"{enc}.embed_tokens.weight"))
-        x = x + F.embedding(positions, self.weight(f"{enc}.embed_positions.weight"))
+        x = x + F.embedding(positions, self.position_table())
         if self.has(f"{enc}.layernorm_embedding.weight"):
             x = self._layer_norm(x, f"{enc}.layernorm_embedding")
         return x

@@ -18,7 +18,13 @@ from .base import PreparedTokenizer, TokenizerFile, TokenizerFiles, TokenizerKin
 from .vocab import TokenVocabulary, assign_ids
 
 
-def read_gpt2_files(encoder_json: Path, vocab_bpe: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+def read_gpt2_files(encoder_json: Path, vocab_bpe: Path, *,
+                    fairseq_lines: bool = False) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """encoder.json and the merges. `fairseq_lines`: read the merges as fairseq's gpt2 BPE does
+    (fairseq/data/encoders/gpt2_bpe_utils.get_encoder), which drops the file's first line (the
+    `#version` header) and its last (empty after the final newline) whatever they hold: a file without
+    the header loses its first merge there, one without a final newline its last. Otherwise as
+    `tokenizers` reads merges.txt: every line but a `#version` header and empty ones."""
     data = read_input_file(encoder_json, "a GPT-2 encoder.json")
     try:
         encoder = json.loads(data.decode("utf-8"))
@@ -27,12 +33,16 @@ def read_gpt2_files(encoder_json: Path, vocab_bpe: Path) -> tuple[dict[str, int]
     if not isinstance(encoder, dict) or not all(isinstance(v, int) for v in encoder.values()):
         raise ConversionError("is not a GPT-2 encoder.json (token -> id)", path=encoder_json)
     try:
-        lines = read_input_file(vocab_bpe, "a GPT-2 vocab.bpe").decode("utf-8").split("\n")
+        text = read_input_file(vocab_bpe, "a GPT-2 vocab.bpe").decode("utf-8")
     except UnicodeDecodeError as error:
         raise ConversionError(f"is not a readable GPT-2 vocab.bpe ({error})", path=vocab_bpe) from None
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # Python's universal newlines
+    first = 1
+    if fairseq_lines:
+        lines, first = lines[1:-1], 2
     merges = []
-    for number, line in enumerate(lines, start=1):
-        if not line or line.startswith("#version"):
+    for number, line in enumerate(lines, start=first):
+        if not line or (not fairseq_lines and line.startswith("#version")):
             continue
         parts = line.split()
         if len(parts) != 2:
@@ -76,13 +86,14 @@ def build_gpt2_tokenizer(vocabulary: TokenVocabulary, merges: list[tuple[str, st
 
 
 def prepare_gpt2(files: TokenizerFiles, dictionary: Dictionary, model_rows: int, bpe: dict) -> PreparedTokenizer:
-    from ..reference.encode import Gpt2Encoder
+    from ..reference.encode import Gpt2Encoder, fairseq_gpt2_merges
 
-    encoder, merges = read_gpt2_files(files.encoder_json, files.vocab_bpe)
+    encoder, merges = read_gpt2_files(files.encoder_json, files.vocab_bpe, fairseq_lines=True)
     vocabulary = gpt2_vocabulary(encoder, merges, dictionary, model_rows, merges_path=files.vocab_bpe,
                                  encoder_path=files.encoder_json)
     tokenizer = build_gpt2_tokenizer(vocabulary, merges)
-    reference = Gpt2Encoder(encoder, merges).bpe_string
+    # fairseq's encoder, with the merges as fairseq reads the file, not as parsed above.
+    reference = Gpt2Encoder(encoder, fairseq_gpt2_merges(files.vocab_bpe.read_bytes())).bpe_string
     return PreparedTokenizer(KIND.name, files, tokenizer, vocabulary, reference, dictionary,
                              config={"add_prefix_space": False})
 

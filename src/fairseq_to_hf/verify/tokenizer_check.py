@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConversionError
-from ..reader.dictionary import UNK_ID, Dictionary
+from ..reader.dictionary import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Dictionary, fit_embedding
 from ..reference.encode import fairseq_encode
 from .imports import transformers as import_transformers
 
@@ -57,11 +57,12 @@ class TokenizerVerification:
     known_differences: list[LineCheck] = field(default_factory=list)
     known_difference: str | None = None  # the kind's known limitation, e.g. sentencepiece's unknown runs
     out_of_range: list[str] = field(default_factory=list)
+    special_tokens: list[str] = field(default_factory=list)  # special ids that differ from fairseq's
     tokenizer_class: str = ""
 
     @property
     def passed(self) -> bool:
-        return not self.mismatches and not self.out_of_range
+        return not self.mismatches and not self.out_of_range and not self.special_tokens
 
     def as_dict(self) -> dict:
         return {
@@ -77,6 +78,7 @@ class TokenizerVerification:
             "known_differences": len(self.known_differences),
             "known_difference_examples": [m.text for m in self.known_differences[:5]],
             "ids_out_of_range": self.out_of_range[:20],
+            "special_tokens": self.special_tokens,
         }
 
 
@@ -123,6 +125,27 @@ def verify_tokenizer(
                 result.lines_checked += 1
             else:
                 result.pairs_checked += 1
+        result.special_tokens = _special_token_problems(tokenizer, reference_bpe, dictionary, model_rows)
     finally:
         transformers_logging.set_verbosity(verbosity)
     return result
+
+
+def _special_token_problems(tokenizer, reference_bpe, dictionary: Dictionary, model_rows: int) -> list[str]:
+    """The special tokens' ids (what pipelines and collators use) against fairseq's, and a typed `<mask>`
+    as fairseq's fill_mask reads it: the text around it encoded, `<mask>`'s own id in between."""
+    mask_id = fit_embedding(dictionary, model_rows).mask_id
+    expected = {"bos_token_id": BOS_ID, "cls_token_id": BOS_ID, "pad_token_id": PAD_ID, "eos_token_id": EOS_ID,
+                "sep_token_id": EOS_ID, "unk_token_id": UNK_ID, "mask_token_id": mask_id}
+    problems = []
+    for name, want in expected.items():
+        got = getattr(tokenizer, name, None)
+        if want is not None and got != want:
+            problems.append(f"{name} is {got!r}, fairseq's is {want}")
+    if mask_id is not None:
+        around = fairseq_encode(reference_bpe, dictionary.index(), "Hello")
+        want_ids = [*around[:-1], mask_id, around[-1]]
+        got_ids = tokenizer("Hello <mask>")["input_ids"]
+        if got_ids != want_ids:
+            problems.append(f"'Hello <mask>' gives {got_ids}, fairseq's fill_mask reads {want_ids}")
+    return problems
