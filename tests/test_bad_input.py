@@ -332,3 +332,76 @@ def test_verify_compares_every_embedding_row_and_refuses_foreign_shards(tmp_path
     (sharded / "config.json").write_text("[" * 100000 + "]" * 100000)
     deep = run_cli("verify", MLM, sharded)
     assert deep.returncode == 2 and "config.json cannot be read" in deep.stderr and "internal error" not in deep.stderr
+
+
+@pytest.fixture(scope="module")
+def classifier_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("verify") / "cls"
+    assert run_cli("convert", FIXTURES / "roberta_cls", out, *GPT2_FLAGS).returncode == 0
+    return out
+
+
+def edited_copy(folder: Path, dest: Path, file: str, edit) -> Path:
+    shutil.copytree(folder, dest)
+    document = json.loads((dest / file).read_text())
+    edit(document)
+    (dest / file).write_text(json.dumps(document))
+    return dest
+
+
+@pytest.mark.parametrize("file, edit, code, phrase", [
+    ("config.json", lambda c: c.update(num_labels="x"), 2, "num_labels 'x', which is not a number of labels"),
+    ("config.json", lambda c: c.update(num_labels=[3]), 2, "num_labels [3]"),
+    ("tokenizer_config.json", lambda c: c.update(model_max_length="x"), 2, "its tokenizer cannot encode text"),
+    ("config.json", lambda c: c.update(problem_type="multi_label_classification"), 1,
+     "problem_type 'multi_label_classification'"),
+    ("config.json", lambda c: c.update(label2id={name: 0 for name in c["label2id"]}), 1,
+     "is not the inverse of its id2label"),
+])
+def test_verify_refuses_a_folder_whose_configs_were_edited(classifier_out: Path, tmp_path: Path, file: str, edit,
+                                                           code: int, phrase: str) -> None:
+    """Values pipelines act on (problem_type, label2id, the special tokens) are compared; values that are not
+    even of their type are bad input, in one line, not an internal error."""
+    folder = edited_copy(classifier_out, tmp_path / "edited", file, edit)
+    result = run_cli("verify", FIXTURES / "roberta_cls", folder, *GPT2_FLAGS)
+    assert result.returncode == code, result.stderr
+    assert phrase in result.stderr and "Traceback" not in result.stderr
+    assert "nothing was written" not in result.stderr
+
+
+def test_verify_finds_an_edit_smaller_than_the_forward_tolerance(classifier_out: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "edited"
+    shutil.copytree(classifier_out, folder)
+    weights = load_file(folder / "model.safetensors")
+    name = "roberta.encoder.layer.0.attention.self.query.weight"
+    weights[name][0, 0] += 1e-4  # its effect on the outputs is far below the tolerance
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    result = run_cli("verify", FIXTURES / "roberta_cls", folder, *GPT2_FLAGS)
+    assert result.returncode == 1 and name in result.stderr, result.stderr
+    assert run_cli("verify", FIXTURES / "roberta_cls", classifier_out, *GPT2_FLAGS).returncode == 0
+
+
+@pytest.mark.parametrize("damage", ["tensor in the wrong shard", "tensor left out", "shard is a symlink"])
+def test_verify_refuses_an_index_that_misdescribes_its_shards(tmp_path: Path, damage: str) -> None:
+    out = tmp_path / "sharded"
+    assert run_cli("convert", MLM, out, "--max-shard-size", "20KB", "--no-verify").returncode == 0
+    index_file = out / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    name = sorted(index["weight_map"])[0]
+    if damage == "tensor in the wrong shard":
+        index["weight_map"][name] = next(s for s in shards if s != index["weight_map"][name])
+    elif damage == "tensor left out":
+        del index["weight_map"][name]
+    else:
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        shutil.move(out / shards[0], elsewhere / shards[0])
+        (out / shards[0]).symlink_to(elsewhere / shards[0])
+    index_file.write_text(json.dumps(index))
+    result = run_cli("verify", MLM, out)
+    assert result.returncode == 2, result.stderr
+    assert ("does not describe its shards" if damage != "shard is a symlink" else "not a file of this folder") \
+        in result.stderr

@@ -255,3 +255,18 @@ def test_a_single_language_given_as_a_string_is_one_language() -> None:
 
     text = front_matter("fill-mask", "roberta", CardOptions(language="en"))
     assert 'language:\n- "en"\n' in text and '- "e"' not in text
+
+
+def test_labels_are_table_cells_in_the_card(tmp_path: Path) -> None:
+    """A label is text: a `|` in it splits no cell, markup in it is shown, not rendered."""
+    from fairseq_to_hf import convert
+
+    src = tmp_path / "src"
+    shutil.copytree(FIXTURES / "roberta_cls", src)
+    (src / "label" / "dict.txt").write_text("a|b 1316\n<b>bold</b> 1078\nneutral 608\nmadeupword0000 0\n")
+    convert(src, tmp_path / "out", verify=False)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| 0 | a\\|b |" in card and "| 1 | &lt;b&gt;bold&lt;/b&gt; |" in card
+    assert "<b>" not in card
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["id2label"]["0"] == "a|b" and config["id2label"]["1"] == "<b>bold</b>"  # the labels themselves

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,11 @@ class CardOptions:
         if isinstance(self.language, str):  # CardOptions(language="en"): one language, not two letters
             object.__setattr__(self, "language", [self.language])
         refuse_wrong_types(self)
+
+
+def _table_cell(text: str) -> str:
+    """Text as it reads in a Markdown table cell: a `|` ends no cell, `<...>` is shown, not run as HTML."""
+    return html.escape(str(text), quote=False).replace("|", "\\|")
 
 
 def _yaml_value(value: Any) -> str:
@@ -71,7 +77,7 @@ def model_card(report: dict[str, Any], output: dict[str, Any], options: CardOpti
     sections += [what, ""]
     if output.get("labels"):
         sections += ["## Labels", "", "| id | label |", "| --- | --- |"]
-        sections += [f"| {i} | {label} |" for i, label in enumerate(output["labels"])] + [""]
+        sections += [f"| {i} | {_table_cell(label)} |" for i, label in enumerate(output["labels"])] + [""]
 
     sections += ["## Usage", "", "```python", *usage_snippet(pipeline_tag, model_id, tokenizer is not None), "```", ""]
     if not options.repo_id:

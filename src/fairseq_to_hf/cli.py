@@ -269,6 +269,7 @@ def run() -> NoReturn:
 def main(argv: Sequence[str] | None = None) -> int:
     interrupts.install(defer=True)  # still deferred while torch is imported: a cut import fails obscurely later
     _discard_closed_streams()
+    args = None
     try:
         args = build_parser().parse_args(argv)
         interrupts.start()
@@ -278,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         interrupts.ignore_from_now()
-        tell("fairseq-to-hf: interrupted; nothing was written")
+        tell(f"fairseq-to-hf: interrupted{_nothing_written(args)}")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # Whoever read stdout stopped (`... --json | head`); the work itself is done.
@@ -287,9 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         if interrupts.interrupted():  # the failure is the interrupt's doing
             interrupts.ignore_from_now()
-            tell("fairseq-to-hf: interrupted; nothing was written")
+            tell(f"fairseq-to-hf: interrupted{_nothing_written(args)}")
             return EXIT_INTERRUPTED
-        return _unexpected(error)
+        return _unexpected(error, args)
 
 
 def tell(line: str) -> None:
@@ -307,7 +308,12 @@ def _discard_closed_streams() -> None:
             setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
 
 
-def _unexpected(error: Exception) -> int:
+def _nothing_written(args: argparse.Namespace | None) -> str:
+    """What a stopped run says about OUT: only convert writes one."""
+    return "; nothing was written" if args is None or args.command == "convert" else ""
+
+
+def _unexpected(error: Exception, args: argparse.Namespace | None) -> int:
     """One line for an error nothing turned into a ConversionError; a traceback only when asked for."""
     if isinstance(error, OSError):  # one that no reader or writer turned into a clearer message
         where = f"{error.filename}: " if error.filename else ""
@@ -317,7 +323,7 @@ def _unexpected(error: Exception) -> int:
         traceback.print_exception(error)
         return EXIT_INTERNAL
     tell(f"fairseq-to-hf: internal error: {type(error).__name__}: {str(error)[:300]} (please report it; "
-         "set FAIRSEQ_TO_HF_TRACEBACK=1 for the traceback); nothing was written")
+         f"set FAIRSEQ_TO_HF_TRACEBACK=1 for the traceback){_nothing_written(args)}")
     return EXIT_INTERNAL
 
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 
-from ..errors import ConversionError
+from ..errors import ConversionError, ProblemList
 from ..hparams import SuppliedHyperParameters
-from ..plan import (FAMILIES, LM_HEAD, Dims, NormalisedSource, OutputRequest, analyse_source, make_plan,
-                    normalise_source, strip_language)
+from ..plan import (FAMILIES, LM_HEAD, ConversionPlan, Dims, NormalisedSource, OutputRequest, analyse_source,
+                    make_plan, normalise_source, strip_language)
 from ..plan.families import DEFAULT_LANGUAGE
 from ..reader.checkpoint import read_checkpoint
 from ..reader.dictionary import Dictionary, labels_for_head, read_dictionary
@@ -120,7 +120,7 @@ def verify_folder(
         result.weights = verify_weights(out, architecture, inputs, expected, head=head_name,
                                         vocab_size=dims.vocab_size, tolerance=tolerance, streamed=streamed,
                                         row_languages=row_languages)
-        result.weights.checks += embedding_table_checks(out, reference)
+        result.weights.checks += stored_weight_checks(out, plan, reference)
     except (RuntimeError, IndexError, KeyError, ValueError) as error:  # its weights do not fit its config
         result.run_error = f"the folder's model cannot run the checkpoint's inputs ({type(error).__name__}: " \
                            f"{str(error).strip().splitlines()[0][:200] if str(error).strip() else ''})"
@@ -155,6 +155,8 @@ def config_mismatches(config: dict[str, Any], architecture: str, dims: Dims,
     if not isinstance(vocab_size, int) or vocab_size < dims.vocab_size:  # more: the tokenizer's alias rows
         mismatches.append(f"config.json says vocab_size {vocab_size!r}, the checkpoint's embedding has "
                           f"{dims.vocab_size} rows")
+    if not architecture.endswith("ForMaskedLM"):
+        mismatches += _label_config_mismatches(config)
     model_type = FAMILY_OF_CLASS[architecture].model_type
     if config.get("model_type") != model_type:
         mismatches.append(f"config.json says model_type {config.get('model_type')!r}, which is not {architecture}'s "
@@ -174,6 +176,23 @@ def config_mismatches(config: dict[str, Any], architecture: str, dims: Dims,
     elif folder_default not in dims.languages:
         mismatches.append(f"config.json says default_language {folder_default!r}, which is none of the "
                           f"checkpoint's languages {list(dims.languages)}")
+    return mismatches
+
+
+def _label_config_mismatches(config: dict[str, Any]) -> list[str]:
+    """A classifier's problem_type and label2id decide what pipelines compute from the logits."""
+    mismatches = []
+    num_labels, problem_type = config.get("num_labels"), config.get("problem_type")
+    if isinstance(num_labels, int) and problem_type is not None:
+        want = "regression" if num_labels == 1 else "single_label_classification"
+        if problem_type != want:
+            mismatches.append(f"config.json says problem_type {problem_type!r:.60}; fairseq's head with "
+                              f"{num_labels} output{'s' if num_labels != 1 else ''} is {want}")
+    id2label, label2id = config.get("id2label"), config.get("label2id")
+    if isinstance(id2label, dict) and isinstance(label2id, dict):
+        inverse = {label: int(i) for i, label in id2label.items() if str(i).isdigit()}
+        if label2id != inverse:
+            mismatches.append(f"config.json's label2id {label2id!r:.120} is not the inverse of its id2label")
     return mismatches
 
 
@@ -204,43 +223,81 @@ def _check_shard_index(out: Path) -> None:
                               path=index, hint="convert the checkpoint again") from None
     for shard in sorted(shards, key=str):
         if not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", "..") \
-                or not (out / shard).is_file():
+                or (out / shard).is_symlink() or not (out / shard).is_file():
             raise ConversionError(f"names the shard {shard!r:.80}, which is not a file of this folder", path=index,
                                   hint="a model folder holds its own weights; convert the checkpoint again")
+    _check_index_matches_shards(index, weight_map, sorted(shards))
 
 
-def embedding_table_checks(out: Path, reference: FairseqReference, rows_at_once: int = 1 << 14) -> list[OutputCheck]:
-    """Every row of the word and position embeddings against the source's, exactly (rounded alike).
+def _check_index_matches_shards(index: Path, weight_map: dict, shards: list[str]) -> None:
+    """Every tensor the index names is in the shard it names, and every shard's tensor is named there once:
+    loaders trust the index, so a tensor it misplaces or leaves out is not the model's."""
+    from safetensors import safe_open
 
-    The forward passes look up only the rows of the ids they run, so a row no input uses could differ
-    unseen; the tables are compared whole instead, a block of rows at a time.
+    problems = ProblemList()
+    holders: dict[str, list[str]] = {}
+    for shard in shards:
+        try:
+            with safe_open(index.parent / shard, "pt") as weights:
+                names = list(weights.keys())
+        except Exception as error:  # safetensors' own error types for a damaged header
+            raise ConversionError(f"shard {shard} cannot be read as safetensors ({str(error)[:120]})",
+                                  path=index.parent / shard, hint="convert the checkpoint again") from None
+        for name in names:
+            holders.setdefault(name, []).append(shard)
+    for name, held_in in sorted(holders.items()):
+        if len(held_in) > 1:
+            problems.add(f"{name} is stored in {' and '.join(held_in)}")
+        elif weight_map.get(name) != held_in[0]:
+            problems.add(f"{name} is stored in {held_in[0]}, the index says {weight_map.get(name)!r:.60}")
+    for name in sorted(set(weight_map) - set(holders), key=str):
+        problems.add(f"{name!r:.80} is in the index but in no shard")
+    problems.raise_if_any(ConversionError, "does not describe its shards", path=index,
+                          hint="convert the checkpoint again")
+
+
+def stored_weight_checks(out: Path, plan: ConversionPlan, reference: FairseqReference,
+                         rows_at_once: int = 1 << 14) -> list[OutputCheck]:
+    """Every stored tensor of OUT against the source tensor the plan maps to it, exactly (rounded to the
+    stored dtype); position tables fairseq computes against the reference's own.
+
+    The forward passes see only the rows their ids use and can miss a small edit their tolerance
+    absorbs; these compare every value. One check per differing tensor, and one for all that match.
     """
     from safetensors import safe_open
 
     stored = StoredWeights(out).locations
-    checks = []
-    for suffix, fairseq_name in (("embeddings.word_embeddings.weight", "encoder.sentence_encoder.embed_tokens.weight"),
-                                 ("embeddings.position_embeddings.weight",
-                                  "encoder.sentence_encoder.embed_positions.weight")):
-        name = next((n for n in stored if n.endswith(suffix)), None)
-        if name is None:
-            continue  # a folder without the table fails to load
-        # Positions fairseq computes instead of storing are compared with the reference's own table.
-        want = reference.position_table() if "position" in suffix else reference.weight(fairseq_name)
-        file, _, shape, _, _ = stored[name]
+    failing, matching = [], 0
+    for planned in plan.tensors:
+        if planned.target not in stored:
+            continue  # a tied or missing tensor: loading reports it
+        file, dtype, shape, _, _ = stored[planned.target]
+        if planned.computed is not None:
+            want = reference.position_table()
+        elif planned.source is None:
+            want = torch.zeros(planned.shape)
+        else:
+            want = planned.source.load()
+        want = want.to(dtype).to(torch.float32)  # rounded as stored
         worst, non_finite_count = 0.0, 0
-        if len(shape) != 2 or shape[0] < len(want) or shape[1] != want.shape[1]:
+        if want.dim() == 0 or len(shape) != want.dim() or shape[0] < len(want) \
+                or list(shape[1:]) != list(want.shape[1:]):
             worst = float("inf")
         else:
             with safe_open(file, "pt") as weights:
-                table = weights.get_slice(name)
-                for start in range(0, len(want), rows_at_once):
-                    end = min(start + rows_at_once, len(want))  # rows past the source's: tokenizer aliases
-                    have, part = table[start:end].to(torch.float32), want[start:end]
+                table = weights.get_slice(planned.target)
+                for start in range(0, len(want), rows_at_once):  # rows past the source's: tokenizer aliases
+                    end = min(start + rows_at_once, len(want))
+                    part, have = want[start:end], table[start:end].to(torch.float32)
                     worst = max(worst, max_abs_diff(part, have))
                     non_finite_count += non_finite(part, have)
-        checks.append(OutputCheck("every row", suffix.split(".")[1], worst, scale_of(want), 0.0, non_finite_count))
-    return checks
+        check = OutputCheck("stored weights", planned.target, worst, scale_of(want), 0.0, non_finite_count)
+        if check.passed:
+            matching += 1
+        else:
+            failing.append(check)
+    return [*failing, OutputCheck("stored weights", f"all {matching} other tensors" if failing else
+                                  f"all {matching} tensors", 0.0, 0.0, 0.0)]
 
 
 def _read_config(out: Path) -> dict[str, Any]:
@@ -259,6 +316,17 @@ def _read_config(out: Path) -> dict[str, Any]:
     return config
 
 
+def _num_labels(config: dict, out: Path) -> int:
+    """As Transformers reads it: num_labels, else the size of id2label, else 2."""
+    num_labels, id2label = config.get("num_labels"), config.get("id2label")
+    if num_labels is None:
+        return len(id2label) if isinstance(id2label, dict) and id2label else 2
+    if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels <= 0:
+        raise ConversionError(f"config.json says num_labels {num_labels!r:.40}, which is not a number of labels",
+                              path=out, hint="convert the checkpoint again")
+    return num_labels
+
+
 def _head_for(architecture: str, config: dict, source: NormalisedSource, requested: str | None,
               out: Path) -> str | None:
     """The fairseq head a classifier folder was made from: --head, or the one head with as many outputs."""
@@ -273,7 +341,7 @@ def _head_for(architecture: str, config: dict, source: NormalisedSource, request
     if requested:
         return requested  # the plan refuses a head the checkpoint does not have
     heads = source.heads
-    num_labels = int(config.get("num_labels") or len(config.get("id2label") or {}) or 2)
+    num_labels = _num_labels(config, out)
     fitting = [h.name for h in heads if h.num_classes == num_labels]
     if len(fitting) == 1:
         return fitting[0]

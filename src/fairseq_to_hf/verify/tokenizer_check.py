@@ -112,7 +112,7 @@ def verify_tokenizer(
         cases += [pair for pair in SAMPLE_PAIRS]
         for case in cases:
             expected = fairseq_encode(reference_bpe, index, *case)
-            got = tokenizer(*case, split_special_tokens=True)["input_ids"]
+            got = _encoded(tokenizer, folder, *case, split_special_tokens=True)
             if any(not 0 <= token < vocab_size for token in got):
                 result.out_of_range.append(case[0])
             if [UNK_ID if token >= model_rows else token for token in got] != expected:
@@ -145,7 +145,16 @@ def _special_token_problems(tokenizer, reference_bpe, dictionary: Dictionary, mo
     if mask_id is not None:
         around = fairseq_encode(reference_bpe, dictionary.index(), "Hello")
         want_ids = [*around[:-1], mask_id, around[-1]]
-        got_ids = tokenizer("Hello <mask>")["input_ids"]
+        got_ids = _encoded(tokenizer, None, "Hello <mask>")
         if got_ids != want_ids:
             problems.append(f"'Hello <mask>' gives {got_ids}, fairseq's fill_mask reads {want_ids}")
     return problems
+
+
+def _encoded(tokenizer, folder: Path | None, *texts: str, **options) -> list[int]:
+    try:
+        return list(tokenizer(*texts, **options)["input_ids"])
+    except Exception as error:  # a tokenizer config Transformers loads but cannot use (model_max_length "x")
+        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:160] if str(error).strip() else ''}"
+        raise ConversionError(f"its tokenizer cannot encode text ({reason})", path=folder,
+                              hint="check tokenizer_config.json and tokenizer.json") from None
