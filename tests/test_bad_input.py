@@ -405,3 +405,15 @@ def test_verify_refuses_an_index_that_misdescribes_its_shards(tmp_path: Path, da
     assert result.returncode == 2, result.stderr
     assert ("does not describe its shards" if damage != "shard is a symlink" else "not a file of this folder") \
         in result.stderr
+
+
+def test_verify_text_that_cannot_be_used_is_refused(classifier_out: Path, tmp_path: Path) -> None:
+    """verify --verify-text checks the file as convert does, and refuses it where no tokenizer can be checked."""
+    result = run_cli("verify", FIXTURES / "roberta_cls", classifier_out, *GPT2_FLAGS, "--verify-text", "/dev/zero")
+    assert result.returncode == 2 and "/dev/zero" in result.stderr and "Traceback" not in result.stderr
+    lines = tmp_path / "lines.txt"
+    lines.write_text("Hello world\n")
+    result = run_cli("verify", FIXTURES / "roberta_cls", classifier_out, "--verify-text", lines)  # no GPT-2 files
+    assert result.returncode == 2 and "the tokenizer cannot be checked" in result.stderr, result.stderr
+    assert run_cli("verify", FIXTURES / "roberta_cls", classifier_out, *GPT2_FLAGS,
+                   "--verify-text", lines).returncode == 0

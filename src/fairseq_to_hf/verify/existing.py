@@ -89,7 +89,9 @@ def verify_folder(
         raise ConversionError(f"holds {held}; verify checks the masked-LM and classifier folders of fairseq's "
                               "RoBERTa family", path=out / "config.json",
                               hint=f"architectures: [one of {', '.join(sorted(SUPPORTED_CLASSES))}]")
+    _check_shard_index(out)
     files = find_source_files(src, TOKENIZER_FILES, checkpoint=checkpoint, dictionary=dictionary, **tokenizer_files)
+    extra_lines = read_text_lines(verify_text) if verify_text else []  # checked before any work
     source = normalise_source(read_checkpoint(files.checkpoint))
     token_dictionary = read_dictionary(files.dictionary)
     head_name = _head_for(architecture, config, source, head, out)
@@ -104,6 +106,15 @@ def verify_folder(
     if plan.head is not None and plan.head.num_classes > 1 and files.label_dictionary is not None:
         result.config_mismatches += label_mismatches(config, read_dictionary(files.label_dictionary),
                                                      plan.head.num_classes)
+    tokenizer = prepare_tokenizer(files.tokenizer, token_dictionary, dims.vocab_size, source.checkpoint.bpe)
+    # tokenizer.json (ours), or the files an old script left for a slow tokenizer
+    has_tokenizer_files = any((out / name).exists() for name in ("tokenizer.json", "vocab.json", "vocab.txt",
+                                                                  "sentencepiece.bpe.model"))
+    no_tokenizer = ("OUT has no tokenizer files" if tokenizer else
+                    f"SRC has none of {looked_for()}: pass their paths to check the tokenizer")
+    if verify_text and not (tokenizer and has_tokenizer_files):
+        raise ConversionError(f"--verify-text was given, but the tokenizer cannot be checked: {no_tokenizer}",
+                              path=verify_text)
     if result.config_mismatches:  # the model would not even run on the checkpoint's inputs
         result.tokenizer_note = "config.json does not describe this checkpoint"
         return result
@@ -115,7 +126,6 @@ def verify_folder(
     reference = FairseqReference(source.checkpoint.tensors, plan.hyper_parameters.values, round_to=stored_dtype)
     expected = reference.forward(reference_rows(inputs), head_name,
                                  languages=reference_languages(inputs, row_languages))
-    _check_shard_index(out)
     try:
         result.weights = verify_weights(out, architecture, inputs, expected, head=head_name,
                                         vocab_size=dims.vocab_size, tolerance=tolerance, streamed=streamed,
@@ -127,18 +137,12 @@ def verify_folder(
         result.tokenizer_note = "not checked: the model did not run"
         return result
 
-    tokenizer = prepare_tokenizer(files.tokenizer, token_dictionary, dims.vocab_size, source.checkpoint.bpe)
-    # tokenizer.json (ours), or the files an old script left for a slow tokenizer
-    has_tokenizer_files = any((out / name).exists() for name in ("tokenizer.json", "vocab.json", "vocab.txt",
-                                                                  "sentencepiece.bpe.model"))
     if tokenizer and has_tokenizer_files:
-        extra = read_text_lines(verify_text) if verify_text else []
         result.tokenizer = verify_tokenizer(out, tokenizer.reference_bpe, token_dictionary, dims.vocab_size,
-                                            int(config.get("vocab_size", dims.vocab_size)), extra,
+                                            int(config.get("vocab_size", dims.vocab_size)), extra_lines,
                                             tokenizer.known_difference, kind_named(tokenizer.kind).known_difference)
     else:
-        result.tokenizer_note = ("OUT has no tokenizer files" if tokenizer else
-                                 f"SRC has none of {looked_for()}: pass their paths to check the tokenizer")
+        result.tokenizer_note = no_tokenizer
     return result
 
 
