@@ -417,3 +417,19 @@ def test_verify_text_that_cannot_be_used_is_refused(classifier_out: Path, tmp_pa
     assert result.returncode == 2 and "the tokenizer cannot be checked" in result.stderr, result.stderr
     assert run_cli("verify", FIXTURES / "roberta_cls", classifier_out, *GPT2_FLAGS,
                    "--verify-text", lines).returncode == 0
+
+
+def test_all_heads_names_the_heads_that_cannot_be_converted(tmp_path: Path) -> None:
+    def edit(state: OrderedDict) -> None:
+        for name, classes, inner in (("good", 3, 32), ("wide", 2, 48)):  # Transformers' head needs inner 32
+            state[f"classification_heads.{name}.dense.weight"] = torch.randn(inner, 32)
+            state[f"classification_heads.{name}.dense.bias"] = torch.randn(inner)
+            state[f"classification_heads.{name}.out_proj.weight"] = torch.randn(classes, inner)
+            state[f"classification_heads.{name}.out_proj.bias"] = torch.randn(classes)
+
+    src = edited_mlm_checkpoint(tmp_path / "src", edit)
+    out = tmp_path / "out"
+    assert_refused(run_cli("convert", src, out, "--all-heads", "--no-verify"), out, 2,
+                   "--all-heads: 1 of 2 heads cannot be converted exactly",
+                   "convert the others one by one with --head NAME (good)", "wide: ", "inner dimension 48")
+    assert run_cli("convert", src, out, "--head", "good", "--no-verify").returncode == 0

@@ -17,6 +17,9 @@ from .reader.folder import find_source_files
 from .tokenizer import TOKENIZER_FILES, TokenizerFiles, choose_kind, looked_for
 from .writer import DEFAULT_MAX_SHARD_BYTES, plan_shards, shard_file_names
 
+POSITION_NOTES = {"sinusoidal": "sinusoidal, computed by fairseq: written as a table",
+                  "none": "none added by fairseq: written as a table of zeros"}
+
 
 def inspect_source(src: str | Path, *, checkpoint: str | Path | None = None, dictionary: str | Path | None = None,
                    default_language: str | None = None, hyper_parameters: SuppliedHyperParameters = SuppliedHyperParameters(),
@@ -84,7 +87,7 @@ def describe_source(model: SourceModel) -> dict[str, Any]:
         "layers": dims.num_layers, "hidden_size": dims.hidden_size,
         "attention_heads": dims.num_heads or None,  # None: the hyper-parameters do not give it
         "ffn_size": dims.ffn_size, "position_rows": dims.positions, "max_tokens": dims.positions - 2,
-        "vocab_rows": dims.vocab_size,
+        "positions": dims.position_kind, "vocab_rows": dims.vocab_size,
     }
     if dims.languages:
         hparams = model.hyper_parameters.values
@@ -138,7 +141,9 @@ def format_inspection(description: dict[str, Any]) -> str:
         lines.append(f"model        {description['family']}, {description['layout']}, {description['key_generation']} keys")
         lines.append(f"size         {description['layers']} layers, hidden {description['hidden_size']}, "
                      f"{description['attention_heads'] or 'unknown'} heads, ffn {description['ffn_size']}, "
-                     f"{description['max_tokens']} positions, {description['vocab_rows']} vocabulary rows")
+                     f"{description['max_tokens']} positions"
+                     + (f" ({POSITION_NOTES[description['positions']]})" if description['positions'] in POSITION_NOTES
+                        else "") + f", {description['vocab_rows']} vocabulary rows")
     for dtype, entry in description["parameters_by_dtype"].items():
         lines.append(f"tensors      {dtype}: {entry['parameters']:,} values, {entry['bytes'] / 1e6:.1f} MB")
     dictionary = description["dictionary"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .card import CardOptions, model_card
-from .errors import ConversionError, VerificationError
+from .errors import ConversionError, UnsupportedModelError, VerificationError
 from .field_types import refuse_wrong_types
 from .hashing import SourceChecksum
 from .hparams import SuppliedHyperParameters
@@ -283,9 +283,20 @@ def _prepare(source: Checkpoint, shared: SharedSources, options: ConvertOptions,
     request = OutputRequest(dtype=options.dtype, default_language=options.default_language,
                             label_dictionary=shared.label_dictionary, strict_labels=options.strict_labels)
     # With --all-heads each head gets a subfolder named after it; otherwise the one plan fills OUT.
-    plans = {(name if options.all_heads else ""): make_plan(model, replace(request, head=name),
-                                                              extra_vocab_rows=alias_rows)
-             for name in heads}
+    plans, refused = {}, {}
+    for name in heads:
+        try:
+            plans[name if options.all_heads else ""] = make_plan(model, replace(request, head=name),
+                                                                 extra_vocab_rows=alias_rows)
+        except ConversionError as error:
+            if not options.all_heads:
+                raise
+            refused[name] = error
+    if refused:  # nothing is written unless every head converts: say which ones would
+        raise UnsupportedModelError(
+            f"--all-heads: {len(refused)} of {len(heads)} heads cannot be converted exactly", path=source.path,
+            hint=f"convert the others one by one with --head NAME ({', '.join(plans) or 'none'})",
+            details=[f"{name}: {error.message}" for name, error in refused.items()])
     report = ConversionReport(model, shared.files, tokenizer)
     say(f"read {source.path} ({source.format} format, {model.source.key_generation} keys, "
         f"{len(source.tensors)} tensors); heads: {', '.join(describe_heads(model.heads)) or 'none'}")

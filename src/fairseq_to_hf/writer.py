@@ -228,7 +228,7 @@ def check_ties(plan: ConversionPlan) -> None:
         if not torch.equal(left.load(), right.load()):
             raise ConversionError(
                 f"{what} should be tied (untie_weights_roberta is off) but the values differ",
-                hint="the checkpoint is inconsistent; was it edited after training?",
+                path=plan.model.path, hint="the checkpoint is inconsistent; was it edited after training?",
             )
 
 
