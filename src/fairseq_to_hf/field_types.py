@@ -7,6 +7,7 @@ string where a number goes would otherwise fail deep inside the work, after file
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 import types
 import typing
@@ -45,7 +46,7 @@ def _matches(value: Any, hint: Any) -> bool:
     if hint is Path:
         return isinstance(value, os.PathLike)
     if hint in (int, float):  # a bool is an int to Python, never a count or a tolerance here
-        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+        return isinstance(value, numbers.Real if hint is float else numbers.Integral) and not isinstance(value, bool)
     if hint is type(None):
         return value is None
     if dataclasses.is_dataclass(hint) or isinstance(hint, type):

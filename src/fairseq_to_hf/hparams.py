@@ -46,8 +46,10 @@ class SuppliedHyperParameters:
 
     def __post_init__(self) -> None:
         refuse_wrong_types(self)
-        if self.num_heads is not None and self.num_heads <= 0:
-            raise ConversionError(f"num_heads must be a positive number of attention heads, not {self.num_heads}")
+        if self.num_heads is not None:
+            if self.num_heads <= 0:
+                raise ConversionError(f"num_heads must be a positive number of attention heads, not {self.num_heads}")
+            object.__setattr__(self, "num_heads", int(self.num_heads))  # numpy's integers too
 
     def by_key(self) -> dict[str, Any]:
         return {HEADS: self.num_heads, ACTIVATION: self.activation_fn, POOLER_ACTIVATION: self.pooler_activation_fn}

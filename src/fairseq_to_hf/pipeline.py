@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import glob
+import math
 import os
 import shutil
-import sys
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -89,8 +89,15 @@ class ConvertOptions:
             raise ConversionError(f"unknown dtype {self.dtype!r}; choose from {', '.join(OUTPUT_DTYPES)}")
         if self.head is not None and self.all_heads:
             raise ConversionError("--head and --all-heads exclude each other", hint="pass one of them")
-        if not 0 <= self.tolerance <= sys.float_info.max:  # NaN compares false
+        try:
+            tolerance = float(self.tolerance)  # numpy's numbers too; a plain float in the report
+        except OverflowError:
+            tolerance = math.inf
+        if not (math.isfinite(tolerance) and tolerance >= 0):
             raise ConversionError(f"the tolerance {self.tolerance!r:.40} must be a finite number >= 0")
+        object.__setattr__(self, "tolerance", tolerance)
+        if not isinstance(self.max_shard_size, str):
+            object.__setattr__(self, "max_shard_size", int(self.max_shard_size))
         self.max_shard_bytes  # noqa: B018 -- refuse a bad size before any work
 
     @property
