@@ -357,6 +357,8 @@ def edited_copy(folder: Path, dest: Path, file: str, edit) -> Path:
      "problem_type 'multi_label_classification'"),
     ("config.json", lambda c: c.update(label2id={name: 0 for name in c["label2id"]}), 1,
      "is not the inverse of its id2label"),
+    ("config.json", lambda c: c.update(num_attention_heads=4.0), 1, "num_attention_heads 4.0, where fairseq runs 4"),
+    ("config.json", lambda c: c.update(layer_norm_eps="1e-5"), 1, "layer_norm_eps '1e-5'"),
 ])
 def test_verify_refuses_a_folder_whose_configs_were_edited(classifier_out: Path, tmp_path: Path, file: str, edit,
                                                            code: int, phrase: str) -> None:

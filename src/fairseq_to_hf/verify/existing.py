@@ -20,7 +20,7 @@ from ..reader.folder import find_source_files, read_text_lines
 from ..tokenizer import TOKENIZER_FILES, kind_named, looked_for, prepare_tokenizer
 from .compare import (DEFAULT_TOLERANCE, OutputCheck, WeightsVerification, max_abs_diff, non_finite, per_language,
                       reference_languages, reference_rows, verification_inputs, verify_weights)
-from ..reference.forward import FairseqReference, scale_of
+from ..reference.forward import EPS as LAYER_NORM_EPS, FairseqReference, scale_of
 from ..writer import INDEX_FILE
 from .streamed_model import StoredWeights
 from .tokenizer_check import TokenizerVerification, verify_tokenizer
@@ -153,8 +153,14 @@ def config_mismatches(config: dict[str, Any], architecture: str, dims: Dims,
     expected = {"num_hidden_layers": dims.num_layers, "hidden_size": dims.hidden_size,
                 "num_attention_heads": dims.num_heads, "intermediate_size": dims.ffn_size,
                 "max_position_embeddings": dims.positions}
-    mismatches = [f"config.json says {key} {config.get(key)!r}, where fairseq runs {value}"
-                  for key, value in expected.items() if config.get(key) != value]
+    def differs(held: Any, value: int) -> bool:  # 4.0 or True is no count, though Python says it equals 4 or 1
+        return not isinstance(held, int) or isinstance(held, bool) or held != value
+
+    mismatches = [f"config.json says {key} {config.get(key)!r:.60}, where fairseq runs {value}"
+                  for key, value in expected.items() if differs(config.get(key), value)]
+    eps = config.get("layer_norm_eps")
+    if not isinstance(eps, float) or eps != LAYER_NORM_EPS:  # fairseq's LayerNorms all use 1e-5
+        mismatches.append(f"config.json says layer_norm_eps {eps!r:.60}, where fairseq runs {LAYER_NORM_EPS}")
     vocab_size = config.get("vocab_size")
     if not isinstance(vocab_size, int) or vocab_size < dims.vocab_size:  # more: the tokenizer's alias rows
         mismatches.append(f"config.json says vocab_size {vocab_size!r}, the checkpoint's embedding has "
