@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
 from conftest import FIXTURES, assert_matches_fairseq, json_file, recording
@@ -26,6 +27,12 @@ CASES = [
     ("xmod_prenorm", {"default_language": "fr_XX"}, CLASSIFIER, "lang_head", "xmod",
      "XmodForSequenceClassification"),
     ("xmod_prenorm", {"default_language": "de_DE", "head": "lm"}, MLM, None, "xmod", "XmodForMaskedLM"),
+    # fairseq computes the positions (sinusoidal) or adds none: written as Transformers' table.
+    ("roberta_sinusoidal", {}, MLM, None, "roberta", "RobertaForMaskedLM"),
+    ("roberta_nopos", {}, MLM, None, "roberta", "RobertaForMaskedLM"),
+    # 3 layers stored, encoder_layers_to_keep "0,2": fairseq's loader runs stored layers 0 and 2.
+    ("roberta_keep_layers", {}, MLM, None, "roberta", "RobertaForMaskedLM"),
+    ("roberta_relu2_cls", {}, CLASSIFIER, "sentiment", "roberta", "RobertaForSequenceClassification"),
 ]
 
 
@@ -89,8 +96,10 @@ def test_verify_checks_an_xmod_folder_in_every_language(tmp_path: Path, streamed
     weights[name][3] += 0.5  # one channel: a LayerNorm after the adapter would undo a uniform shift
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
     result = verify_folder(FIXTURES / "xmod_base", out, streamed=streamed).weights
-    failing = {check.input.split("@")[1] for check in result.checks if not check.passed}
+    failing = {check.input.split("@")[1] for check in result.checks if not check.passed and "@" in check.input}
     assert failing == {"de_DE", "mixed"}
+    # And the stored tensor itself differs from the source's.
+    assert [check.output for check in result.checks if not check.passed and "@" not in check.input] == [name]
 
 
 @pytest.mark.parametrize("fixture,options", [("xmod_prenorm", {"default_language": "ru_RU"}), ("xmod_base", {})])
@@ -165,3 +174,51 @@ def test_an_xmod_arch_without_its_adapters_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConversionError, match="without any language adapter"):
         convert(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_relu_squared_has_no_masked_lm_head(tmp_path: Path) -> None:
+    """fairseq's masked-LM head applies activation_fn (relu_squared here), Transformers' always gelu."""
+    with pytest.raises(ConversionError) as caught:
+        convert(FIXTURES / "roberta_relu2_cls", tmp_path / "out", head="lm")
+    message = caught.value.message
+    assert "relu_squared" in message and "masked-LM head" in message and "gelu" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_sinusoidal_positions_are_written_as_fairseqs_table(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    out = tmp_path / "out"
+    assert convert(FIXTURES / "roberta_sinusoidal", out).verified
+    fairseq = recording("roberta_sinusoidal")
+    config = json_file(out / "config.json")
+    assert config["max_position_embeddings"] == fairseq.meta["max_positions"] + 2
+    assert config["max_position_embeddings"] == fairseq.meta["position_table_rows"]
+    written = load_file(out / "model.safetensors")["roberta.embeddings.position_embeddings.weight"]
+    table = fairseq["positions.table"]  # fairseq's SinusoidalPositionalEmbedding buffer
+    assert written.shape == table.shape and torch.equal(written, table)
+
+
+def test_no_positions_are_written_as_zeros(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    out = tmp_path / "out"
+    assert convert(FIXTURES / "roberta_nopos", out).verified
+    config = json_file(out / "config.json")
+    assert config["max_position_embeddings"] == recording("roberta_nopos").meta["max_positions"] + 2
+    written = load_file(out / "model.safetensors")["roberta.embeddings.position_embeddings.weight"]
+    assert not written.any()
+
+
+def test_encoder_layers_to_keep_drops_layer_1_and_verifies(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    report = convert(FIXTURES / "roberta_keep_layers", out)
+    assert report.verified
+    layers = recording("roberta_keep_layers").meta["layers"]
+    assert layers["stored"] == 3 and layers["stored_layers_run"] == [0, 2]
+    assert json_file(out / "config.json")["num_hidden_layers"] == 2
+    dropped = report.outputs[0].dropped
+    layer_1 = {key: reason for key, reason in dropped.items() if key.startswith("encoder.sentence_encoder.layers.1.")}
+    assert layer_1 and all("encoder_layers_to_keep" in reason for reason in layer_1.values())
+    assert not any(".layers.0." in key or ".layers.2." in key for key in dropped)
+    assert verify_folder(FIXTURES / "roberta_keep_layers", out).passed

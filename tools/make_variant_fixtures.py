@@ -1,12 +1,16 @@
-"""Make the pre-LN RoBERTa and X-MOD fixtures with the real fairseq (dev-only).
+"""Make the RoBERTa variant and X-MOD fixtures with the real fairseq (dev-only).
 
 Run from the repository root with the interpreter of the fairseq venv (the one described in
 tools/make_fixtures.py's docstring):
 
-    /path/to/venv-fairseq/bin/python tools/make_variant_fixtures.py
+    /path/to/venv-fairseq/bin/python tools/make_variant_fixtures.py [--only NAME ...]
 
-It (re)writes three folders of tests/fixtures/ and their rows in tests/fixtures/README.md, and
-touches nothing else (the fixtures of make_fixtures.py stay byte-identical):
+It (re)writes the seven folders below of tests/fixtures/ (with --only, just the named ones) and
+their rows in tests/fixtures/README.md, and touches nothing else (the fixtures of
+make_fixtures.py stay byte-identical, and so do the folders --only leaves out). The first three
+draw fairseq's initial weights from torch's global generator in turn (seeded once), so --only
+still builds those before a named one, writing only the named; the roberta_* variants reseed it
+each, so theirs do not depend on what else is built:
 
 * `roberta_preln`: RoBERTa pre-LN WITH the embedding LayerNorm (`--arch roberta_base
   --encoder-normalize-before`: keeps `layernorm_embedding`, adds the final
@@ -25,32 +29,60 @@ touches nothing else (the fixtures of make_fixtures.py stay byte-identical):
   fairseq's `lang_id=None` fails and a converter must be told the default language), task
   `sentence_prediction` with the masked-LM head and one classification head `lang_head` (3
   classes).
+* `roberta_sinusoidal`: post-norm masked LM (`--arch roberta_base`, task `masked_lm` on
+  roberta_mlm's dict.txt) with `encoder_learned_pos=False` set on the parsed Namespace (fairseq's
+  roberta parser has no flag for it): fairseq computes sinusoidal positions
+  (SinusoidalPositionalEmbedding, 66 rows for 64 positions, padding row zero) and the checkpoint
+  holds no position table. fairseq's table is recorded too, as `positions.table` (the hub
+  model's `embed_positions.weights` buffer, max_positions + 2 rows).
+* `roberta_nopos`: the same with `no_token_positional_embeddings=True` set on the Namespace:
+  fairseq adds no positions at all (no table stored, `embed_positions` is None).
+* `roberta_keep_layers`: post-norm masked LM with 3 layers (`--encoder-layers 3`) trained with
+  `--encoder-layerdrop 0.2`, saved by the Trainer as usual (all 3 layers stored, with
+  encoder_layers_to_keep None); then the saved file's cfg["model"].encoder_layers_to_keep is set
+  to "0,2" and the file saved again with torch.save. That is the checkpoint a user gets after
+  loading with fairseq's `arg_overrides={"encoder_layers_to_keep": "0,2"}`: fairseq's loader
+  builds a 2-layer encoder and prunes the state dict to the stored layers 0 and 2 (layer 1 is
+  dropped). model.pt holds all 3 layers; the recording is fairseq loading that final file
+  (the hub interface prunes), so it has 2 layers: hidden.0..2 come from stored layers 0 and 2.
+* `roberta_relu2_cls`: post-norm classifier (task `sentence_prediction`, masked-LM head and one
+  classification head `sentiment`, 3 classes; `input0/dict.txt`, `label/dict.txt`) with
+  `activation_fn="relu_squared"` set on the Namespace. fairseq uses it in every layer's FFN and
+  in the masked-LM head's dense layer (the classification head keeps pooler tanh).
 
-All three have the tiny dimensions of the other fixtures (2 layers, width 32, 4 heads, FFN 64,
-`--max-positions 64`). They are not trained: each model is built the way fairseq-train builds it
-(fairseq's option parser, `convert_namespace_to_omegaconf`, `task.build_model`), every parameter
-is then perturbed from a fixed seed (LayerNorm weights 1 + noise, biases and adapters non-zero;
-the padding rows of the embeddings stay zero, as fairseq keeps them), and the checkpoint is
-written by fairseq's own `Trainer.save_checkpoint` (cfg dict with cfg["model"] a Namespace,
-optimizer_history, task_state, extra_state; `--no-save-optimizer-state`). fairseq's argument
-parser has no option for the X-MOD language list, so `languages` (and, for xmod_prenorm, nothing
-else) is set on the parsed Namespace before the model is built, as a modified arch would.
+All of them have the tiny dimensions of the other fixtures (2 layers, width 32, 4 heads, FFN 64,
+`--max-positions 64`; roberta_keep_layers stores 3 layers). They are not trained: each model is
+built the way fairseq-train builds it (fairseq's option parser, `convert_namespace_to_omegaconf`,
+`task.build_model`), every parameter is then perturbed from a fixed seed (LayerNorm weights 1 +
+noise, biases and adapters non-zero; the padding rows of the embeddings stay zero, as fairseq
+keeps them), and the checkpoint is written by fairseq's own `Trainer.save_checkpoint` (cfg dict
+with cfg["model"] a Namespace, optimizer_history, task_state, extra_state;
+`--no-save-optimizer-state`). fairseq's argument parser has no option for the X-MOD language list,
+so `languages` (and, for xmod_prenorm, nothing else) is set on the parsed Namespace before the
+model is built, as a modified arch would; the same goes for encoder_learned_pos,
+no_token_positional_embeddings and activation_fn above (relu_squared is not among the roberta
+parser's --activation-fn choices, but fairseq runs it).
 
 Each folder gets `fairseq_outputs.safetensors` + `fairseq_outputs.json` recorded through
 fairseq's hub interfaces (`RobertaModel.from_pretrained`, `XMODModel.from_pretrained`) on the
 samples s0, s2, s3 and the right-padded batch of roberta_mlm resp. xlmr_mlm (texts read from
-their fairseq_outputs.json), with the calls and json fields of fixture_fairseq.py that the
-other fixtures have too. X-MOD tensors carry the language: `{sample}.{lang}.hidden.{i}` etc.
-The sentencepiece model is not copied: the json's "tokenizer" points at
-xlmr_mlm/sentencepiece.bpe.model. Runs in well under a minute.
+their fairseq_outputs.json; the roberta_* variants all use roberta_mlm's), with the calls and
+json fields of fixture_fairseq.py that the other fixtures have too, plus a "positions" (and for
+roberta_keep_layers a "layers") entry. X-MOD tensors carry the language:
+`{sample}.{lang}.hidden.{i}` etc. The sentencepiece model is not copied: the json's "tokenizer"
+points at xlmr_mlm/sentencepiece.bpe.model. Runs in well under a minute.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
 import shutil
 import sys
+import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +110,11 @@ SUFFIXED = {"xmod_base": "hi_IN_rom"}
 # One padded batch with a language per row (not contiguous: fairseq splits the batch in runs).
 MIXED_BATCH = {"xmod_base": ["de_DE", "hi_IN_rom", "de_DE"],
                "xmod_prenorm": ["ru_RU", "fr_XX", "fr_XX"]}
+RELU2_HEAD, RELU2_LABELS = "sentiment", {"positive": 41, "negative": 29, "neutral": 17}
+KEEP_STORED_LAYERS, KEEP_LAYERS = 3, "0,2"  # roberta_keep_layers: stored, then run by fairseq
+KEEP_LAYERDROP = "0.2"
+# The recorded positions.table of roberta_sinusoidal: fairseq's table for max_positions + 2 rows.
+SINUSOIDAL_TABLE = "positions.table"
 
 VARIANT_DESCRIPTIONS = {
     "roberta_preln": "pre-LN masked LM WITH embedding LayerNorm (--arch roberta_base "
@@ -97,6 +134,25 @@ VARIANT_DESCRIPTIONS = {
                     "lang_id=None fails), task sentence_prediction: masked-LM head and head "
                     f"'{XMOD_PRENORM_HEAD}' (3 classes); built and perturbed, not trained "
                     "(tools/make_variant_fixtures.py)",
+    "roberta_sinusoidal": "post-norm masked LM with fairseq's sinusoidal positions "
+                          "(encoder_learned_pos False set on the Namespace: no position table "
+                          "stored; fairseq's computed table recorded as `positions.table`); "
+                          "built and perturbed, not trained (tools/make_variant_fixtures.py)",
+    "roberta_nopos": "post-norm masked LM without positions (no_token_positional_embeddings "
+                     "True set on the Namespace: no table stored, fairseq adds none); built "
+                     "and perturbed, not trained (tools/make_variant_fixtures.py)",
+    "roberta_keep_layers": f"post-norm masked LM, {KEEP_STORED_LAYERS} layers stored "
+                           f"(--encoder-layers {KEEP_STORED_LAYERS} --encoder-layerdrop "
+                           f"{KEEP_LAYERDROP}), cfg['model'].encoder_layers_to_keep set to "
+                           f"'{KEEP_LAYERS}' after saving (as fairseq's arg_overrides would): "
+                           "fairseq's loader prunes to stored layers 0 and 2, and the "
+                           "recording (2 layers) is of that; built and perturbed, not trained "
+                           "(tools/make_variant_fixtures.py)",
+    "roberta_relu2_cls": "post-norm classifier with activation_fn relu_squared (set on the "
+                         "Namespace; fairseq applies it in the FFNs and in the masked-LM "
+                         f"head), task sentence_prediction: masked-LM head and head "
+                         f"'{RELU2_HEAD}' (3 classes, label dict in frequency order); built "
+                         "and perturbed, not trained (tools/make_variant_fixtures.py)",
 }
 XMOD_CONFIG_FIELDS = ("languages", "bottleneck", "adapter_modules", "adapter_layer_norm",
                       "adapter_reuse_layer_norm", "ln_before_adapter", "ffn_modules",
@@ -162,8 +218,12 @@ def perturb(model: torch.nn.Module, seed: int) -> None:
 
 
 def build_and_save(work: Path, name: str, argv: list[str], overrides: dict[str, Any],
-                   seed: int) -> tuple[Path, dict[str, torch.Tensor]]:
-    """Build the model as fairseq-train would, perturb it, save it with fairseq's Trainer."""
+                   seed: int, init_seed: int | None = None) -> tuple[Path, dict[str, torch.Tensor]]:
+    """Build the model as fairseq-train would, perturb it, save it with fairseq's Trainer.
+
+    `init_seed` reseeds torch's global generator (fairseq's initial weights) first; without it
+    the weights depend on what was built before in the run (the first three fixtures, kept so
+    that they stay byte-identical)."""
     from fairseq import tasks
     from fairseq.trainer import Trainer
 
@@ -172,6 +232,8 @@ def build_and_save(work: Path, name: str, argv: list[str], overrides: dict[str, 
     try:
         cfg = parse(argv, overrides)
         task = tasks.setup_task(cfg.task)
+        if init_seed is not None:
+            torch.manual_seed(init_seed)
         model = task.build_model(cfg.model)
         criterion = task.build_criterion(cfg.criterion)
         perturb(model, seed)
@@ -227,6 +289,66 @@ def build_xmod_prenorm(work: Path) -> tuple[Path, dict[str, torch.Tensor]]:
                           PERTURB_SEED + 2)
 
 
+def mlm_args(name: str) -> list[str]:
+    """Task masked_lm on the data dir bin/{name} (a copy of roberta_mlm's dict.txt)."""
+    return [*common_args(f"bin/{name}", "masked_lm", "masked_lm", "roberta_base"),
+            "--sample-break-mode", "complete", "--tokens-per-sample", str(ff.MAX_POSITIONS)]
+
+
+# The four roberta_* variants below each reseed fairseq's initialisation (ff.SEED + 10 + i) and
+# perturb from PERTURB_SEED + 10 + i: the same weights whether or not others are built first.
+
+
+def build_roberta_sinusoidal(work: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    make_folder(work / "bin" / "roberta_sinusoidal", FIXTURES / "roberta_mlm" / "dict.txt", None)
+    return build_and_save(work, "roberta_sinusoidal", mlm_args("roberta_sinusoidal"),
+                          {"encoder_learned_pos": False}, PERTURB_SEED + 10, ff.SEED + 10)
+
+
+def build_roberta_nopos(work: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    make_folder(work / "bin" / "roberta_nopos", FIXTURES / "roberta_mlm" / "dict.txt", None)
+    return build_and_save(work, "roberta_nopos", mlm_args("roberta_nopos"),
+                          {"no_token_positional_embeddings": True}, PERTURB_SEED + 11,
+                          ff.SEED + 11)
+
+
+def build_roberta_keep_layers(work: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """3 layers, saved as trained with LayerDrop; encoder_layers_to_keep is set later
+    (keep_layers_after_saving), once the Trainer has written the file."""
+    make_folder(work / "bin" / "roberta_keep_layers", FIXTURES / "roberta_mlm" / "dict.txt",
+                None)
+    # Given after ff.MODEL_ARGS' "--encoder-layers 2": argparse keeps the last value.
+    argv = mlm_args("roberta_keep_layers") + [
+        "--encoder-layers", str(KEEP_STORED_LAYERS), "--encoder-layerdrop", KEEP_LAYERDROP]
+    return build_and_save(work, "roberta_keep_layers", argv, {}, PERTURB_SEED + 12,
+                          ff.SEED + 12)
+
+
+def build_roberta_relu2_cls(work: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    make_folder(work / "bin" / "roberta_relu2_cls", FIXTURES / "roberta_mlm" / "dict.txt",
+                RELU2_LABELS)
+    argv = common_args("bin/roberta_relu2_cls", "sentence_prediction", "sentence_prediction",
+                       "roberta_base")
+    argv += classifier_args(RELU2_LABELS, RELU2_HEAD)
+    # Not via --activation-fn: the roberta parser's choices leave relu_squared out.
+    return build_and_save(work, "roberta_relu2_cls", argv, {"activation_fn": "relu_squared"},
+                          PERTURB_SEED + 13, ff.SEED + 13)
+
+
+def keep_layers_after_saving(checkpoint: Path) -> None:
+    """cfg["model"].encoder_layers_to_keep = KEEP_LAYERS in the saved file, nothing else changed:
+    what loading it with arg_overrides={"encoder_layers_to_keep": ...} and saving again gives."""
+    saved = ff.load_checkpoint(checkpoint)
+    args = saved["cfg"]["model"]
+    assert args.encoder_layers == KEEP_STORED_LAYERS and args.encoder_layers_to_keep is None
+    args.encoder_layers_to_keep = KEEP_LAYERS
+    torch.save(saved, checkpoint)
+
+
+# Run on model.pt after the Trainer saved it (the built state stays what check_checkpoint expects).
+AFTER_SAVING = {"roberta_keep_layers": keep_layers_after_saving}
+
+
 def assemble(work: Path, out: Path, name: str, checkpoint: Path) -> Path:
     folder = out / name
     shutil.copytree(work / "bin" / name, folder)
@@ -244,6 +366,53 @@ def load_hub(folder: Path, tokenizer: ff.Tokenizer, xmod: bool) -> Any:
 
     return XMODModel.from_pretrained(str(folder), checkpoint_file="model.pt",
                                      **tokenizer).eval()
+
+
+def position_kind(encoder: Any) -> str:
+    """"learned", "sinusoidal" or "none": the position embeddings fairseq built."""
+    from fairseq.modules import LearnedPositionalEmbedding, SinusoidalPositionalEmbedding
+
+    positions = encoder.embed_positions
+    if positions is None:
+        return "none"
+    if isinstance(positions, SinusoidalPositionalEmbedding):
+        return "sinusoidal"
+    assert isinstance(positions, LearnedPositionalEmbedding), type(positions)
+    return "learned"
+
+
+def position_rows(encoder: Any) -> int | None:
+    """Rows of the table fairseq looks positions up in (max_positions + 2), None without one."""
+    kind = position_kind(encoder)
+    if kind == "none":
+        return None
+    rows = (encoder.embed_positions.weights.shape[0] if kind == "sinusoidal"
+            else encoder.embed_positions.num_embeddings)
+    assert rows == encoder.max_source_positions + encoder.padding_idx + 1, rows
+    return rows
+
+
+@contextlib.contextmanager
+def rows_for_outputs_meta(encoder: Any) -> Iterator[None]:
+    """ff.outputs_meta reads embed_positions.num_embeddings, which only fairseq's learned table
+    has. fixture_fairseq.py is shared by the other fixture scripts and stays as it is: for the
+    call, a sinusoidal module gets that attribute and absent positions a stand-in (describe
+    writes the real entry afterwards); both are undone on the way out."""
+    kind = position_kind(encoder)
+    if kind == "learned":
+        yield
+    elif kind == "sinusoidal":
+        encoder.embed_positions.num_embeddings = position_rows(encoder)
+        try:
+            yield
+        finally:
+            del encoder.embed_positions.num_embeddings
+    else:  # None was assigned as a plain attribute (never a submodule), so this is one too
+        encoder.embed_positions = types.SimpleNamespace(num_embeddings=None)
+        try:
+            yield
+        finally:
+            encoder.embed_positions = None
 
 
 def samples_of(fixture: str) -> dict[str, Any]:
@@ -266,6 +435,10 @@ def record(name: str, folder: Path, tokenizer: ff.Tokenizer, samples: dict[str, 
     languages = list(args.languages) if xmod else []
     tensors: dict[str, torch.Tensor] = {}
     calls: dict[str, Any] = {}
+    if position_kind(encoder) == "sinusoidal":
+        # fairseq's own table (a non-persistent buffer, in no checkpoint), before any call
+        # could grow it: the rows a converter has to write as Transformers' position table.
+        tensors[SINUSOIDAL_TABLE] = encoder.embed_positions.weights[:position_rows(encoder)]
     for sample, text in samples.items():
         tokens = ff.tokens_of(hub, text)
         tensors[f"{sample}.input_ids"] = tokens.long()
@@ -327,10 +500,53 @@ def describe(name: str, folder: Path, hub: Any, tokenizer: ff.Tokenizer, samples
                               lang_kw=", lang_id=[lang] * B" if xmod else "", hub_name="")
     if xmod:
         tensors["{sample}.input_ids"] += " (the same for every language)"
-    meta = ff.outputs_meta(name, VARIANT_DESCRIPTIONS[name], hub,
-                           tokenizer=ff.tokenizer_info(tokenizer, folder), samples=samples,
-                           heads=head_info, labels=labels, tensors=tensors,
-                           dtype_note="fairseq ran in float32")
+    kind = position_kind(encoder)
+    if kind != "learned":  # tensor_notes describes fairseq's usual learned table
+        hidden = next(key for key in tensors if key.endswith("hidden.{i}"))
+        learned = "token + learned position embeddings"
+        assert learned in tensors[hidden]
+        tensors[hidden] = tensors[hidden].replace(learned, (
+            "token + sinusoidal position embeddings (fairseq's computed table, positions.table)"
+            if kind == "sinusoidal" else "token embeddings only (fairseq adds no positions)"))
+    if kind == "sinusoidal":
+        tensors[SINUSOIDAL_TABLE] = (
+            "float32 (max_positions + 2) x C: fairseq's SinusoidalPositionalEmbedding.weights "
+            "of the hub model (a non-persistent buffer, not in model.pt); row padding_idx + 1 + "
+            "t is position t, row padding_idx (1) is zero")
+    with rows_for_outputs_meta(encoder):
+        meta = ff.outputs_meta(name, VARIANT_DESCRIPTIONS[name], hub,
+                               tokenizer=ff.tokenizer_info(tokenizer, folder), samples=samples,
+                               heads=head_info, labels=labels, tensors=tensors,
+                               dtype_note="fairseq ran in float32")
+    meta["position_table_rows"] = position_rows(encoder)
+    if kind != "learned":
+        meta["positions"] = {
+            "kind": kind,
+            "encoder_learned_pos": bool(args.encoder_learned_pos),
+            "no_token_positional_embeddings": bool(args.no_token_positional_embeddings),
+            "table_in_checkpoint": False,
+            "note": ("fairseq computes the table (SinusoidalPositionalEmbedding.get_embedding, "
+                     "max_positions + 2 rows, row 1 zero); recorded as positions.table"
+                     if kind == "sinusoidal" else
+                     "no_token_positional_embeddings: embed_positions is None, fairseq adds no "
+                     "positions; position_table_rows is null"),
+        }
+    stored_args = ff.load_checkpoint(folder / "model.pt")["cfg"]["model"]
+    keep = getattr(stored_args, "encoder_layers_to_keep", None)
+    if keep:
+        kept = sorted(int(layer) for layer in keep.split(","))
+        meta["layers"] = {
+            "stored": stored_args.encoder_layers,
+            "encoder_layers_to_keep": keep,
+            "stored_layers_run": kept,
+            "encoder_layerdrop": stored_args.encoder_layerdrop,
+            "note": "model.pt stores all layers; fairseq's loader (prune_state_dict) keeps the "
+                    "stored layers encoder_layers_to_keep names, renumbered 0..n-1, and builds "
+                    "an n-layer encoder: num_layers and the recorded hidden.{i} are of that "
+                    "pruned model (hidden.{i} for i >= 1 is the output of stored layer "
+                    "stored_layers_run[i - 1])",
+        }
+        assert meta["num_layers"] == len(kept)
     meta["weights_note"] = (
         "not trained: built by fairseq's task.build_model, every parameter perturbed from a "
         f"seed (weights and biases + N(0, {WEIGHT_NOISE}), adapters + N(0, {ADAPTER_NOISE}), "
@@ -388,6 +604,8 @@ def check_checkpoint(folder: Path, built: dict[str, torch.Tensor], xmod: bool) -
     assert set(checkpoint) >= {"cfg", "model", "optimizer_history", "extra_state"}, checkpoint
     assert "last_optimizer_state" not in checkpoint
     state = checkpoint["model"]
+    # roberta_keep_layers too: model.pt keeps every built layer (encoder_layers_to_keep only
+    # changed cfg); the pruning is fairseq's loader's, checked in check_recording.
     assert state.keys() == built.keys()
     for key, tensor in state.items():
         assert torch.equal(tensor, built[key]), key
@@ -413,7 +631,8 @@ def check_recording(name: str, folder: Path, tokenizer: ff.Tokenizer, samples: d
         again = ff.forward_all(hub, ff.tokens_of(hub, samples["s2"]), heads, pre_norm)
         for key, value in again.items():
             assert torch.equal(value, recorded[f"s2.{key}"]), key
-        return ["recomputed s2 after reloading: identical"]
+        return ["recomputed s2 after reloading: identical",
+                *check_positions(folder, hub, recorded), *check_pruning(folder, hub)]
     languages = list(hub.model.args.languages)
     lang = languages[1]
     again = ff.forward_all(hub, ff.tokens_of(hub, samples["s2"]), heads, pre_norm, lang_id=[lang])
@@ -459,21 +678,57 @@ def check_recording(name: str, folder: Path, tokenizer: ff.Tokenizer, samples: d
     return notes
 
 
+def check_positions(folder: Path, hub: Any, recorded: dict[str, torch.Tensor]) -> list[str]:
+    """No position table stored unless fairseq learned one; the recorded sinusoidal table is
+    fairseq's get_embedding and the one the reloaded hub looks up in."""
+    from fairseq.modules import SinusoidalPositionalEmbedding
+
+    encoder = hub.model.encoder.sentence_encoder
+    kind = position_kind(encoder)
+    stored = [key for key in ff.load_checkpoint(folder / "model.pt")["model"]
+              if "embed_positions" in key]
+    assert bool(stored) == (kind == "learned"), stored
+    if kind == "learned":
+        assert SINUSOIDAL_TABLE not in recorded
+        return []
+    if kind == "none":
+        assert SINUSOIDAL_TABLE not in recorded
+        return ["no positions: embed_positions None, no table stored"]
+    rows, dim = position_rows(encoder), encoder.embed_tokens.embedding_dim
+    table = recorded[SINUSOIDAL_TABLE]
+    assert table.shape == (rows, dim) and rows == hub.model.max_positions() + 2
+    assert torch.equal(table, encoder.embed_positions.weights[:rows])
+    assert torch.equal(table, SinusoidalPositionalEmbedding.get_embedding(rows, dim, 1))
+    assert not table[1].any() and table[2:].abs().sum(1).gt(0).all()
+    return [f"sinusoidal: no table stored; {SINUSOIDAL_TABLE} ({rows} x {dim}) == the reloaded "
+            "hub's and get_embedding's"]
+
+
+def check_pruning(folder: Path, hub: Any) -> list[str]:
+    """With encoder_layers_to_keep, the reloaded hub runs exactly the named stored layers."""
+    checkpoint = ff.load_checkpoint(folder / "model.pt")
+    keep = getattr(checkpoint["cfg"]["model"], "encoder_layers_to_keep", None)
+    if not keep:
+        return []
+    kept = sorted(int(layer) for layer in keep.split(","))
+    stored = checkpoint["model"]
+    prefix = "encoder.sentence_encoder.layers."
+    stored_layers = {key[len(prefix):].split(".")[0] for key in stored if key.startswith(prefix)}
+    assert len(stored_layers) == checkpoint["cfg"]["model"].encoder_layers > len(kept)
+    layers = hub.model.encoder.sentence_encoder.layers
+    assert len(layers) == len(kept)
+    for new, old in enumerate(kept):
+        for key, value in layers[new].state_dict().items():
+            assert torch.equal(value, stored[f"{prefix}{old}.{key}"]), (new, old, key)
+    dropped = sorted(set(stored_layers) - {str(layer) for layer in kept})
+    return [f"encoder_layers_to_keep {keep!r}: {len(stored_layers)} layers stored, the reloaded "
+            f"hub runs stored layers {kept} (dropped: {', '.join(dropped)})"]
+
+
 # --------------------------------------------------------------------------- README
 
 
-def update_readme(names: list[str]) -> None:
-    """Put (or replace) this script's rows in the table and its paragraph at the end."""
-    readme = FIXTURES / "README.md"
-    text = readme.read_text(encoding="utf-8")
-    marker = "\nX-MOD fixtures (`xmod_*`, made by `tools/make_variant_fixtures.py`)"
-    text = text.split(marker)[0].rstrip("\n") + "\n"
-    lines = [line for line in text.split("\n")
-             if not any(line.startswith(f"| `{name}` |") for name in names)]
-    last_row = max(i for i, line in enumerate(lines) if line.startswith("| `"))
-    rows = [f"| `{name}` | {VARIANT_DESCRIPTIONS[name]} |" for name in names]
-    lines[last_row + 1:last_row + 1] = rows
-    paragraph = f"""{marker[1:]} record every language:
+XMOD_PARAGRAPH = """X-MOD fixtures (`xmod_*`, made by `tools/make_variant_fixtures.py`) record every language:
 tensors `{{sample}}.{{lang}}.hidden.{{i}}`, `{{sample}}.{{lang}}.features`,
 `{{sample}}.{{lang}}.mlm_logits`, `{{sample}}.{{lang}}.head.{{name}}` (fairseq's hub with
 `lang_id=[lang] * batch`) next to the language-free `{{sample}}.input_ids`. Also: `s0.hi_IN_rom.*`
@@ -484,29 +739,102 @@ row, listed in the json's `language_calls`). The json also holds `languages`, `d
 and the X-MOD config fields (`xmod.cfg_model`). The variant fixtures are not trained (weights
 built by fairseq and perturbed from a seed) and reuse `xlmr_mlm/sentencepiece.bpe.model` and
 `gpt2_bpe/` without copying them; `tools/make_fixtures.py` regenerates tests/fixtures as a whole
-and does not know them: run `tools/make_variant_fixtures.py` after it. With them tests/fixtures
-is about 7 MB.
-"""
-    readme.write_text("\n".join(lines).rstrip("\n") + "\n\n" + paragraph, encoding="utf-8")
+and does not know them: run `tools/make_variant_fixtures.py` after it. With them and the tokenizer
+fixtures below, tests/fixtures is about {megabytes} MB."""
+ROBERTA_PARAGRAPH = """RoBERTa variant fixtures (`roberta_sinusoidal`, `roberta_nopos`, `roberta_keep_layers`,
+`roberta_relu2_cls`, also made by `tools/make_variant_fixtures.py`, on roberta_mlm's samples):
+the first two store no position table in `model.pt`. For `roberta_sinusoidal` fairseq's computed
+table is recorded as the tensor `positions.table` (max_positions + 2 rows, row 1 zero); the json's
+`positions` says what fairseq does, and for `roberta_nopos` `position_table_rows` is null.
+`roberta_keep_layers` stores 3 layers with `encoder_layers_to_keep` "0,2" in cfg["model"] (set
+after saving, as fairseq's arg_overrides would): fairseq's loader runs stored layers 0 and 2, so
+its `num_layers` and `hidden.{{i}}` are of that pruned 2-layer model (the json's `layers` says
+which stored layer each is). `roberta_relu2_cls` runs relu_squared in the FFNs and in fairseq's
+masked-LM head."""
+
+
+def update_readme(names: list[str]) -> None:
+    """Put (or replace in place) the rows of `names` in the table, and this script's paragraphs
+    after the table (replacing their old text, keeping every other paragraph)."""
+    readme = FIXTURES / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    lines = text.rstrip("\n").split("\n")
+    for name in names:
+        row = f"| `{name}` | {VARIANT_DESCRIPTIONS[name]} |"
+        present = [i for i, line in enumerate(lines) if line.startswith(f"| `{name}` |")]
+        if present:
+            lines[present[0]] = row
+        else:
+            last_row = max(i for i, line in enumerate(lines) if line.startswith("| `"))
+            lines.insert(last_row + 1, row)
+    paragraphs = "\n".join(lines).split("\n\n")
+
+    def ours(paragraph: str) -> bool:  # by the first two words
+        return any(paragraph.split(" ", 2)[:2] == mine.split(" ", 2)[:2]
+                   for mine in (XMOD_PARAGRAPH, ROBERTA_PARAGRAPH))
+
+    # Where the old ones were (or at the end); other scripts' paragraphs stay after them.
+    at = next((i for i, paragraph in enumerate(paragraphs) if ours(paragraph)), len(paragraphs))
+    paragraphs = [paragraph for paragraph in paragraphs if not ours(paragraph)]
+    size = sum(path.stat().st_size for path in FIXTURES.rglob("*") if path.is_file())
+    mine = [XMOD_PARAGRAPH.format(megabytes=round(size / 1e6)), ROBERTA_PARAGRAPH.format()]
+    readme.write_text("\n\n".join(paragraphs[:at] + mine + paragraphs[at:]) + "\n",
+                      encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- main
 
+# Built in this order from torch's generator as ff.start seeded it (no init_seed of their own).
+CHAINED = ("roberta_preln", "xmod_base", "xmod_prenorm")
+# (name, build, tokenizer ("gpt2" / "spm"), samples of, X-MOD)
+PLAN = [("roberta_preln", build_roberta_preln, "gpt2", "roberta_mlm", False),
+        ("xmod_base", build_xmod_base, "spm", "xlmr_mlm", True),
+        ("xmod_prenorm", build_xmod_prenorm, "spm", "xlmr_mlm", True),
+        ("roberta_sinusoidal", build_roberta_sinusoidal, "gpt2", "roberta_mlm", False),
+        ("roberta_nopos", build_roberta_nopos, "gpt2", "roberta_mlm", False),
+        ("roberta_keep_layers", build_roberta_keep_layers, "gpt2", "roberta_mlm", False),
+        ("roberta_relu2_cls", build_roberta_relu2_cls, "gpt2", "roberta_mlm", False)]
+
+
+def only_names() -> list[str]:
+    """--only NAME ...: the fixtures to (re)make, in PLAN order (default: all of them).
+
+    Taken off sys.argv before ff.start, whose parser (shared by the fixture scripts) knows only
+    --keep-work."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--only", nargs="+", metavar="NAME")
+    known, rest = parser.parse_known_args()
+    sys.argv[1:] = rest
+    everything = [name for name, *_ in PLAN]
+    unknown = sorted(set(known.only or []) - set(everything))
+    if unknown:
+        sys.exit(f"--only: unknown fixture(s) {', '.join(unknown)}; "
+                 f"known: {', '.join(everything)}")
+    return [name for name in everything if known.only is None or name in known.only]
+
 
 def main() -> None:
+    names = only_names()
     options = ff.start(__doc__)
-    gpt2 = ff.gpt2_tokenizer(FIXTURES / "gpt2_bpe")
-    spm = ff.spm_tokenizer(FIXTURES / "xlmr_mlm" / ff.SPM_FILE)  # the only copy
-    plan = [("roberta_preln", build_roberta_preln, gpt2, samples_of("roberta_mlm"), False),
-            ("xmod_base", build_xmod_base, spm, samples_of("xlmr_mlm"), True),
-            ("xmod_prenorm", build_xmod_prenorm, spm, samples_of("xlmr_mlm"), True)]
+    tokenizers = {"gpt2": ff.gpt2_tokenizer(FIXTURES / "gpt2_bpe"),
+                  "spm": ff.spm_tokenizer(FIXTURES / "xlmr_mlm" / ff.SPM_FILE)}  # the only copy
+    # A CHAINED fixture needs the ones before it built first (not written unless named).
+    last_chained = max((CHAINED.index(name) for name in names if name in CHAINED), default=-1)
+    plan = [(name, build, tokenizers[tokenizer], samples_of(samples), xmod)
+            for name, build, tokenizer, samples, xmod in PLAN
+            if name in names or name in CHAINED[:last_chained + 1]]
     with ff.work_dir(options.keep_work, prefix="variants-") as work:
         # Recorded in place (the tokenizer paths are relative to tests/fixtures), so build in
-        # the work dir first and only then replace the three folders.
+        # the work dir first and only then replace the folders.
         staged = []
         for name, build, tokenizer, samples, xmod in plan:
             print(f"{name}: build, perturb, save ...", flush=True)
             checkpoint, built = build(work)
+            if name not in names:
+                print(f"  {name}: built for the generator's state only, not written", flush=True)
+                continue
+            if name in AFTER_SAVING:
+                AFTER_SAVING[name](checkpoint)
             staged.append((name, assemble(work, work / "out", name, checkpoint), built,
                            tokenizer, samples, xmod))
         for name, source, built, tokenizer, samples, xmod in staged:
@@ -517,9 +845,9 @@ def main() -> None:
             record(name, folder, tokenizer, samples, xmod)
             for note in check_recording(name, folder, tokenizer, samples, xmod):
                 print(f"  {note}")
-        update_readme([name for name, *_ in plan])
+        update_readme(names)
     sizes = {name: sum(p.stat().st_size for p in (FIXTURES / name).rglob("*") if p.is_file())
-             for name, *_ in plan}
+             for name in names}
     print("bytes:", json.dumps(sizes), "total", sum(sizes.values()))
 
 
