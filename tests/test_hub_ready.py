@@ -270,3 +270,15 @@ def test_labels_are_table_cells_in_the_card(tmp_path: Path) -> None:
     assert "<b>" not in card
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["id2label"]["0"] == "a|b" and config["id2label"]["1"] == "<b>bold</b>"  # the labels themselves
+
+
+def test_inspect_refuses_what_convert_refuses_for_its_tokenizer_files() -> None:
+    """Tokenizer files that cannot be the model's make convert refuse before any output; inspect says so."""
+    result = run_cli("inspect", FIXTURES / "roberta_mlm", "--encoder-json", FIXTURES / "roberta_mlm" / "dict.txt",
+                     "--vocab-bpe", GPT2_BPE / "vocab.bpe", "--json")
+    assert result.returncode == 0, result.stderr
+    description = json.loads(result.stdout)
+    assert "not a readable GPT-2 encoder.json" in description["convert_would_produce"]["default"]["refused"]
+    assert description["layers"] == 2  # the model is still described
+    fine = json.loads(run_cli("inspect", FIXTURES / "roberta_mlm", *GPT2_FLAGS, "--json").stdout)
+    assert "plan" in fine["convert_would_produce"]["default"]

@@ -14,7 +14,7 @@ from .plan.families import ADAPTER_NAME
 from .reader.checkpoint import read_checkpoint
 from .reader.dictionary import read_dictionary
 from .reader.folder import find_source_files
-from .tokenizer import TOKENIZER_FILES, TokenizerFiles, choose_kind, looked_for
+from .tokenizer import TOKENIZER_FILES, TokenizerFiles, choose_kind, looked_for, prepare_tokenizer
 from .writer import DEFAULT_MAX_SHARD_BYTES, plan_shards, shard_file_names
 
 POSITION_NOTES = {"sinusoidal": "sinusoidal, computed by fairseq: written as a table",
@@ -52,6 +52,11 @@ def inspect_source(src: str | Path, *, checkpoint: str | Path | None = None, dic
         model = error
     outputs = {target or "default": _would_produce(model, OutputRequest(head=target, default_language=default_language))
                for target in targets}
+    if isinstance(model, SourceModel) and files.tokenizer.paths and not model.problems:
+        try:  # convert refuses tokenizer files that cannot be this model's, whatever the output
+            prepare_tokenizer(files.tokenizer, token_dictionary, model.dims.vocab_size, source.bpe)
+        except ConversionError as error:
+            outputs = {target: {"refused": error.render()} for target in outputs}
 
     description: dict[str, Any] = {
         "checkpoint": str(files.checkpoint),
