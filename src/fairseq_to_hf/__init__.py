@@ -2,7 +2,8 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["CardOptions", "ConversionError", "ConversionReport", "ConvertOptions", "VerificationError", "__version__", "convert"]
+__all__ = ["CardOptions", "ConversionError", "ConversionReport", "ConvertOptions", "VerificationError", "__version__",
+           "convert"]
 
 _EXPORTS = {"convert": "pipeline", "ConvertOptions": "pipeline", "CardOptions": "card", "ConversionReport": "report",
             "ConversionError": "errors", "VerificationError": "errors"}

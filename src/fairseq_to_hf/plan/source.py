@@ -154,7 +154,8 @@ def _pruned(tensors: dict[str, SourceTensor], keep: Any, dropped: dict[str, str]
             new_name = f"{E}.layers.{renumbered[found.group(1)]}.{name[found.end():]}"
             pruned[new_name] = replace(item, name=new_name)
         else:
-            dropped[item.stored_as] = f"layer {found.group(1)}: not in encoder_layers_to_keep {keep!r}, so fairseq drops it"
+            dropped[item.stored_as] = (f"layer {found.group(1)}: not in encoder_layers_to_keep {keep!r}, "
+                                       "so fairseq drops it")
     return pruned
 
 

@@ -229,7 +229,8 @@ class FairseqReference:
             raise ConversionError("the checkpoint has no learned position table, though encoder_learned_pos is set")
         half = dim // 2
         step = math.log(10000) / (half - 1)
-        angle = torch.outer(torch.arange(rows, dtype=torch.float), torch.exp(torch.arange(half, dtype=torch.float) * -step))
+        inverse_frequencies = torch.exp(torch.arange(half, dtype=torch.float) * -step)
+        angle = torch.outer(torch.arange(rows, dtype=torch.float), inverse_frequencies)
         table = torch.cat([torch.sin(angle), torch.cos(angle)], dim=1)
         if dim % 2:
             table = torch.cat([table, torch.zeros(rows, 1)], dim=1)
