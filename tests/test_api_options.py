@@ -16,6 +16,13 @@ from fairseq_to_hf.progress import WriteProgress
 MLM = FIXTURES / "roberta_mlm"
 
 
+class BytesPath:
+    """An os.PathLike whose path is bytes, which pathlib cannot take."""
+
+    def __fspath__(self) -> bytes:
+        return b"model.pt"
+
+
 @pytest.mark.parametrize("keywords, message", [
     ({"tolerance": "1e-5"}, "tolerance must be a number, not '1e-5' (str)"),
     ({"tolerance": True}, "tolerance must be a number"),
@@ -35,6 +42,9 @@ MLM = FIXTURES / "roberta_mlm"
     ({"pooler_activation_fn": 1}, "pooler_activation_fn must be a string or None"),
     ({"dtype": "float8"}, "unknown dtype 'float8'"),
     ({"tolerance": float("nan")}, "must be a finite number >= 0"),
+    ({"languages": ["en"]}, "unknown option 'languages'"),
+    ({"checkpoint": BytesPath()}, "checkpoint must be a string or a path or None"),
+    ({"language": [""]}, "an empty language code"),
 ])
 def test_an_option_of_the_wrong_type_or_value_is_refused_before_any_work(tmp_path: Path, keywords: dict,
                                                                          message: str) -> None:
@@ -91,3 +101,9 @@ def test_arguments_of_the_wrong_type_are_refused(tmp_path: Path, arguments: tupl
                                                  message: str) -> None:
     with pytest.raises(ConversionError, match=re.escape(message)):
         convert(*arguments, **keywords)
+
+
+def test_card_fields_are_taken_by_keyword_as_the_flags(tmp_path: Path) -> None:
+    convert(MLM, tmp_path / "out", verify=False, language=["en"], license="mit")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "language:\n- \"en\"" in card and 'license: "mit"' in card

@@ -359,6 +359,10 @@ def edited_copy(folder: Path, dest: Path, file: str, edit) -> Path:
      "is not the inverse of its id2label"),
     ("config.json", lambda c: c.update(num_attention_heads=4.0), 1, "num_attention_heads 4.0, where fairseq runs 4"),
     ("config.json", lambda c: c.update(layer_norm_eps="1e-5"), 1, "layer_norm_eps '1e-5'"),
+    ("config.json", lambda c: c.update(eos_token_id=0), 1, "eos_token_id 0, fairseq's is 2"),
+    ("tokenizer_config.json", lambda c: c.update(padding_side="left"), 1, "padding_side is 'left'"),
+    ("tokenizer.json", lambda t: t["added_tokens"].append({**t["added_tokens"][0], "id": 100, "content": "quick"}),
+     1, "it adds tokens fairseq does not have: 'quick'"),
 ])
 def test_verify_refuses_a_folder_whose_configs_were_edited(classifier_out: Path, tmp_path: Path, file: str, edit,
                                                            code: int, phrase: str) -> None:
@@ -435,3 +439,20 @@ def test_all_heads_names_the_heads_that_cannot_be_converted(tmp_path: Path) -> N
                    "--all-heads: 1 of 2 heads cannot be converted exactly",
                    "convert the others one by one with --head NAME (good)", "wide: ", "inner dimension 48")
     assert run_cli("convert", src, out, "--head", "good", "--no-verify").returncode == 0
+
+
+def test_verify_compares_the_alias_rows_with_unks(tmp_path: Path) -> None:
+    """Tokens of the segmentation that dict.txt lacks get alias ids whose embedding is <unk>'s row."""
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "mlm"
+    assert run_cli("convert", MLM, out, *GPT2_FLAGS, "--no-verify").returncode == 0
+    weights = load_file(out / "model.safetensors")
+    name = "roberta.embeddings.word_embeddings.weight"
+    rows = json.loads((out / "config.json").read_text())["vocab_size"]
+    assert rows > 345 and weights[name].shape[0] == rows  # alias rows after the model's 345
+    assert run_cli("verify", MLM, out, *GPT2_FLAGS).returncode == 0
+    weights[name][345:] = 3.0
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    result = run_cli("verify", MLM, out, *GPT2_FLAGS)
+    assert result.returncode == 1 and name in result.stderr, result.stderr

@@ -222,3 +222,30 @@ def test_encoder_layers_to_keep_drops_layer_1_and_verifies(tmp_path: Path) -> No
     assert layer_1 and all("encoder_layers_to_keep" in reason for reason in layer_1.values())
     assert not any(".layers.0." in key or ".layers.2." in key for key in dropped)
     assert verify_folder(FIXTURES / "roberta_keep_layers", out).passed
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_sinusoidal_model_keeps_fairseqs_float32_table(tmp_path: Path, dtype: torch.dtype) -> None:
+    """fairseq loads a half-precision checkpoint into a float32 model, whose sinusoidal table is computed in
+    float32: the table stays float32 beside the half-precision weights, and verify takes it as such."""
+    import argparse
+    import shutil
+    from collections import OrderedDict
+
+    from safetensors import safe_open
+
+    from fairseq_to_hf.reader.checkpoint import read_checkpoint
+
+    src = tmp_path / "src"
+    shutil.copytree(FIXTURES / "roberta_sinusoidal", src)
+    checkpoint = read_checkpoint(src / "model.pt")
+    state = OrderedDict((name, lazy.load().to(dtype) if lazy.dtype.is_floating_point else lazy.load())
+                        for name, lazy in checkpoint.tensors.items())
+    torch.save({"model": state, "args": argparse.Namespace(**checkpoint.hparams)}, src / "model.pt")
+    out = tmp_path / "out"
+    assert convert(src, out).verified
+    with safe_open(out / "model.safetensors", "pt") as weights:
+        table = weights.get_tensor("roberta.embeddings.position_embeddings.weight")
+        assert weights.get_tensor("roberta.embeddings.word_embeddings.weight").dtype == dtype
+    assert table.dtype == torch.float32 and torch.equal(table, recording("roberta_sinusoidal")["positions.table"])
+    assert verify_folder(src, out).passed

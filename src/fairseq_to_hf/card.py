@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ConversionError
 from .field_types import refuse_wrong_types
 from .tokenizer import kind_named, looked_for
 
@@ -28,6 +29,8 @@ class CardOptions:
         if isinstance(self.language, str):  # CardOptions(language="en"): one language, not two letters
             object.__setattr__(self, "language", [self.language])
         refuse_wrong_types(self)
+        if any(not code.strip() for code in self.language):
+            raise ConversionError(f"CardOptions: an empty language code in {list(self.language)!r:.80}")
 
 
 def _table_cell(text: str) -> str:

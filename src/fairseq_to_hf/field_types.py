@@ -28,7 +28,9 @@ def refuse_wrong_types(instance: Any) -> None:
         value = getattr(instance, field.name)
         hint = hints[field.name]
         if not _matches(value, hint):
-            problems.add(f"{field.name} must be {_describe(hint)}, not {value!r:.60} ({type(value).__name__})")
+            kind = type(value)
+            named = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+            problems.add(f"{field.name} must be {_describe(hint)}, not {value!r:.60} ({named})")
     problems.raise_if_any(ConversionError, f"{type(instance).__name__}: wrong type")
 
 
@@ -43,8 +45,8 @@ def _matches(value: Any, hint: Any) -> bool:
     if origin is list:
         (item_hint,) = typing.get_args(hint)
         return isinstance(value, (list, tuple)) and all(_matches(item, item_hint) for item in value)
-    if hint is Path:
-        return isinstance(value, os.PathLike)
+    if hint is Path:  # a str path: bytes paths are refused by pathlib
+        return isinstance(value, os.PathLike) and isinstance(os.fspath(value), str)
     if hint in (int, float):  # a bool is an int to Python, never a count or a tolerance here
         return isinstance(value, numbers.Real if hint is float else numbers.Integral) and not isinstance(value, bool)
     if hint is type(None):

@@ -234,7 +234,8 @@ def matching_checkpoints(src: str | Path, pattern: str) -> dict[str, Path]:
 
 def _refuse_wrong_arguments(src: object, out: object, log: object, progress: object) -> None:
     problems = [f"{name} must be a path (str or os.PathLike), not {type(value).__name__}"
-                for name, value in (("src", src), ("out", out)) if not isinstance(value, (str, os.PathLike))]
+                for name, value in (("src", src), ("out", out))
+                if not isinstance(value, (str, os.PathLike)) or not isinstance(os.fspath(value), str)]
     if log is not None and not callable(log):
         problems.append(f"log must be a function taking a message, not {type(log).__name__}")
     if progress is not None and not isinstance(progress, WriteProgress):
@@ -259,6 +260,15 @@ def _with_fields(options: ConvertOptions | None, fields: dict) -> ConvertOptions
     if isinstance(fields.get("hyper_parameters", options.hyper_parameters), SuppliedHyperParameters):
         fields["hyper_parameters"] = replace(fields.get("hyper_parameters", options.hyper_parameters),
                                              **{k: fields.pop(k) for k in list(fields) if k in supplied})
+    card_fields = {f.name for f in dataclass_fields(CardOptions)}
+    if isinstance(fields.get("card", options.card), CardOptions):  # language=, license=, ... as the flags
+        fields["card"] = replace(fields.get("card", options.card),
+                                 **{k: fields.pop(k) for k in list(fields) if k in card_fields})
+    known = {f.name for f in dataclass_fields(ConvertOptions)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ConversionError(f"unknown option {unknown[0]!r}", hint="options are " + ", ".join(
+            sorted(known | roles | supplied | card_fields)))
     return replace(options, **fields)
 
 

@@ -149,8 +149,10 @@ def make_plan(model: SourceModel, request: OutputRequest, *, extra_vocab_rows: i
         if source_name is None:
             mapped[target] = TensorPlan(target, shape, float_dtype, None, "zeros (fairseq has no token types)")
         elif source_name == f"{E}.embed_positions.weight" and position_kind != LEARNED:
-            mapped[target] = TensorPlan(target, shape, float_dtype, None, POSITION_DESCRIPTIONS[position_kind],
-                                        computed=position_kind)
+            # fairseq computes the table in float32 even for a half-precision checkpoint, which it loads
+            # into a float32 model: kept in float32 unless --dtype casts.
+            mapped[target] = TensorPlan(target, shape, out_dtype or torch.float32, None,
+                                        POSITION_DESCRIPTIONS[position_kind], computed=position_kind)
 
     for target, (_, shape) in expected.items():
         planned = mapped.get(target)

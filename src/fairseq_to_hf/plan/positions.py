@@ -17,6 +17,8 @@ import torch
 from ..reader.dictionary import PAD_ID
 
 LEARNED, SINUSOIDAL, NONE = "learned", "sinusoidal", "none"
+MIN_SINUSOIDAL_WIDTH = 4
+MAX_COMPUTED_TABLE_BYTES = 4 << 30  # a float32 table of max_positions + 2 rows beyond this is no real model
 DESCRIPTIONS = {
     SINUSOIDAL: "fairseq's sinusoidal positions (encoder_learned_pos False), computed",
     NONE: "zeros: fairseq adds no positions (no_token_positional_embeddings)",
@@ -24,12 +26,15 @@ DESCRIPTIONS = {
 
 
 def position_kind(hparams: dict[str, Any], has_table: bool) -> str | None:
-    """LEARNED, SINUSOIDAL or NONE as fairseq builds the encoder; None when the two disagree or are unknown."""
-    if hparams.get("no_token_positional_embeddings") is True:
+    """LEARNED, SINUSOIDAL or NONE as fairseq builds the encoder (it tests both flags for truth); None
+    when the stored tensors contradict the flags (fairseq refuses to load such a file) or the flags are
+    unknown."""
+    if hparams.get("no_token_positional_embeddings"):
         return NONE if not has_table else None
+    learned = hparams.get("encoder_learned_pos")
     if has_table:
-        return LEARNED
-    return SINUSOIDAL if hparams.get("encoder_learned_pos") is False else None
+        return LEARNED if learned is None or learned else None
+    return SINUSOIDAL if learned is not None and not learned else None
 
 
 def computed_table(kind: str, rows: int, dim: int) -> torch.Tensor:
@@ -37,7 +42,7 @@ def computed_table(kind: str, rows: int, dim: int) -> torch.Tensor:
     `rows` positions, the padding row zero), or zeros for NONE."""
     if kind == NONE:
         return torch.zeros(rows, dim)
-    half = dim // 2
+    half = dim // 2  # at least 2 (MIN_SINUSOIDAL_WIDTH): fairseq divides by half - 1
     frequencies = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(10000) / (half - 1)))
     angles = torch.arange(rows, dtype=torch.float32)[:, None] * frequencies[None, :]
     table = torch.zeros(rows, dim)

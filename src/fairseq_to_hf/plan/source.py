@@ -17,7 +17,7 @@ from typing import Any
 from . import families
 from ..arch.fairseq_keys import SourceTensor, normalise_state_dict, unsupported_layouts
 from .families import Family, strip_language
-from .positions import LEARNED, position_kind
+from .positions import LEARNED, MAX_COMPUTED_TABLE_BYTES, MIN_SINUSOIDAL_WIDTH, SINUSOIDAL, position_kind
 from ..errors import ConversionError, UnsupportedModelError
 from ..hparams import HEADS, HyperParameters, SuppliedHyperParameters, arch_name, resolve_hyper_parameters
 from ..reader.checkpoint import Checkpoint
@@ -131,6 +131,10 @@ def _pruned(tensors: dict[str, SourceTensor], keep: Any, dropped: dict[str, str]
     """The layers fairseq runs when `encoder_layers_to_keep` is set (LayerDrop pruning): its loader keeps
     the listed layers, renumbered 0, 1, ... in order, and drops the others (prune_state_dict)."""
     if not keep:
+        return tensors
+    if not isinstance(keep, str):  # fairseq's loader splits it as a string
+        problems.append(f"encoder_layers_to_keep {keep!r:.60} is not a string of layer numbers: fairseq cannot "
+                        "load it either")
         return tensors
     try:
         kept = sorted(int(layer) for layer in str(keep).split(","))
@@ -285,11 +289,17 @@ def _dims(source: NormalisedSource, hparams: dict[str, Any], problems: list[str]
         problems.append(_unknown_positions(hparams, bool(positions)))
     elif kind != LEARNED:
         max_positions = hparams.get("max_positions")
-        if isinstance(max_positions, int) and not isinstance(max_positions, bool) and max_positions > 0:
-            positions = (max_positions + PAD_ID + 1, hidden)  # fairseq's table: max_positions + padding_idx + 1 rows
-        else:
+        if not isinstance(max_positions, int) or isinstance(max_positions, bool) or max_positions <= 0:
             problems.append(f"its positions are computed ({kind}), and max_positions {max_positions!r:.40} "
                             "is not a number of positions, so the table's size is unknown")
+        elif (max_positions + PAD_ID + 1) * hidden * 4 > MAX_COMPUTED_TABLE_BYTES:
+            problems.append(f"its positions are computed ({kind}) for max_positions {max_positions}: a table of "
+                            f"{(max_positions + PAD_ID + 1) * hidden * 4 / 1e9:.0f} GB, which no model uses")
+        elif kind == SINUSOIDAL and hidden < MIN_SINUSOIDAL_WIDTH:
+            problems.append(f"its sinusoidal positions need a width of at least {MIN_SINUSOIDAL_WIDTH} (fairseq "
+                            f"divides by width / 2 - 1), and it is {hidden}")
+        else:
+            positions = (max_positions + PAD_ID + 1, hidden)  # fairseq's table: max_positions + padding_idx + 1 rows
     if positions and positions[0] < MIN_POSITION_ROWS:
         problems.append(f"the position table has {positions[0]} rows; fairseq's has max_positions + 2 (pads and "
                         f"the offset take two), so at least {MIN_POSITION_ROWS} to hold <s>, a token and </s>")
@@ -314,8 +324,9 @@ def _dims(source: NormalisedSource, hparams: dict[str, Any], problems: list[str]
 
 def _unknown_positions(hparams: dict[str, Any], has_table: bool) -> str:
     if has_table:
-        return (f"it stores a position table ({E}.embed_positions.weight), but no_token_positional_embeddings "
-                "is True: fairseq would not build one")
+        return (f"it stores a position table ({E}.embed_positions.weight), but its hyper-parameters say fairseq "
+                f"builds none (no_token_positional_embeddings {hparams.get('no_token_positional_embeddings')!r:.20}, "
+                f"encoder_learned_pos {hparams.get('encoder_learned_pos')!r:.20}): fairseq refuses to load it")
     said = {key: hparams.get(key) for key in ("encoder_learned_pos", "no_token_positional_embeddings")}
     return (f"no position table ({E}.embed_positions.weight), and the hyper-parameters do not say positions are "
             f"computed or absent (encoder_learned_pos {said['encoder_learned_pos']!r:.20}, "

@@ -220,7 +220,7 @@ class FairseqReference:
         found = self._lookup(f"{enc}.embed_tokens.weight")
         if found is None:
             raise KeyError(f"{enc}.embed_tokens.weight")
-        words = self.state[found[0]]  # read for its width and dtype only
+        words = self.state[found[0]]  # read for its width only
         dim = words.shape[1]
         rows = self._hparam("max_positions") + PAD + 1
         if self._hparam("no_token_positional_embeddings"):
@@ -235,7 +235,7 @@ class FairseqReference:
         if dim % 2:
             table = torch.cat([table, torch.zeros(rows, 1)], dim=1)
         table[PAD] = 0
-        return self.prepare(table.to(words.dtype))  # fairseq's buffer takes the model's dtype
+        return self.prepare(table)  # float32, as fairseq computes it whatever the checkpoint's dtype
 
     @torch.no_grad()
     def forward(self, sequences: list[torch.Tensor], head: str | None,

@@ -15,7 +15,7 @@ from ..plan import (FAMILIES, LM_HEAD, ConversionPlan, Dims, NormalisedSource, O
                     make_plan, normalise_source, strip_language)
 from ..plan.families import DEFAULT_LANGUAGE
 from ..reader.checkpoint import read_checkpoint
-from ..reader.dictionary import Dictionary, labels_for_head, read_dictionary
+from ..reader.dictionary import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Dictionary, labels_for_head, read_dictionary
 from ..reader.folder import find_source_files, read_text_lines
 from ..tokenizer import TOKENIZER_FILES, kind_named, looked_for, prepare_tokenizer
 from .compare import (DEFAULT_TOLERANCE, OutputCheck, WeightsVerification, max_abs_diff, non_finite, per_language,
@@ -119,8 +119,10 @@ def verify_folder(
         result.tokenizer_note = "config.json does not describe this checkpoint"
         return result
 
-    # A folder saved in half precision is compared with the source rounded alike.
+    # A folder saved in half precision from a source that is not is compared with the source rounded alike.
     stored_dtype = HALF_DTYPES.get(str(config.get("dtype") or config.get("torch_dtype")))
+    if stored_dtype == source.tensors["encoder.sentence_encoder.embed_tokens.weight"].tensor.dtype:
+        stored_dtype = None  # nothing was cast (a computed position table stays float32, as fairseq's)
     inputs, row_languages = per_language(verification_inputs(dims.vocab_size, dims.positions, streamed),
                                          dims.languages)
     reference = FairseqReference(source.checkpoint.tensors, plan.hyper_parameters.values, round_to=stored_dtype)
@@ -158,6 +160,9 @@ def config_mismatches(config: dict[str, Any], architecture: str, dims: Dims,
 
     mismatches = [f"config.json says {key} {config.get(key)!r:.60}, where fairseq runs {value}"
                   for key, value in expected.items() if differs(config.get(key), value)]
+    for key, value in (("bos_token_id", BOS_ID), ("pad_token_id", PAD_ID), ("eos_token_id", EOS_ID)):
+        if key in config and differs(config[key], value):  # absent: Transformers' RoBERTa defaults, fairseq's
+            mismatches.append(f"config.json says {key} {config[key]!r:.40}, fairseq's is {value}")
     eps = config.get("layer_norm_eps")
     if not isinstance(eps, float) or eps != LAYER_NORM_EPS:  # fairseq's LayerNorms all use 1e-5
         mismatches.append(f"config.json says layer_norm_eps {eps!r:.60}, where fairseq runs {LAYER_NORM_EPS}")
@@ -296,11 +301,16 @@ def stored_weight_checks(out: Path, plan: ConversionPlan, reference: FairseqRefe
         else:
             with safe_open(file, "pt") as weights:
                 table = weights.get_slice(planned.target)
-                for start in range(0, len(want), rows_at_once):  # rows past the source's: tokenizer aliases
+                for start in range(0, len(want), rows_at_once):
                     end = min(start + rows_at_once, len(want))
                     part, have = want[start:end], table[start:end].to(torch.float32)
                     worst = max(worst, max_abs_diff(part, have))
                     non_finite_count += non_finite(part, have)
+                if shape[0] > len(want) and want.dim() == 2:  # the tokenizer's alias ids embed as <unk>
+                    have = table[len(want):shape[0]].to(torch.float32)
+                    alias = want[UNK_ID].expand_as(have)
+                    worst = max(worst, max_abs_diff(alias, have))
+                    non_finite_count += non_finite(alias, have)
         check = OutputCheck("stored weights", planned.target, worst, scale_of(want), 0.0, non_finite_count)
         if check.passed:
             matching += 1

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConversionError
-from ..reader.dictionary import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Dictionary, fit_embedding
+from ..reader.dictionary import (BOS, BOS_ID, EOS, EOS_ID, MASK, PAD, PAD_ID, UNK, UNK_ID, Dictionary,
+                                 fit_embedding)
 from ..reference.encode import fairseq_encode
 from .imports import transformers as import_transformers
 
@@ -142,6 +143,13 @@ def _special_token_problems(tokenizer, reference_bpe, dictionary: Dictionary, mo
         got = getattr(tokenizer, name, None)
         if want is not None and got != want:
             problems.append(f"{name} is {got!r}, fairseq's is {want}")
+    fairseq_specials = {BOS: BOS_ID, PAD: PAD_ID, EOS: EOS_ID, UNK: UNK_ID, **({MASK: mask_id} if mask_id else {})}
+    added = tokenizer.get_added_vocab()
+    foreign = sorted(token for token in added if token not in fairseq_specials)
+    if foreign:  # matched as whole tokens in any text, with ids fairseq never gives
+        problems.append(f"it adds tokens fairseq does not have: {', '.join(map(repr, foreign[:5]))}")
+    if getattr(tokenizer, "padding_side", "right") != "right":
+        problems.append(f"padding_side is {tokenizer.padding_side!r}; fairseq pads on the right")
     if mask_id is not None:
         around = fairseq_encode(reference_bpe, dictionary.index(), "Hello")
         want_ids = [*around[:-1], mask_id, around[-1]]
