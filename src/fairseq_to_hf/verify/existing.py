@@ -89,7 +89,7 @@ def verify_folder(
         raise ConversionError(f"holds {held}; verify checks the masked-LM and classifier folders of fairseq's "
                               "RoBERTa family", path=out / "config.json",
                               hint=f"architectures: [one of {', '.join(sorted(SUPPORTED_CLASSES))}]")
-    _check_shard_index(out)
+    sharded = _checked_shard_index(out)
     files = find_source_files(src, TOKENIZER_FILES, checkpoint=checkpoint, dictionary=dictionary, **tokenizer_files)
     extra_lines = read_text_lines(verify_text) if verify_text else []  # checked before any work
     source = normalise_source(read_checkpoint(files.checkpoint))
@@ -132,7 +132,7 @@ def verify_folder(
         result.weights = verify_weights(out, architecture, inputs, expected, head=head_name,
                                         vocab_size=dims.vocab_size, tolerance=tolerance, streamed=streamed,
                                         row_languages=row_languages)
-        result.weights.checks += stored_weight_checks(out, plan, reference)
+        result.weights.checks += stored_weight_checks(sharded or StoredWeights(out), plan, reference)
     except (RuntimeError, IndexError, KeyError, ValueError) as error:  # its weights do not fit its config
         result.run_error = f"the folder's model cannot run the checkpoint's inputs ({type(error).__name__}: " \
                            f"{str(error).strip().splitlines()[0][:200] if str(error).strip() else ''})"
@@ -224,12 +224,14 @@ def label_mismatches(config: dict[str, Any], labels: Dictionary, num_classes: in
     return [f"config.json's id2label {names!r:.120} differs from the label dict's classes {expected!r:.120}"]
 
 
-def _check_shard_index(out: Path) -> None:
-    """Every shard the index names is a file of OUT itself: a folder that loads weights from elsewhere
-    would not be the model once uploaded."""
+def _checked_shard_index(out: Path) -> StoredWeights | None:
+    """A sharded folder's stored tensors, read to check its index: every shard it names is a file of OUT
+    itself (a folder that loads weights from elsewhere would not be the model once uploaded), and it
+    names each stored tensor's own shard, once (loaders trust the index: a tensor it misplaces or leaves
+    out is not the model's). None for a folder without an index."""
     index = out / INDEX_FILE
     if not index.exists():
-        return
+        return None
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         shards = set(weight_map.values())
@@ -241,37 +243,21 @@ def _check_shard_index(out: Path) -> None:
                 or (out / shard).is_symlink() or not (out / shard).is_file():
             raise ConversionError(f"names the shard {shard!r:.80}, which is not a file of this folder", path=index,
                                   hint="a model folder holds its own weights; convert the checkpoint again")
-    _check_index_matches_shards(index, weight_map, sorted(shards))
-
-
-def _check_index_matches_shards(index: Path, weight_map: dict, shards: list[str]) -> None:
-    """Every tensor the index names is in the shard it names, and every shard's tensor is named there once:
-    loaders trust the index, so a tensor it misplaces or leaves out is not the model's."""
-    from safetensors import safe_open
-
+    stored = StoredWeights(out)
     problems = ProblemList()
-    holders: dict[str, list[str]] = {}
-    for shard in shards:
-        try:
-            with safe_open(index.parent / shard, "pt") as weights:
-                names = list(weights.keys())
-        except Exception as error:  # safetensors' own error types for a damaged header
-            raise ConversionError(f"shard {shard} cannot be read as safetensors ({str(error)[:120]})",
-                                  path=index.parent / shard, hint="convert the checkpoint again") from None
-        for name in names:
-            holders.setdefault(name, []).append(shard)
-    for name, held_in in sorted(holders.items()):
+    for name, held_in in sorted(stored.files_of.items()):
         if len(held_in) > 1:
             problems.add(f"{name} is stored in {' and '.join(held_in)}")
         elif weight_map.get(name) != held_in[0]:
             problems.add(f"{name} is stored in {held_in[0]}, the index says {weight_map.get(name)!r:.60}")
-    for name in sorted(set(weight_map) - set(holders), key=str):
+    for name in sorted(set(weight_map) - set(stored.files_of), key=str):
         problems.add(f"{name!r:.80} is in the index but in no shard")
     problems.raise_if_any(ConversionError, "does not describe its shards", path=index,
                           hint="convert the checkpoint again")
+    return stored
 
 
-def stored_weight_checks(out: Path, plan: ConversionPlan, reference: FairseqReference,
+def stored_weight_checks(stored: StoredWeights, plan: ConversionPlan, reference: FairseqReference,
                          rows_at_once: int = 1 << 14) -> list[OutputCheck]:
     """Every stored tensor of OUT against the source tensor the plan maps to it, exactly (rounded to the
     stored dtype); position tables fairseq computes against the reference's own.
@@ -281,12 +267,11 @@ def stored_weight_checks(out: Path, plan: ConversionPlan, reference: FairseqRefe
     """
     from safetensors import safe_open
 
-    stored = StoredWeights(out).locations
     failing, matching = [], 0
     for planned in plan.tensors:
-        if planned.target not in stored:
+        if planned.target not in stored.locations:
             continue  # a tied or missing tensor: loading reports it
-        file, dtype, shape, _, _ = stored[planned.target]
+        file, dtype, shape, _, _ = stored.locations[planned.target]
         if planned.computed is not None:
             want = reference.position_table()
         elif planned.source is None:

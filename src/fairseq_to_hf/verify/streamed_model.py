@@ -52,6 +52,7 @@ class StoredWeights:
             files = [SINGLE_FILE]
         # name -> (file, dtype, shape, offset in the file, byte count)
         self.locations: dict[str, tuple[Path, torch.dtype, list[int], int, int]] = {}
+        self.files_of: dict[str, list[str]] = {}  # name -> every file that stores it (one, in a sound folder)
         for file in files:
             if not (folder / file).is_file():
                 raise ConversionError(
@@ -78,6 +79,7 @@ class StoredWeights:
                     if not 0 <= begin <= end <= size - 8 - length or end - begin != math.prod(shape) * dtype.itemsize:
                         raise ValueError(name)
                     self.locations[name] = (path, dtype, shape, 8 + length + begin, end - begin)
+                    self.files_of.setdefault(name, []).append(path.name)
             except (ValueError, KeyError, TypeError, AttributeError):
                 raise unreadable from None
 
