@@ -27,24 +27,25 @@ def refuse_wrong_types(instance: Any) -> None:
     for field in dataclasses.fields(instance):
         value = getattr(instance, field.name)
         hint = hints[field.name]
-        if not _matches(value, hint):
+        if not matches(value, hint):
             kind = type(value)
             named = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
             problems.add(f"{field.name} must be {_describe(hint)}, not {value!r:.60} ({named})")
     problems.raise_if_any(ConversionError, f"{type(instance).__name__}: wrong type")
 
 
-def _matches(value: Any, hint: Any) -> bool:
+def matches(value: Any, hint: Any) -> bool:
+    """Whether `value` is of the annotation `hint` (unions, dict[...] and list[...] of the plain types)."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, option) for option in typing.get_args(hint))
+        return any(matches(value, option) for option in typing.get_args(hint))
     if origin is dict:
         key_hint, value_hint = typing.get_args(hint)
-        return isinstance(value, dict) and all(_matches(k, key_hint) and _matches(v, value_hint)
+        return isinstance(value, dict) and all(matches(k, key_hint) and matches(v, value_hint)
                                                for k, v in value.items())
     if origin is list:
         (item_hint,) = typing.get_args(hint)
-        return isinstance(value, (list, tuple)) and all(_matches(item, item_hint) for item in value)
+        return isinstance(value, (list, tuple)) and all(matches(item, item_hint) for item in value)
     if hint is Path:  # a str path: bytes paths are refused by pathlib
         return isinstance(value, os.PathLike) and isinstance(os.fspath(value), str)
     if hint in (int, float):  # a bool is an int to Python, never a count or a tolerance here

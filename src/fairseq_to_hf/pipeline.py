@@ -16,7 +16,7 @@ import torch
 
 from .card import CardOptions, model_card
 from .errors import ConversionError, UnsupportedModelError, VerificationError
-from .field_types import refuse_wrong_types
+from .field_types import matches, refuse_wrong_types
 from .hashing import SourceChecksum
 from .hparams import SuppliedHyperParameters
 from .progress import WriteProgress
@@ -234,8 +234,7 @@ def matching_checkpoints(src: str | Path, pattern: str) -> dict[str, Path]:
 
 def _refuse_wrong_arguments(src: object, out: object, log: object, progress: object) -> None:
     problems = [f"{name} must be a path (str or os.PathLike), not {type(value).__name__}"
-                for name, value in (("src", src), ("out", out))
-                if not isinstance(value, (str, os.PathLike)) or not isinstance(os.fspath(value), str)]
+                for name, value in (("src", src), ("out", out)) if not matches(value, str | Path)]
     if log is not None and not callable(log):
         problems.append(f"log must be a function taking a message, not {type(log).__name__}")
     if progress is not None and not isinstance(progress, WriteProgress):
@@ -253,22 +252,22 @@ def _with_fields(options: ConvertOptions | None, fields: dict) -> ConvertOptions
     options = options or ConvertOptions()
     fields = dict(fields)
     roles = {f.role for f in TOKENIZER_FILES}
-    supplied = {f.name for f in dataclass_fields(SuppliedHyperParameters)}
     if isinstance(fields.get("tokenizer_files", {}), dict):
         fields["tokenizer_files"] = {**options.tokenizer_files, **fields.get("tokenizer_files", {}),
                                      **{k: fields.pop(k) for k in list(fields) if k in roles}}
-    if isinstance(fields.get("hyper_parameters", options.hyper_parameters), SuppliedHyperParameters):
-        fields["hyper_parameters"] = replace(fields.get("hyper_parameters", options.hyper_parameters),
-                                             **{k: fields.pop(k) for k in list(fields) if k in supplied})
-    card_fields = {f.name for f in dataclass_fields(CardOptions)}
-    if isinstance(fields.get("card", options.card), CardOptions):  # language=, license=, ... as the flags
-        fields["card"] = replace(fields.get("card", options.card),
-                                 **{k: fields.pop(k) for k in list(fields) if k in card_fields})
+    nested_fields = set()
+    # num_heads= ... into hyper_parameters, language=, license= ... into card, as the flags take them.
+    for name, kind in (("hyper_parameters", SuppliedHyperParameters), ("card", CardOptions)):
+        names = {f.name for f in dataclass_fields(kind)}
+        nested_fields |= names
+        if isinstance(fields.get(name, getattr(options, name)), kind):
+            fields[name] = replace(fields.get(name, getattr(options, name)),
+                                   **{k: fields.pop(k) for k in list(fields) if k in names})
     known = {f.name for f in dataclass_fields(ConvertOptions)}
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ConversionError(f"unknown option {unknown[0]!r}", hint="options are " + ", ".join(
-            sorted(known | roles | supplied | card_fields)))
+            sorted(known | roles | nested_fields)))
     return replace(options, **fields)
 
 

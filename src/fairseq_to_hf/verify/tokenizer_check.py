@@ -126,13 +126,14 @@ def verify_tokenizer(
                 result.lines_checked += 1
             else:
                 result.pairs_checked += 1
-        result.special_tokens = _special_token_problems(tokenizer, reference_bpe, dictionary, model_rows)
+        result.special_tokens = _special_token_problems(tokenizer, folder, reference_bpe, dictionary, model_rows)
     finally:
         transformers_logging.set_verbosity(verbosity)
     return result
 
 
-def _special_token_problems(tokenizer, reference_bpe, dictionary: Dictionary, model_rows: int) -> list[str]:
+def _special_token_problems(tokenizer, folder: Path, reference_bpe, dictionary: Dictionary,
+                            model_rows: int) -> list[str]:
     """The special tokens' ids (what pipelines and collators use) against fairseq's, and a typed `<mask>`
     as fairseq's fill_mask reads it: the text around it encoded, `<mask>`'s own id in between."""
     mask_id = fit_embedding(dictionary, model_rows).mask_id
@@ -143,7 +144,7 @@ def _special_token_problems(tokenizer, reference_bpe, dictionary: Dictionary, mo
         got = getattr(tokenizer, name, None)
         if want is not None and got != want:
             problems.append(f"{name} is {got!r}, fairseq's is {want}")
-    fairseq_specials = {BOS: BOS_ID, PAD: PAD_ID, EOS: EOS_ID, UNK: UNK_ID, **({MASK: mask_id} if mask_id else {})}
+    fairseq_specials = {BOS, PAD, EOS, UNK, *([MASK] if mask_id is not None else [])}  # their ids: checked above
     added = tokenizer.get_added_vocab()
     foreign = sorted(token for token in added if token not in fairseq_specials)
     if foreign:  # matched as whole tokens in any text, with ids fairseq never gives
@@ -153,13 +154,13 @@ def _special_token_problems(tokenizer, reference_bpe, dictionary: Dictionary, mo
     if mask_id is not None:
         around = fairseq_encode(reference_bpe, dictionary.index(), "Hello")
         want_ids = [*around[:-1], mask_id, around[-1]]
-        got_ids = _encoded(tokenizer, None, "Hello <mask>")
+        got_ids = _encoded(tokenizer, folder, "Hello <mask>")
         if got_ids != want_ids:
             problems.append(f"'Hello <mask>' gives {got_ids}, fairseq's fill_mask reads {want_ids}")
     return problems
 
 
-def _encoded(tokenizer, folder: Path | None, *texts: str, **options) -> list[int]:
+def _encoded(tokenizer, folder: Path, *texts: str, **options) -> list[int]:
     try:
         return list(tokenizer(*texts, **options)["input_ids"])
     except Exception as error:  # a tokenizer config Transformers loads but cannot use (model_max_length "x")
