@@ -11,15 +11,12 @@ from .hparams import SuppliedHyperParameters, arch_name
 from .plan import (LM_HEAD, ConversionPlan, OutputRequest, SourceModel, analyse_source, dictionary_kind, make_plan,
                    normalise_source)
 from .plan.families import ADAPTER_NAME
+from .plan.positions import DESCRIPTIONS as POSITION_DESCRIPTIONS
 from .reader.checkpoint import read_checkpoint
 from .reader.dictionary import read_dictionary
 from .reader.folder import find_source_files
 from .tokenizer import TOKENIZER_FILES, TokenizerFiles, choose_kind, looked_for, prepare_tokenizer
 from .writer import DEFAULT_MAX_SHARD_BYTES, plan_shards, shard_file_names
-
-POSITION_NOTES = {"sinusoidal": "sinusoidal, computed by fairseq: written as a table",
-                  "none": "none added by fairseq: written as a table of zeros"}
-
 
 def inspect_source(src: str | Path, *, checkpoint: str | Path | None = None, dictionary: str | Path | None = None,
                    default_language: str | None = None, hyper_parameters: SuppliedHyperParameters = SuppliedHyperParameters(),
@@ -147,7 +144,7 @@ def format_inspection(description: dict[str, Any]) -> str:
         lines.append(f"size         {description['layers']} layers, hidden {description['hidden_size']}, "
                      f"{description['attention_heads'] or 'unknown'} heads, ffn {description['ffn_size']}, "
                      f"{description['max_tokens']} positions"
-                     + (f" ({POSITION_NOTES[description['positions']]})" if description['positions'] in POSITION_NOTES
+                     + (f" ({POSITION_DESCRIPTIONS[description['positions']]})" if description['positions'] in POSITION_DESCRIPTIONS
                         else "") + f", {description['vocab_rows']} vocabulary rows")
     for dtype, entry in description["parameters_by_dtype"].items():
         lines.append(f"tensors      {dtype}: {entry['parameters']:,} values, {entry['bytes'] / 1e6:.1f} MB")

@@ -19,9 +19,9 @@ from ..reader.dictionary import PAD_ID
 LEARNED, SINUSOIDAL, NONE = "learned", "sinusoidal", "none"
 MIN_SINUSOIDAL_WIDTH = 4
 MAX_COMPUTED_TABLE_BYTES = 4 << 30  # a float32 table of max_positions + 2 rows beyond this is no real model
-DESCRIPTIONS = {
-    SINUSOIDAL: "fairseq's sinusoidal positions (encoder_learned_pos False), computed",
-    NONE: "zeros: fairseq adds no positions (no_token_positional_embeddings)",
+DESCRIPTIONS = {  # where the table comes from: the plan's source of the tensor, and inspect's note
+    SINUSOIDAL: "sinusoidal, computed by fairseq (encoder_learned_pos False): written as a table",
+    NONE: "none added by fairseq (no_token_positional_embeddings): written as a table of zeros",
 }
 
 
