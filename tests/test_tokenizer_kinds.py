@@ -1,4 +1,4 @@
-"""fastBPE, subword-nmt and hf_byte_bpe models convert without flags and give fairseq's ids.
+"""fastBPE, subword-nmt, hf_byte_bpe and BERT WordPiece models convert without flags and give fairseq's ids.
 
 Checked against the real fairseq's encode recorded in each fixture's encode_cases.json, and against its
 model outputs (fairseq_outputs.*).
@@ -21,10 +21,11 @@ from fairseq_to_hf.reader.folder import find_source_files
 from fairseq_to_hf.tokenizer import TOKENIZER_FILES, prepare_tokenizer
 from fairseq_to_hf.tokenizer.fastbpe import PYTHON_WHITESPACE
 from fairseq_to_hf.reference.encode import fairseq_encode
+from fairseq_to_hf.tokenizer.bert_wordpiece import read_wordpiece_vocab
 
 # fixture -> (kind, does a word's inner whitespace make lines differ)
 KINDS = {"phobert_fastbpe": ("fastbpe", True), "roberta_subword_nmt": ("subword_nmt", True),
-         "gottbert_hf_byte_bpe": ("hf_byte_bpe", False)}
+         "gottbert_hf_byte_bpe": ("hf_byte_bpe", False), "roberta_bert_wordpiece": ("bert", False)}
 
 
 @pytest.fixture(scope="module", params=list(KINDS))
@@ -36,12 +37,13 @@ def converted(request, tmp_path_factory) -> tuple[str, Path, object]:
     return fixture, out, report
 
 
-def prepared_for(fixture: str):
+def prepared_for(fixture: str, **bpe_settings):
+    """The fixture's tokenizer; `bpe_settings` override the checkpoint's (bpe_cased=True)."""
     folder = FIXTURES / fixture
     dictionary = read_dictionary(folder / "dict.txt")
     source = read_checkpoint(folder / "model.pt")
     files = find_source_files(folder, TOKENIZER_FILES).tokenizer
-    return prepare_tokenizer(files, dictionary, len(dictionary) + 1, source.bpe)
+    return prepare_tokenizer(files, dictionary, len(dictionary) + 1, {**source.bpe, **bpe_settings})
 
 
 def as_fairseq(ids: list[int], model_rows: int) -> list[int]:
@@ -163,4 +165,67 @@ def test_without_tokenizer_files_the_message_names_what_was_looked_for(tmp_path:
     report = convert(src, tmp_path / "out", log=messages.append)
     assert report.tokenizer is None
     said = " ".join(messages)
-    assert "bpe.codes" in said and "vocab.json + merges.txt" in said and "--bpe-codes" in said
+    # The checkpoint says --bpe fastbpe: only that kind's file and flag are named.
+    assert "bpe.codes (fastbpe)" in said and "--bpe-codes" in said
+    assert "vocab.json" not in said and "--encoder-json" not in said
+
+
+def test_without_a_vocab_txt_the_bert_model_asks_for_it(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("model.pt", "dict.txt"):
+        shutil.copy(FIXTURES / "roberta_bert_wordpiece" / name, src)
+    messages: list[str] = []
+    report = convert(src, tmp_path / "out", log=messages.append)
+    assert report.tokenizer is None
+    assert "SRC has none of vocab.txt (bert); pass their paths with --bpe-vocab-file" in " ".join(messages)
+    (src / "pieces.txt").write_bytes((FIXTURES / "roberta_bert_wordpiece" / "vocab.txt").read_bytes())
+    report = convert(src, tmp_path / "out2", tokenizer_files={"bpe_vocab_file": src / "pieces.txt"})
+    assert report.tokenizer.kind == "bert" and report.outputs[0].tokenizer_verification.passed
+
+
+def test_bert_cased_pieces_are_fairseqs() -> None:
+    """bpe_cased true (no lower-casing, no accent stripping, NFC): the tokenizer's pieces and the
+    reference's equal those of fairseq's bert encoder on every recorded line."""
+    cases = json_file(FIXTURES / "roberta_bert_wordpiece" / "encode_cases.json")
+    prepared = prepared_for("roberta_bert_wordpiece", bpe_cased=True)
+    assert prepared.details["lowercase"] is False
+    prepared.tokenizer.encode_special_tokens = True  # fairseq reads a typed "<s>" as text, as in the tests above
+    differ = 0
+    for case, want in zip(cases["single"], cases["cased_bpe"], strict=True):
+        assert prepared.reference_bpe(case["text"]) == want, case["text"]
+        differ += prepared.tokenizer.encode(case["text"]).tokens[1:-1] != want.split()
+    assert differ == 0
+    # the recorded lines do tell the two apart
+    assert sum(case["bpe"] != want for case, want in zip(cases["single"], cases["cased_bpe"])) > 100
+
+
+@pytest.mark.parametrize("cased", [False, True], ids=["uncased", "cased"])
+def test_bert_tokenizer_treats_every_character_as_berts_python_code(cased: bool) -> None:
+    """Every code point of the first plane (and every 17th beyond), inside and between words:
+    the tokenizer's pieces equal the reference's, which re-implements BertTokenizer with Python's
+    unicodedata (tokenizers' own Bert steps disagree on ~850,000 code points: Rust's Unicode tables)."""
+    prepared = prepared_for("roberta_bert_wordpiece", bpe_cased=cased)
+    codes = [code for code in range(0x110000)
+             if (code < 0x10000 or code % 17 == 0) and not 0xD800 <= code <= 0xDFFF]
+    texts = [f"Ab{chr(code)}c {chr(code)}E\u0301 x{chr(code)}" for code in codes]
+    encodings = prepared.tokenizer.encode_batch(texts)
+    differ = [text for text, encoding in zip(texts, encodings)
+              if encoding.tokens[1:-1] != prepared.reference_bpe(text).split()]
+    assert not differ, [f"U+{ord(text[2]):04X}" for text in differ[:10]]
+
+
+def test_a_phobert_vocab_txt_is_not_taken_for_a_bert_one(tmp_path: Path) -> None:
+    """PhobertTokenizer's vocab.txt (`token count` lines, as this tool writes beside bpe.codes) beside a
+    model whose checkpoint does not say which BPE it was trained with."""
+    src = tmp_path / "src"
+    shutil.copytree(FIXTURES / "phobert_fastbpe", src)
+    (src / "vocab.txt").write_text("".join(f"{line.split()[0]} 1\n" for line in
+                                           (src / "dict.txt").read_text(encoding="utf-8").splitlines()),
+                                   encoding="utf-8")
+    files = find_source_files(src, TOKENIZER_FILES).tokenizer
+    assert set(files.paths) == {"bpe_codes", "bpe_vocab_file"}
+    dictionary = read_dictionary(src / "dict.txt")
+    assert prepare_tokenizer(files, dictionary, len(dictionary) + 1, {}).kind == "fastbpe"
+    assert read_wordpiece_vocab(FIXTURES / "roberta_bert_wordpiece" / "vocab.txt")[:5] == \
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

@@ -69,6 +69,22 @@ S3_IDS = 40
 # --------------------------------------------------------------------------- command line
 
 
+def only_names(everything: list[str]) -> list[str]:
+    """--only NAME ...: the fixtures of `everything` to (re)make, in its order (default: all).
+
+    Taken off sys.argv before start(), whose parser (shared by the fixture scripts) knows only
+    --keep-work."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--only", nargs="+", metavar="NAME")
+    known, rest = parser.parse_known_args()
+    sys.argv[1:] = rest
+    unknown = sorted(set(known.only or []) - set(everything))
+    if unknown:
+        sys.exit(f"--only: unknown fixture(s) {', '.join(unknown)}; "
+                 f"known: {', '.join(everything)}")
+    return [name for name in everything if known.only is None or name in known.only]
+
+
 def start(doc: str) -> argparse.Namespace:
     """The options every fixture script takes (--keep-work); quiets fairseq and seeds torch."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])

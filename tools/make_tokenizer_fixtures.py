@@ -1,12 +1,13 @@
 """Make the tokenizer fixtures of fairseq's other BPE kinds with the real fairseq (dev-only).
 
 Run from the repository root with the interpreter of the fairseq venv (the one of
-make_fixtures.py, plus `fastBPE`, `subword-nmt` and `tokenizers`):
+make_fixtures.py, plus `fastBPE`, `subword-nmt`, `tokenizers` and `transformers<5`, whose
+slow BertTokenizer fairseq's bert BPE runs):
 
-    /path/to/venv-fairseq/bin/python tools/make_tokenizer_fixtures.py
+    /path/to/venv-fairseq/bin/python tools/make_tokenizer_fixtures.py [--only NAME ...]
 
-It adds three tiny RoBERTa folders to tests/fixtures/ (it never touches the other fixtures), each
-laid out like the real releases of that BPE kind:
+It adds four tiny RoBERTa folders to tests/fixtures/ (with --only, just the named ones; it never
+touches the other fixtures), each laid out like the real releases of that BPE kind:
 
 * `phobert_fastbpe/` (PhoBERT / BERTweet style): `model.pt`, `dict.txt`, `bpe.codes`. The merges
   are learned with `subword-nmt learn-bpe` on corpus A and written in fastBPE's format (`a b count`
@@ -23,6 +24,12 @@ laid out like the real releases of that BPE kind:
   bpe_add_prefix_space False (GottbertModel.from_pretrained's default; what GottBERT's own
   training used is not recorded anywhere we could read), data encoded by fairseq's hf_byte_bpe
   encoder, dict.txt (HF ids written as strings) from fairseq-preprocess.
+* `roberta_bert_wordpiece/`: `vocab.txt` trained with `tokenizers.BertWordPieceTokenizer` on
+  corpus A (uncased, BERT's five specials first), `--bpe bert --bpe-vocab-file vocab.txt`
+  (bpe_cased false, fairseq's default), data encoded by fairseq's bert encoder (transformers'
+  slow BertTokenizer), dict.txt (WordPiece pieces) from fairseq-preprocess. encode_cases.json
+  also records what the same encoder gives with bpe_cased true (`cased_bpe`), which no model
+  of this folder was trained on: a check of the cased pipeline's pieces.
 
 Corpus A (the BPE) and corpus B (dict.txt and the model) are different text from
 fixture_text.py (stdlib docstrings, gettext catalogs in ~25 languages, a few French lines with
@@ -79,7 +86,9 @@ SEED = ff.SEED
 FASTBPE_MERGES = 600
 SUBWORD_NMT_MERGES = 450
 HF_VOCAB_SIZE = 800
-DICT_WORDS = {"phobert_fastbpe": 700, "roberta_subword_nmt": 600, "gottbert_hf_byte_bpe": 600}
+WORDPIECE_VOCAB_SIZE = 900
+DICT_WORDS = {"phobert_fastbpe": 700, "roberta_subword_nmt": 600, "gottbert_hf_byte_bpe": 600,
+              "roberta_bert_wordpiece": 600}
 # Corpus B: English plus a few of corpus A's languages (other messages), Vietnamese as for
 # PhoBERT; dict.txt lacks the other scripts' pieces.
 MODEL_LANGUAGES = {"vi", "fr", "de", "ru", "el"}
@@ -87,6 +96,7 @@ HF_SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4, as 
 HF_ADD_PREFIX_SPACE = False  # GottbertModel.from_pretrained's default
 PAIRS = 40
 
+BERT_VOCAB = "vocab.txt"  # the name BertTokenizer's own folders give it
 FASTBPE_CODES = "bpe.codes"  # PhoBERT's and BERTweet's name (passed explicitly to the hub)
 SUBWORD_NMT_CODES = "bpecodes"  # a name fairseq's hub finds by itself
 
@@ -101,6 +111,10 @@ DESCRIPTIONS = {
                             "`vocab.json` + `merges.txt` from tokenizers.ByteLevelBPETokenizer; "
                             "cfg bpe=hf_byte_bpe, bpe_add_prefix_space false); dict.txt lists HF "
                             f"ids as strings and lacks many (--nwordssrc {DICT_WORDS['gottbert_hf_byte_bpe']})",
+    "roberta_bert_wordpiece": "post-norm masked LM on BERT WordPiece pieces (`vocab.txt` from "
+                              "tokenizers.BertWordPieceTokenizer, uncased; cfg bpe=bert, bpe_cased "
+                              "false); dict.txt lacks many pieces (--nwordssrc "
+                              f"{DICT_WORDS['roberta_bert_wordpiece']})",
 }
 
 # French typography puts a (narrow) no-break space before : ; ! ? -- kept in corpus A so the
@@ -286,6 +300,17 @@ def train_byte_level(corpus: list[str], folder: Path) -> None:
     assert [vocab[t] for t in HF_SPECIAL_TOKENS] == list(range(5)), "specials not at 0..4"
 
 
+def train_wordpiece(corpus: list[str], folder: Path) -> None:
+    from tokenizers import BertWordPieceTokenizer
+
+    tokenizer = BertWordPieceTokenizer(lowercase=True)
+    tokenizer.train_from_iterator(corpus, vocab_size=WORDPIECE_VOCAB_SIZE, min_frequency=2,
+                                  show_progress=False)
+    tokenizer.save_model(str(folder))
+    pieces = (folder / BERT_VOCAB).read_text(encoding="utf-8").split("\n")
+    assert pieces[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], pieces[:5]
+
+
 def fairseq_bpe(name: str, **options: Any) -> Any:
     """fairseq's own BPE encoder, built through its registry as --bpe NAME does."""
     from fairseq.data import encoders
@@ -357,7 +382,7 @@ def odd_whitespace(text: str) -> list[str]:
 def load_hub(folder: Path, tokenizer: dict[str, str], expected: str) -> Any:
     hub = ff.load_hub(folder, tokenizer)
     kinds = {"fastbpe": "fastBPE", "subword_nmt": "SubwordNMTBPE",
-             "hf_byte_bpe": "HuggingFaceByteLevelBPE"}
+             "hf_byte_bpe": "HuggingFaceByteLevelBPE", "bert": "BertBPE"}
     assert type(hub.bpe).__name__ == kinds[expected], type(hub.bpe)
     return hub
 
@@ -465,7 +490,7 @@ def record_encode_cases(name: str, folder: Path, hub: Any, kind: str, lines: lis
         "description": "",
         "fairseq_version": fairseq.__version__,
         "library_versions": {lib: importlib.metadata.version(lib)
-                             for lib in ("fastBPE", "subword-nmt", "tokenizers")},
+                             for lib in ("fastBPE", "subword-nmt", "tokenizers", "transformers")},
         "model": name,
         "bpe": kind,
         "files": files,
@@ -516,6 +541,20 @@ def record_encode_cases(name: str, folder: Path, hub: Any, kind: str, lines: lis
             "as_non_final_piece": sum(dictionary.index(c + "@@") == unk for c in chars),
             "characters": len(chars),
         }
+    elif kind == "bert":
+        data["description"] = (
+            f"Ground truth from fairseq's RobertaHubInterface with {name}'s dict.txt and the "
+            f"WordPiece vocabulary {files['bpe_vocab_file']} (--bpe bert, bpe_cased false). `bpe` "
+            "is roberta.bpe.encode(text) = transformers' BertTokenizer(vocab.txt, "
+            "do_lower_case=True).tokenize(text) joined by spaces; `ids` is roberta.encode(text...): "
+            "each piece looked up in dict.txt, <unk> (3) if absent; `unk` marks lines with a 3. "
+            "`cased_bpe[i]` is what fairseq's bert encoder with bpe_cased true (do_lower_case "
+            "False) gives for single[i]'s text with the same vocab.txt. Characters that are not "
+            "printable are \\u-escaped; others are plain UTF-8.")
+        cased = fairseq_bpe("bert", bpe_vocab_file=str(folder / BERT_VOCAB), bpe_cased=True)
+        data["cased_bpe"] = [cased.encode(row["text"]) for row in single]
+        pieces = (folder / BERT_VOCAB).read_text(encoding="utf-8").split("\n")
+        data["pieces_missing_from_dict"] = sum(dictionary.index(p) == unk for p in pieces if p)
     else:
         data["description"] = (
             f"Ground truth from fairseq's RobertaHubInterface with {name}'s dict.txt and the "
@@ -554,6 +593,7 @@ def record_encode_cases(name: str, folder: Path, hub: Any, kind: str, lines: lis
 
 def main() -> None:
     started = time.time()
+    names = ff.only_names(list(DESCRIPTIONS))
     options = ff.start(__doc__)
     with ff.work_dir(options.keep_work, prefix="tokfixtures-") as work:
         out = work / "out"
@@ -566,6 +606,8 @@ def main() -> None:
         masked = ff.masked_sentences(fixture_text.load_corpora(seed=0).held_out[300:],
                                      random.Random(SEED))
 
+        # Every folder's BPE files are made (each from corpus A alone, so what --only leaves out
+        # changes nothing); the fastBPE fixture's cross checks read the subword-nmt codes.
         folders = {name: out / name for name in DESCRIPTIONS}
         for folder in folders.values():
             folder.mkdir()
@@ -574,11 +616,13 @@ def main() -> None:
         snmt_codes, snmt_rows = learn_subword_nmt(corpus_file, SUBWORD_NMT_MERGES, work)
         shutil.copy(snmt_codes, folders["roberta_subword_nmt"] / SUBWORD_NMT_CODES)
         train_byte_level(bpe_corpus, folders["gottbert_hf_byte_bpe"])
+        train_wordpiece(bpe_corpus, folders["roberta_bert_wordpiece"])
 
         # The training command lines name the files relative to the work dir (recorded in cfg).
         for name, files in {"phobert_fastbpe": [FASTBPE_CODES],
                             "roberta_subword_nmt": [SUBWORD_NMT_CODES],
-                            "gottbert_hf_byte_bpe": ["vocab.json", "merges.txt"]}.items():
+                            "gottbert_hf_byte_bpe": ["vocab.json", "merges.txt"],
+                            "roberta_bert_wordpiece": [BERT_VOCAB]}.items():
             for file in files:
                 shutil.copy(folders[name] / file, work / file)
         kinds = {
@@ -593,7 +637,11 @@ def main() -> None:
                                      ["--bpe", "hf_byte_bpe", "--bpe-vocab", "vocab.json",
                                       "--bpe-merges", "merges.txt"]
                                      + (["--bpe-add-prefix-space"] if HF_ADD_PREFIX_SPACE else [])),
+            "roberta_bert_wordpiece": ("bert", {"bpe_vocab_file": str(work / BERT_VOCAB),
+                                                "bpe_cased": False},
+                                       ["--bpe", "bert", "--bpe-vocab-file", BERT_VOCAB]),
         }
+        kinds = {name: kind for name, kind in kinds.items() if name in names}
 
         checkpoints = {}
         for name, (kind, bpe_options, train_flags) in kinds.items():
@@ -614,6 +662,10 @@ def main() -> None:
                              "bpe_merges": str(folder / "merges.txt")}
                 extra: dict[str, Any] = {"bpe_add_prefix_space": HF_ADD_PREFIX_SPACE}
                 rows = None
+            elif kind == "bert":
+                tokenizer = {"bpe": kind, "bpe_vocab_file": str(folder / BERT_VOCAB)}
+                extra = {"bpe_cased": False}
+                rows = None
             else:
                 codes = FASTBPE_CODES if kind == "fastbpe" else SUBWORD_NMT_CODES
                 tokenizer = {"bpe": kind, "bpe_codes": str(folder / codes)}
@@ -622,9 +674,7 @@ def main() -> None:
             hub = load_hub(folder, tokenizer, kind)
             extra_data = None
             if kind == "fastbpe":
-                extra_data = {"cross_checks": cross_checks(
-                    folder / FASTBPE_CODES, folders["roberta_subword_nmt"] / SUBWORD_NMT_CODES,
-                    lines)}
+                extra_data = {"cross_checks": cross_checks(folder / FASTBPE_CODES, snmt_codes, lines)}
             if kind == "hf_byte_bpe":
                 assert hub.bpe.bpe._parameters["add_prefix_space"] == HF_ADD_PREFIX_SPACE
             samples = ff.choose_samples(hub, held_out, s2="Café 😀 Tiếng Việt")
@@ -637,9 +687,9 @@ def main() -> None:
                                                 checkpoint_bpe, extra_data)
             print(name, json.dumps(summary[name]), flush=True)
 
-        for name, folder in folders.items():
-            ff.replace_tree(folder, FIXTURES / name)
-    print(f"wrote {', '.join(DESCRIPTIONS)} under {FIXTURES} in {time.time() - started:.0f} s")
+        for name in names:
+            ff.replace_tree(folders[name], FIXTURES / name)
+    print(f"wrote {', '.join(names)} under {FIXTURES} in {time.time() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -75,7 +75,6 @@ points at xlmr_mlm/sentencepiece.bpe.model. Runs in well under a minute.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -796,25 +795,8 @@ PLAN = [("roberta_preln", build_roberta_preln, "gpt2", "roberta_mlm", False),
         ("roberta_relu2_cls", build_roberta_relu2_cls, "gpt2", "roberta_mlm", False)]
 
 
-def only_names() -> list[str]:
-    """--only NAME ...: the fixtures to (re)make, in PLAN order (default: all of them).
-
-    Taken off sys.argv before ff.start, whose parser (shared by the fixture scripts) knows only
-    --keep-work."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--only", nargs="+", metavar="NAME")
-    known, rest = parser.parse_known_args()
-    sys.argv[1:] = rest
-    everything = [name for name, *_ in PLAN]
-    unknown = sorted(set(known.only or []) - set(everything))
-    if unknown:
-        sys.exit(f"--only: unknown fixture(s) {', '.join(unknown)}; "
-                 f"known: {', '.join(everything)}")
-    return [name for name in everything if known.only is None or name in known.only]
-
-
 def main() -> None:
-    names = only_names()
+    names = ff.only_names([name for name, *_ in PLAN])
     options = ff.start(__doc__)
     tokenizers = {"gpt2": ff.gpt2_tokenizer(FIXTURES / "gpt2_bpe"),
                   "spm": ff.spm_tokenizer(FIXTURES / "xlmr_mlm" / ff.SPM_FILE)}  # the only copy

@@ -26,7 +26,8 @@ from .reader.checkpoint import Checkpoint, read_checkpoint
 from .reader.dictionary import Dictionary, read_dictionary
 from .reader.folder import SourceFiles, find_source_files, read_text_lines
 from .report import REPORT_FILE, ConversionReport, OutputReport
-from .tokenizer import TOKENIZER_FILES, PreparedTokenizer, kind_named, looked_for, prepare_tokenizer, tokenizer_documents
+from .tokenizer import (TOKENIZER_FILES, PreparedTokenizer, kind_named, looked_for, prepare_tokenizer,
+                        tokenizer_documents, tokenizer_flags)
 from .verify.alongside import ReferenceAlongside
 from .verify.compare import (DEFAULT_TOLERANCE, per_language, reference_languages, reference_rows,
                              verification_inputs, verify_weights)
@@ -41,8 +42,10 @@ Log = Callable[[str], None]
 STREAMED_VERIFY_BYTES = 64 << 20
 NOT_FINITE_HINT = ("its outputs are not finite (NaN or Inf), which no comparison can verify; a model converted "
                    "with --allow-non-finite can only be written with --no-verify")
-NO_TOKENIZER = (f"no tokenizer written: SRC has none of {looked_for()}; pass their paths with "
-                f"{', '.join(f.flag for f in TOKENIZER_FILES)} to write one")
+
+def no_tokenizer_note(bpe: dict) -> str:
+    return f"no tokenizer written: SRC has none of {looked_for(bpe)}; pass their paths with {tokenizer_flags(bpe)} to write one"
+
 
 
 @dataclass(frozen=True)
@@ -317,7 +320,7 @@ def _prepare(source: Checkpoint, shared: SharedSources, options: ConvertOptions,
     say(f"read {source.path} ({source.format} format, {model.source.key_generation} keys, "
         f"{len(source.tensors)} tensors); heads: {', '.join(describe_heads(model.heads)) or 'none'}")
     if tokenizer is None:
-        say(NO_TOKENIZER)
+        say(no_tokenizer_note(source.bpe))
     elif alias_rows:
         say(f"tokenizer: {alias_rows} tokens of the {tokenizer.kind} segmentation are not in dict.txt; "
             "they get alias ids that the model treats as <unk>, as fairseq does")

@@ -3,13 +3,14 @@
 `RobertaHubInterface.encode(a, *more)` builds "<s> " + bpe(a) + " </s>" (+ " </s> " + bpe(b) + " </s>"
 per further sentence), splits it on whitespace and looks every token up in dict.txt, unknown -> <unk>.
 bpe() is OpenAI's GPT-2 encoder (ids written as strings; hf_byte_bpe is the same algorithm over its own
-vocab.json), sentencepiece's EncodeAsPieces, or fastBPE / subword-nmt word BPE with "@@" separators.
+vocab.json), sentencepiece's EncodeAsPieces, fastBPE / subword-nmt word BPE with "@@" separators, or BERT's WordPiece.
 """
 
 from __future__ import annotations
 
 import functools
 import io
+import unicodedata
 from collections.abc import Callable
 
 import regex
@@ -144,6 +145,99 @@ class WordBpeEncoder:
         lead = len(text) - len(text.lstrip(" \r\n"))
         trail = len(text) - len(text.rstrip(" \r\n"))
         return text[:lead] + pieces + (text[len(text) - trail:] if trail and trail != len(text) else "")
+
+
+class WordPieceEncoder:
+    """transformers' BertTokenizer(vocab.txt, do_lower_case).tokenize, which fairseq's --bpe bert runs:
+    BERT's Python basic tokenizer, then greedy longest-prefix WordPiece."""
+
+    SPECIALS = ("[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]")  # kept whole, never lower-cased
+    SPECIAL_SPLIT = regex.compile("(" + "|".join(map(regex.escape, SPECIALS)) + ")")
+
+    def __init__(self, pieces: list[str], *, lowercase: bool, max_word_chars: int = 100) -> None:
+        self.vocab = set(pieces)
+        self.lowercase = lowercase
+        self.max_word_chars = max_word_chars
+
+    @staticmethod
+    def _is_control(char: str) -> bool:
+        return char not in "\t\n\r" and unicodedata.category(char).startswith("C")
+
+    @staticmethod
+    def _is_whitespace(char: str) -> bool:
+        return char in " \t\n\r" or unicodedata.category(char) == "Zs"
+
+    @staticmethod
+    def _is_punctuation(char: str) -> bool:
+        code = ord(char)
+        if 33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or 123 <= code <= 126:
+            return True
+        return unicodedata.category(char).startswith("P")
+
+    @staticmethod
+    def _is_cjk(code: int) -> bool:
+        return any(low <= code <= high for low, high in (
+            (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
+            (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F)))
+
+    def _words(self, text: str) -> list[str]:
+        if self.lowercase:
+            text = "".join(char.lower() for char in text)  # tokenize() lower-cases one character at a time
+        cleaned = []
+        for char in text:
+            if char in "\x00\ufffd" or self._is_control(char):
+                continue
+            cleaned.append(" " if self._is_whitespace(char) else char)
+        text = "".join(f" {char} " if self._is_cjk(ord(char)) else char for char in cleaned)
+        text = unicodedata.normalize("NFC", text)
+        words = []
+        for token in text.split():
+            if self.lowercase:
+                token = token.lower()
+                token = "".join(char for char in unicodedata.normalize("NFD", token)
+                                if unicodedata.category(char) != "Mn")
+            current: list[str] = []
+            for char in token:
+                if self._is_punctuation(char):
+                    if current:
+                        words.append("".join(current))
+                        current = []
+                    words.append(char)
+                else:
+                    current.append(char)
+            if current:
+                words.append("".join(current))
+        return words
+
+    def _wordpiece(self, word: str) -> list[str]:
+        if len(word) > self.max_word_chars:
+            return ["[UNK]"]
+        pieces, start = [], 0
+        while start < len(word):
+            end = len(word)
+            while end > start:
+                piece = ("##" if start else "") + word[start:end]
+                if piece in self.vocab:
+                    break
+                end -= 1
+            else:
+                return ["[UNK]"]
+            pieces.append(piece)
+            start = end
+        return pieces
+
+    def pieces(self, text: str) -> list[str]:
+        pieces = []
+        for part in self.SPECIAL_SPLIT.split(text):
+            if part in self.SPECIALS:
+                pieces.append(part)
+            else:
+                for word in self._words(part):
+                    pieces += self._wordpiece(word)
+        return pieces
+
+    def bpe_string(self, text: str) -> str:
+        return " ".join(self.pieces(text))
 
 
 def fairseq_encode(bpe: Callable[[str], str], index: dict[str, int], sentence: str, *more: str) -> list[int]:

@@ -12,14 +12,14 @@ from pathlib import Path
 
 from ..errors import ConversionError
 from ..reader.dictionary import BOS, EOS, MASK, PAD, UNK, Dictionary
-from . import fastbpe, gpt2, hf_byte_bpe, sentencepiece, subword_nmt
+from . import bert_wordpiece, fastbpe, gpt2, hf_byte_bpe, sentencepiece, subword_nmt
 from ..reader.folder import TokenizerFile, TokenizerFiles
 from .base import PreparedTokenizer, TokenizerKind
 
 # Without the checkpoint's word, the first kind whose files are all there (and that claims them) wins,
 # among those whose files were named on the command line if any were.
 KINDS: tuple[TokenizerKind, ...] = (sentencepiece.KIND, gpt2.KIND, hf_byte_bpe.KIND, fastbpe.KIND,
-                                    subword_nmt.KIND)
+                                    subword_nmt.KIND, bert_wordpiece.KIND)
 KINDS_BY_BPE = {kind.fairseq_bpe: kind for kind in KINDS}
 # Every file role once (fastBPE and subword-nmt share bpe_codes), in registry order.
 TOKENIZER_FILES: tuple[TokenizerFile, ...] = tuple({f.role: f for kind in KINDS for f in kind.files}.values())
@@ -29,18 +29,33 @@ TOKENIZER_FILES: tuple[TokenizerFile, ...] = tuple({f.role: f for kind in KINDS 
 TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 
 __all__ = ["KINDS", "TOKENIZER_FILES", "PreparedTokenizer", "TokenizerFiles", "TokenizerKind", "choose_kind",
-           "looked_for", "prepare_tokenizer", "tokenizer_documents"]
+           "looked_for", "prepare_tokenizer", "tokenizer_documents", "tokenizer_flags"]
 
 
-def looked_for() -> str:
-    """The files a tokenizer is made from, for messages: "encoder.json + vocab.bpe (gpt2), ..."."""
+def _kinds_for(bpe: dict | None) -> tuple[TokenizerKind, ...]:
+    """The kind the checkpoint's bpe settings name (the only one that can reproduce its ids), or all."""
+    trained_with = KINDS_BY_BPE.get(str((bpe or {}).get("_name") or ""))
+    return (trained_with,) if trained_with else KINDS
+
+
+def looked_for(bpe: dict | None = None) -> str:
+    """The files a tokenizer is made from, for messages: "encoder.json + vocab.bpe (gpt2), ..."; only the
+    ones of the kind the model was trained with when its bpe settings (Checkpoint.bpe) name one."""
     seen, parts = set(), []
-    for kind in KINDS:
+    for kind in _kinds_for(bpe):
         names = " + ".join(f.names[0] for f in kind.files)
         if names not in seen:
             seen.add(names)
             parts.append(f"{names} ({kind.name})")
+    trained_with = str((bpe or {}).get("_name") or "")
+    if trained_with and trained_with not in KINDS_BY_BPE:
+        parts.append(f"nothing for the model's own --bpe {trained_with}, which no tokenizer here reproduces")
     return ", ".join(parts)
+
+
+def tokenizer_flags(bpe: dict | None = None) -> str:
+    """The options that name those files: "--encoder-json, --vocab-bpe, ..."."""
+    return ", ".join(dict.fromkeys(f.flag for kind in _kinds_for(bpe) for f in kind.files))
 
 
 def choose_kind(files: TokenizerFiles, bpe: dict) -> TokenizerKind | None:

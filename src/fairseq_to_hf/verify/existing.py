@@ -111,7 +111,7 @@ def verify_folder(
     has_tokenizer_files = any((out / name).exists() for name in ("tokenizer.json", "vocab.json", "vocab.txt",
                                                                   "sentencepiece.bpe.model"))
     no_tokenizer = ("OUT has no tokenizer files" if tokenizer else
-                    f"SRC has none of {looked_for()}: pass their paths to check the tokenizer")
+                    f"SRC has none of {looked_for(source.checkpoint.bpe)}: pass their paths to check the tokenizer")
     if verify_text and not (tokenizer and has_tokenizer_files):
         raise ConversionError(f"--verify-text was given, but the tokenizer cannot be checked: {no_tokenizer}",
                               path=verify_text)

@@ -146,8 +146,16 @@ def _special_token_problems(tokenizer, folder: Path, reference_bpe, dictionary: 
             problems.append(f"{name} is {got!r}, fairseq's is {want}")
     fairseq_specials = {BOS, PAD, EOS, UNK, *([MASK] if mask_id is not None else [])}  # their ids: checked above
     added = tokenizer.get_added_vocab()
-    foreign = sorted(token for token in added if token not in fairseq_specials)
-    if foreign:  # matched as whole tokens in any text, with ids fairseq never gives
+    # Any other added token is matched whole in any text: fairseq must read it as one piece of that id too
+    # (as BERT's "[MASK]"), or it is a token fairseq does not have.
+    index = dictionary.index()
+    foreign = []
+    for token in sorted(set(added) - fairseq_specials):
+        want_ids = fairseq_encode(reference_bpe, index, f"a {token} b")
+        got_ids = [UNK_ID if token_id >= model_rows else token_id for token_id in _encoded(tokenizer, folder, f"a {token} b")]
+        if got_ids != want_ids:
+            foreign.append(token)
+    if foreign:
         problems.append(f"it adds tokens fairseq does not have: {', '.join(map(repr, foreign[:5]))}")
     if getattr(tokenizer, "padding_side", "right") != "right":
         problems.append(f"padding_side is {tokenizer.padding_side!r}; fairseq pads on the right")
