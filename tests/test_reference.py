@@ -115,24 +115,26 @@ def test_prefetcher_follows_an_order_that_repeats() -> None:
     assert loads.count("a") == 2 and loads.count("c") == 2
 
 
-def test_differences_and_scales_leave_out_what_is_not_finite() -> None:
-    from fairseq_to_hf.reference.forward import scale_of
-    from fairseq_to_hf.verify.compare import max_abs_diff, non_finite
+def test_differences_and_scales_leave_out_what_is_not_finite(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fairseq_to_hf.verify import compare
 
     nan, inf = float("nan"), float("inf")
     want = torch.tensor([[1.0, nan, 3.0], [-6.0, 2.0, inf]])
     have = torch.tensor([[1.5, 0.0, 3.0], [-6.0, 2.25, inf]])
-    assert max_abs_diff(want, have) == 0.5 and non_finite(want, have) == 2
-    assert scale_of(want) == 6.0 and scale_of(torch.full((2,), nan)) == 0.0
-    assert max_abs_diff(torch.full((2,), nan), torch.zeros(2)) == 0.0 and non_finite(torch.full((2,), nan), torch.zeros(2)) == 2
-    empty = torch.zeros(0, 4)
-    assert max_abs_diff(empty, empty) == 0.0 and non_finite(empty, empty) == 0 and scale_of(empty) == 0.0
+    for step in (1 << 17, 1, 4):  # one slice, one element at a time, slices across rows
+        monkeypatch.setattr(compare, "DIFFERENCE_STEP", step)
+        assert compare.difference(want, have) == compare.Difference(0.5, 2, 6.0)
+        assert compare.difference(want[:, :1], have[:, :1]) == compare.Difference(0.5, 0, 6.0)  # a strided view
+        assert compare.difference(torch.full((2,), nan), torch.zeros(2)) == compare.Difference(0.0, 2, 0.0)
+        empty = torch.zeros(0, 4)
+        assert compare.difference(empty, empty) == compare.Difference(0.0, 0, 0.0)
 
 
 @pytest.mark.parametrize("have", [torch.full((2, 3), float("nan")), torch.tensor([[0.0, float("inf"), 0.0]] * 2)])
 def test_outputs_that_are_not_finite_never_pass(have: torch.Tensor) -> None:
-    from fairseq_to_hf.verify.compare import OutputCheck, max_abs_diff, non_finite
+    from fairseq_to_hf.verify.compare import OutputCheck, difference
 
     for want in (torch.full((2, 3), float("nan")), torch.zeros(2, 3)):
-        check = OutputCheck("x", "last_hidden_state", max_abs_diff(want, have), 0.0, 1.0, non_finite(want, have))
+        found = difference(want, have)
+        check = OutputCheck("x", "last_hidden_state", found.max_abs_diff, 0.0, 1.0, found.non_finite)
         assert check.non_finite and not check.passed

@@ -356,10 +356,3 @@ def sample_inputs(vocab_size: int, max_tokens: int, *, seed: int = 0) -> dict[st
         padded[row, : len(values)] = values
     inputs["padded_batch"] = padded
     return inputs
-
-
-def scale_of(tensor: torch.Tensor) -> float:
-    """max |value| over the finite values, 0 where there are none."""
-    if not tensor.numel():
-        return 0.0
-    return float(torch.where(tensor.isfinite(), tensor.abs(), 0.0).max())
