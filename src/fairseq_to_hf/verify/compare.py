@@ -210,6 +210,8 @@ DIFFERENCE_STEP = 1 << 15
 def difference(want: torch.Tensor, have: torch.Tensor) -> Difference:
     """Compares two outputs of one shape, a slice of rows at a time (a large vocabulary's logits would
     otherwise need several temporaries of their size)."""
+    if want.shape != have.shape:
+        raise ValueError(f"outputs of shapes {list(want.shape)} and {list(have.shape)} cannot be compared")
     want, have = want.reshape(-1), have.reshape(-1)
     largest = scale = 0.0
     finite_positions = 0

@@ -18,9 +18,9 @@ from ..reader.checkpoint import read_checkpoint
 from ..reader.dictionary import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Dictionary, labels_for_head, read_dictionary
 from ..reader.folder import find_source_files, read_text_lines
 from ..tokenizer import TOKENIZER_FILES, kind_named, looked_for, prepare_tokenizer
-from .compare import (DEFAULT_TOLERANCE, OutputCheck, WeightsVerification, max_abs_diff, non_finite, per_language,
+from .compare import (DEFAULT_TOLERANCE, OutputCheck, WeightsVerification, difference, per_language,
                       reference_languages, reference_rows, verification_inputs, verify_weights)
-from ..reference.forward import EPS as LAYER_NORM_EPS, FairseqReference, scale_of
+from ..reference.forward import EPS as LAYER_NORM_EPS, FairseqReference
 from ..writer import INDEX_FILE
 from .streamed_model import StoredWeights
 from .tokenizer_check import TokenizerVerification, verify_tokenizer
@@ -279,24 +279,22 @@ def stored_weight_checks(stored: StoredWeights, plan: ConversionPlan, reference:
         else:
             want = planned.source.load()
         want = want.to(dtype).to(torch.float32)  # rounded as stored
-        worst, non_finite_count = 0.0, 0
+        worst, non_finite_count, scale = 0.0, 0, difference(want, want).scale
         if want.dim() == 0 or len(shape) != want.dim() or shape[0] < len(want) \
                 or list(shape[1:]) != list(want.shape[1:]):
             worst = float("inf")
         else:
             with safe_open(file, "pt") as weights:
                 table = weights.get_slice(planned.target)
-                for start in range(0, len(want), rows_at_once):
-                    end = min(start + rows_at_once, len(want))
-                    part, have = want[start:end], table[start:end].to(torch.float32)
-                    worst = max(worst, max_abs_diff(part, have))
-                    non_finite_count += non_finite(part, have)
+                # (wanted, stored rows), read a slice at a time
+                parts = [(want[start:start + rows_at_once], (start, min(start + rows_at_once, len(want))))
+                         for start in range(0, len(want), rows_at_once)]
                 if shape[0] > len(want) and want.dim() == 2:  # the tokenizer's alias ids embed as <unk>
-                    have = table[len(want):shape[0]].to(torch.float32)
-                    alias = want[UNK_ID].expand_as(have)
-                    worst = max(worst, max_abs_diff(alias, have))
-                    non_finite_count += non_finite(alias, have)
-        check = OutputCheck("stored weights", planned.target, worst, scale_of(want), 0.0, non_finite_count)
+                    parts.append((want[UNK_ID].expand(shape[0] - len(want), -1), (len(want), shape[0])))
+                for part, (start, end) in parts:
+                    found = difference(part, table[start:end].to(torch.float32))
+                    worst, non_finite_count = max(worst, found.max_abs_diff), non_finite_count + found.non_finite
+        check = OutputCheck("stored weights", planned.target, worst, scale, 0.0, non_finite_count)
         if check.passed:
             matching += 1
         else:
