@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-from conftest import FIXTURES, assert_matches_fairseq, json_file
+from conftest import FIXTURES, assert_matches_fairseq, json_file, recording
 from fairseq_to_hf import ConversionError, convert
 
 SPM_CASES = json_file(FIXTURES / "spm_unigram" / "encode_cases.json")
@@ -113,3 +113,26 @@ def test_contradictory_model_type_is_refused(tmp_path: Path, fixture: str, model
     with pytest.raises(ConversionError, match=reason):
         convert(FIXTURES / fixture, tmp_path / "out", model_type=model_type, sentencepiece_model=SPM_MODEL)
     assert not (tmp_path / "out").exists()
+
+
+def test_camembert_dictionary_frames_sentences_with_its_relisted_ids(tmp_path: Path) -> None:
+    """camembert-base's dict.txt lists <unk>, <s>, </s> again (#fairseq:overwrite): fairseq's encode then
+    frames a sentence with 5 ... 6 while padding stays 1 and unknown symbols 3. The tokenizer, the special
+    ids and config.json follow, and the model matches the real fairseq's outputs."""
+    out = tmp_path / "camembert"
+    report = convert(FIXTURES / "camembert_mlm", out, model_type="camembert",
+                     tokenizer_files={"sentencepiece_model": SPM_MODEL})
+    assert report.verified and report.outputs[0].architecture == "CamembertForMaskedLM"
+    assert_matches_fairseq("camembert_mlm", out, AutoModelForMaskedLM, None)
+    config = json_file(out / "config.json")
+    assert (config["bos_token_id"], config["pad_token_id"], config["eos_token_id"]) == (5, 1, 6)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id) == \
+        (5, 6, 1, 3)
+    fairseq = recording("camembert_mlm")
+    rows = report.tokenizer.vocabulary.model_rows
+    for sample, meta in fairseq.meta["samples"].items():
+        recorded = fairseq[f"{sample}.input_ids"].tolist()
+        encoded = tokenizer(meta["texts"] if sample == "batch" else [meta["text"]], padding=True)["input_ids"]
+        assert [[3 if token >= rows else token for token in row] for row in encoded] == recorded, sample
+    assert tokenizer("a", "b")["input_ids"][-1] == 6 and tokenizer("a", "b")["input_ids"].count(6) == 3

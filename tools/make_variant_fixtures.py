@@ -5,7 +5,7 @@ tools/make_fixtures.py's docstring):
 
     /path/to/venv-fairseq/bin/python tools/make_variant_fixtures.py [--only NAME ...]
 
-It (re)writes the seven folders below of tests/fixtures/ (with --only, just the named ones) and
+It (re)writes the eight folders below of tests/fixtures/ (with --only, just the named ones) and
 their rows in tests/fixtures/README.md, and touches nothing else (the fixtures of
 make_fixtures.py stay byte-identical, and so do the folders --only leaves out). The first three
 draw fairseq's initial weights from torch's global generator in turn (seeded once), so --only
@@ -49,6 +49,11 @@ each, so theirs do not depend on what else is built:
   classification head `sentiment`, 3 classes; `input0/dict.txt`, `label/dict.txt`) with
   `activation_fn="relu_squared"` set on the Namespace. fairseq uses it in every layer's FFN and
   in the masked-LM head's dense layer (the classification head keeps pooler tanh).
+* `camembert_mlm`: post-norm masked LM on xlmr_mlm's sentencepiece pieces with a dict.txt laid
+  out like camembert-base's: `<unk>`, `<s>` and `</s>` (its sentencepiece model's first pieces)
+  listed again with `#fairseq:overwrite` before xlmr_mlm's lines. fairseq's Dictionary gives a
+  re-listed symbol a new id and looks it up there, so its encode frames a sentence with ids 5 and
+  6, while padding (1) and unknown symbols (3) keep the ids it holds as attributes.
 
 All of them have the tiny dimensions of the other fixtures (2 layers, width 32, 4 heads, FFN 64,
 `--max-positions 64`; roberta_keep_layers stores 3 layers). They are not trained: each model is
@@ -115,6 +120,9 @@ KEEP_LAYERDROP = "0.2"
 # The recorded positions.table of roberta_sinusoidal: fairseq's table for max_positions + 2 rows.
 SINUSOIDAL_TABLE = "positions.table"
 
+# camembert-base's dict.txt lists its sentencepiece model's first three pieces again.
+CAMEMBERT_REPEATED = ("<unk>", "<s>", "</s>")
+OVERWRITE = "#fairseq:overwrite"
 VARIANT_DESCRIPTIONS = {
     "roberta_preln": "pre-LN masked LM WITH embedding LayerNorm (--arch roberta_base "
                      "--encoder-normalize-before: layernorm_embedding and a final encoder "
@@ -152,6 +160,11 @@ VARIANT_DESCRIPTIONS = {
                          f"head), task sentence_prediction: masked-LM head and head "
                          f"'{RELU2_HEAD}' (3 classes, label dict in frequency order); built "
                          "and perturbed, not trained (tools/make_variant_fixtures.py)",
+    "camembert_mlm": "post-norm masked LM on xlmr_mlm's pieces with a dict.txt laid out like "
+                     "camembert-base's: `<unk>`, `<s>`, `</s>` listed again with "
+                     "#fairseq:overwrite before xlmr_mlm's lines, so fairseq's encode frames "
+                     "with ids 5 and 6 (padding 1 and unknown 3 stay); built and perturbed, not "
+                     "trained (tools/make_variant_fixtures.py)",
 }
 XMOD_CONFIG_FIELDS = ("languages", "bottleneck", "adapter_modules", "adapter_layer_norm",
                       "adapter_reuse_layer_norm", "ln_before_adapter", "ffn_modules",
@@ -345,6 +358,19 @@ def keep_layers_after_saving(checkpoint: Path) -> None:
 
 
 # Run on model.pt after the Trainer saved it (the built state stays what check_checkpoint expects).
+def build_camembert_mlm(work: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """CamemBERT's dict.txt: its sentencepiece model's first pieces listed again with
+    #fairseq:overwrite before the others, so fairseq's encode frames a sentence with the later ids
+    of <s> and </s> (5, 6), while padding and unknown stay 1 and 3."""
+    dict_txt = work / "camembert_dict.txt"
+    repeated = "".join(f"{symbol} 999 {OVERWRITE}\n" for symbol in CAMEMBERT_REPEATED)
+    dict_txt.write_text(repeated + (FIXTURES / "xlmr_mlm" / "dict.txt").read_text(encoding="utf-8"),
+                        encoding="utf-8")
+    make_folder(work / "bin" / "camembert_mlm", dict_txt, None)
+    return build_and_save(work, "camembert_mlm", mlm_args("camembert_mlm"), {}, PERTURB_SEED + 14,
+                          ff.SEED + 14)
+
+
 AFTER_SAVING = {"roberta_keep_layers": keep_layers_after_saving}
 
 
@@ -792,7 +818,8 @@ PLAN = [("roberta_preln", build_roberta_preln, "gpt2", "roberta_mlm", False),
         ("roberta_sinusoidal", build_roberta_sinusoidal, "gpt2", "roberta_mlm", False),
         ("roberta_nopos", build_roberta_nopos, "gpt2", "roberta_mlm", False),
         ("roberta_keep_layers", build_roberta_keep_layers, "gpt2", "roberta_mlm", False),
-        ("roberta_relu2_cls", build_roberta_relu2_cls, "gpt2", "roberta_mlm", False)]
+        ("roberta_relu2_cls", build_roberta_relu2_cls, "gpt2", "roberta_mlm", False),
+        ("camembert_mlm", build_camembert_mlm, "spm", "xlmr_mlm", False)]
 
 
 def main() -> None:

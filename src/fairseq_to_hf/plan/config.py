@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..reader.dictionary import BOS_ID, EOS_ID, PAD_ID
+from ..reader.dictionary import PAD_ID
 from .source import HeadInfo, SourceModel
 
 # fairseq activation_fn -> Transformers hidden_act (same function on both sides).
@@ -43,8 +43,8 @@ def build_config(model: SourceModel, architecture: str, head: HeadInfo | None, d
         "initializer_range": 0.02,
         "layer_norm_eps": LAYER_NORM_EPS,
         "pad_token_id": PAD_ID,
-        "bos_token_id": BOS_ID,
-        "eos_token_id": EOS_ID,
+        "bos_token_id": model.framing_ids[0],
+        "eos_token_id": model.framing_ids[1],
         "position_embedding_type": "absolute",
         "tie_word_embeddings": model.tied,
         "dtype": str(dtype).removeprefix("torch."),

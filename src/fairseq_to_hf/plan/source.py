@@ -75,6 +75,7 @@ class SourceModel:
     dims: Dims
     hyper_parameters: HyperParameters  # what the reference forward pass computes with too
     tied: bool  # the LM head shares the word embeddings
+    framing_ids: tuple[int, int]  # (<s>, </s>) as fairseq's encode frames a sentence (Dictionary.bos_id)
     left_out: dict[str, str] = field(default_factory=dict)  # normalised name -> why no output has it
     problems: list[str] = field(default_factory=list)  # raised by the plan with its own
     notes: list[str] = field(default_factory=list)
@@ -186,7 +187,8 @@ def analyse_source(source: NormalisedSource, dictionary: Dictionary, *, model_ty
     problems = list(source.problems)
     model = SourceModel(source, layout, family,
                         _dims(source, hyper_parameters.values, problems), hyper_parameters,
-                        _tied(hyper_parameters.values, tensors), _unused_adapters(source), problems)
+                        _tied(hyper_parameters.values, tensors), (dictionary.bos_id, dictionary.eos_id),
+                        _unused_adapters(source), problems)
     if problems:
         return model
     fit = fit_embedding(dictionary, model.dims.vocab_size)

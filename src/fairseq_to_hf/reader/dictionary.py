@@ -3,6 +3,10 @@
 fairseq's Dictionary starts with four specials, then adds the file's lines in order; tasks such as
 masked_lm and sentence_prediction append `<mask>` after loading. A line is `symbol count`, optionally
 followed by the flag `#fairseq:overwrite`, which lets a symbol appear twice (the later id wins).
+
+CamemBERT's dict.txt lists `<unk>`, `<s>` and `</s>` again so (its sentencepiece model's first pieces):
+the padding and unknown ids stay 1 and 3 (fairseq keeps them as attributes), but the `<s>` and `</s>`
+that RobertaHubInterface.encode writes around a sentence are looked up, and get the later ids, 5 and 6.
 """
 
 from __future__ import annotations
@@ -40,6 +44,16 @@ class Dictionary:
     def index(self) -> dict[str, int]:
         """Symbol -> id as fairseq looks it up (for a repeated symbol, the last id)."""
         return {symbol: i for i, symbol in enumerate(self.symbols)}
+
+    @property
+    def bos_id(self) -> int:
+        """The id of the `<s>` that fairseq's encode puts before a sentence (a looked-up symbol)."""
+        return self.index()[BOS]
+
+    @property
+    def eos_id(self) -> int:
+        """The id of the `</s>` that fairseq's encode puts after a sentence and between two."""
+        return self.index()[EOS]
 
     def with_mask(self) -> Dictionary:
         return Dictionary(self.path, (*self.symbols, MASK))

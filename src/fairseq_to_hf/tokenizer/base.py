@@ -8,7 +8,7 @@ from typing import Any
 
 from tokenizers import AddedToken, Tokenizer, processors
 
-from ..reader.dictionary import BOS, BOS_ID, EOS, EOS_ID, MASK, SPECIAL_SYMBOLS, Dictionary
+from ..reader.dictionary import BOS, EOS, MASK, SPECIAL_SYMBOLS, Dictionary
 from ..reader.folder import TokenizerFile, TokenizerFiles
 from .vocab import TokenVocabulary
 
@@ -61,15 +61,15 @@ class TokenizerKind:
     claims: Callable[[TokenizerFiles], bool] = lambda files: True
 
 
-def frame_like_fairseq(tokenizer: Tokenizer, mask_id: int | None) -> Tokenizer:
+def frame_like_fairseq(tokenizer: Tokenizer, vocabulary: TokenVocabulary) -> Tokenizer:
     """<s> A </s> and <s> A </s> </s> B </s>, as RobertaHubInterface.encode frames sentences; the specials
     are never split, and <mask> takes the space on its left."""
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A {EOS}", pair=f"{BOS} $A {EOS} {EOS} $B {EOS}",
-        special_tokens=[(BOS, BOS_ID), (EOS, EOS_ID)],
+        special_tokens=[(BOS, vocabulary.ids[BOS]), (EOS, vocabulary.ids[EOS])],
     )
     specials = [AddedToken(symbol, special=True, normalized=False) for symbol in SPECIAL_SYMBOLS]
-    if mask_id is not None:
+    if vocabulary.mask_id is not None:
         specials.append(AddedToken(MASK, special=True, lstrip=True, normalized=False))
     tokenizer.add_special_tokens(specials)
     return tokenizer

@@ -132,7 +132,7 @@ def build_wordpiece_tokenizer(vocabulary: TokenVocabulary, wordpiece_ids: dict[s
     tokenizer.decoder = decoders.WordPiece(prefix=CONTINUATION)
     # BERT's specials are found in the raw text, before lower-casing, as BertTokenizer finds them.
     tokenizer.add_tokens([AddedToken(special, normalized=False) for special in BERT_SPECIALS])
-    return frame_like_fairseq(tokenizer, vocabulary.mask_id)
+    return frame_like_fairseq(tokenizer, vocabulary)
 
 
 def prepare_bert_wordpiece(files: TokenizerFiles, dictionary: Dictionary, model_rows: int,

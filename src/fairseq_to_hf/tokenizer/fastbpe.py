@@ -141,7 +141,7 @@ def build_word_bpe_tokenizer(vocabulary: TokenVocabulary, merges: list[tuple[str
     tokenizer.normalizer = normalizers.Sequence(steps)
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(" +"), behavior="removed")
     tokenizer.decoder = decoders.BPEDecoder(suffix=END_OF_WORD)
-    return frame_like_fairseq(tokenizer, vocabulary.mask_id)
+    return frame_like_fairseq(tokenizer, vocabulary)
 
 
 KIND = TokenizerKind(

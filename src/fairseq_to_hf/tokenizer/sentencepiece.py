@@ -134,7 +134,7 @@ def build_sentencepiece_tokenizer(vocabulary: TokenVocabulary, scores: dict[str,
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence(steps)
     tokenizer.decoder = decoders.Sequence([decoders.Replace(SPIECE_UNDERLINE, " "), decoders.Fuse(),
                                            decoders.Strip(content=" ", left=1 if settings.add_dummy_prefix else 0)])
-    return frame_like_fairseq(tokenizer, vocabulary.mask_id)
+    return frame_like_fairseq(tokenizer, vocabulary)
 
 
 def _normalizers(settings: SpmSettings) -> list:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConversionError
-from ..reader.dictionary import MASK, PADDING_SYMBOL_PREFIX, SPECIAL_SYMBOLS, Dictionary, fit_embedding
+from ..reader.dictionary import (BOS, EOS, MASK, PAD, PAD_ID, PADDING_SYMBOL_PREFIX, SPECIAL_SYMBOLS, UNK, UNK_ID,
+                                 Dictionary, fit_embedding)
 
 # dict.txt is built from the segmentation's output, so (nearly) every symbol is one it produces; rare
 # exceptions are symbols added by hand. Another model's files produce few of them.
@@ -59,9 +60,8 @@ def assign_ids(
     symbols = dictionary.symbols
     fairseq_ids = dictionary.index()
     mask_id = fit_embedding(dictionary, model_rows).mask_id  # dict.txt's own <mask>, or the row after it
-    ids: dict[str, int] = {}
-    for i, special in enumerate(SPECIAL_SYMBOLS):
-        ids[special] = i
+    # Padding and unknown tokens keep fairseq's own ids; <s> and </s> those its encode looks up.
+    ids: dict[str, int] = {BOS: dictionary.bos_id, PAD: PAD_ID, EOS: dictionary.eos_id, UNK: UNK_ID}
     if mask_id is not None:
         ids[MASK] = mask_id
     taken = set(ids.values())

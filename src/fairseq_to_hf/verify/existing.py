@@ -15,7 +15,7 @@ from ..plan import (FAMILIES, LM_HEAD, ConversionPlan, Dims, NormalisedSource, O
                     make_plan, normalise_source, strip_language)
 from ..plan.families import DEFAULT_LANGUAGE
 from ..reader.checkpoint import read_checkpoint
-from ..reader.dictionary import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Dictionary, labels_for_head, read_dictionary
+from ..reader.dictionary import PAD_ID, UNK_ID, Dictionary, labels_for_head, read_dictionary
 from ..reader.folder import find_source_files, read_text_lines
 from ..tokenizer import TOKENIZER_FILES, kind_named, looked_for, prepare_tokenizer
 from .compare import (DEFAULT_TOLERANCE, OutputCheck, WeightsVerification, difference, per_language,
@@ -102,7 +102,8 @@ def verify_folder(
         None if not languages or DEFAULT_LANGUAGE in languages else languages[0])))
     dims = plan.dims
     result = FolderVerification(files.checkpoint, out, architecture, head_name, plan.hyper_parameters.source,
-                                config_mismatches(config, architecture, dims, default_language))
+                                config_mismatches(config, architecture, dims, model.framing_ids,
+                                                  default_language))
     if plan.head is not None and plan.head.num_classes > 1 and files.label_dictionary is not None:
         result.config_mismatches += label_mismatches(config, read_dictionary(files.label_dictionary),
                                                      plan.head.num_classes)
@@ -148,7 +149,7 @@ def verify_folder(
     return result
 
 
-def config_mismatches(config: dict[str, Any], architecture: str, dims: Dims,
+def config_mismatches(config: dict[str, Any], architecture: str, dims: Dims, framing_ids: tuple[int, int],
                       default_language: str | None = None) -> list[str]:
     """What config.json says that differs from the checkpoint: sizes (from its tensors), and for X-MOD its
     languages and the language of text given none (fairseq's en_XX, or `default_language`)."""
@@ -160,7 +161,8 @@ def config_mismatches(config: dict[str, Any], architecture: str, dims: Dims,
 
     mismatches = [f"config.json says {key} {config.get(key)!r:.60}, where fairseq runs {value}"
                   for key, value in expected.items() if differs(config.get(key), value)]
-    for key, value in (("bos_token_id", BOS_ID), ("pad_token_id", PAD_ID), ("eos_token_id", EOS_ID)):
+    bos, eos = framing_ids
+    for key, value in (("bos_token_id", bos), ("pad_token_id", PAD_ID), ("eos_token_id", eos)):
         if key in config and differs(config[key], value):  # absent: Transformers' RoBERTa defaults, fairseq's
             mismatches.append(f"config.json says {key} {config[key]!r:.40}, fairseq's is {value}")
     eps = config.get("layer_norm_eps")

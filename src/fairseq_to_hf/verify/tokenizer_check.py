@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConversionError
-from ..reader.dictionary import (BOS, BOS_ID, EOS, EOS_ID, MASK, PAD, PAD_ID, UNK, UNK_ID, Dictionary,
+from ..reader.dictionary import (BOS, EOS, MASK, PAD, PAD_ID, UNK, UNK_ID, Dictionary,
                                  fit_embedding)
 from ..reference.encode import fairseq_encode
 from .imports import transformers as import_transformers
@@ -137,8 +137,9 @@ def _special_token_problems(tokenizer, folder: Path, reference_bpe, dictionary: 
     """The special tokens' ids (what pipelines and collators use) against fairseq's, and a typed `<mask>`
     as fairseq's fill_mask reads it: the text around it encoded, `<mask>`'s own id in between."""
     mask_id = fit_embedding(dictionary, model_rows).mask_id
-    expected = {"bos_token_id": BOS_ID, "cls_token_id": BOS_ID, "pad_token_id": PAD_ID, "eos_token_id": EOS_ID,
-                "sep_token_id": EOS_ID, "unk_token_id": UNK_ID, "mask_token_id": mask_id}
+    bos, eos = dictionary.bos_id, dictionary.eos_id
+    expected = {"bos_token_id": bos, "cls_token_id": bos, "pad_token_id": PAD_ID, "eos_token_id": eos,
+                "sep_token_id": eos, "unk_token_id": UNK_ID, "mask_token_id": mask_id}
     problems = []
     for name, want in expected.items():
         got = getattr(tokenizer, name, None)
