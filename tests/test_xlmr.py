@@ -120,8 +120,8 @@ def test_camembert_dictionary_frames_sentences_with_its_relisted_ids(tmp_path: P
     frames a sentence with 5 ... 6 while padding stays 1 and unknown symbols 3. The tokenizer, the special
     ids and config.json follow, and the model matches the real fairseq's outputs."""
     out = tmp_path / "camembert"
-    report = convert(FIXTURES / "camembert_mlm", out, model_type="camembert",
-                     tokenizer_files={"sentencepiece_model": SPM_MODEL})
+    # no --model-type: the re-listed specials are CamemBERT's signature
+    report = convert(FIXTURES / "camembert_mlm", out, tokenizer_files={"sentencepiece_model": SPM_MODEL})
     assert report.verified and report.outputs[0].architecture == "CamembertForMaskedLM"
     assert_matches_fairseq("camembert_mlm", out, AutoModelForMaskedLM, None)
     config = json_file(out / "config.json")

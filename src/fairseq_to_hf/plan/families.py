@@ -198,7 +198,7 @@ ROBERTA = Family("roberta", "roberta", "RobertaForMaskedLM", "RobertaForSequence
 XLM_ROBERTA = Family("xlm-roberta", "xlm-roberta", "XLMRobertaForMaskedLM", "XLMRobertaForSequenceClassification",
                      "roberta", ((_POST, POST_NORM_ROWS),), detected_for=("sentencepiece",), sentencepiece_only=True)
 CAMEMBERT = Family("camembert", "camembert", "CamembertForMaskedLM", "CamembertForSequenceClassification",
-                   "roberta", ((_POST, POST_NORM_ROWS),), detected_for=(), sentencepiece_only=True)
+                   "roberta", ((_POST, POST_NORM_ROWS),), detected_for=("camembert",), sentencepiece_only=True)
 XLM_ROBERTA_XL = Family("xlm-roberta-xl", "xlm-roberta-xl", "XLMRobertaXLForMaskedLM",
                         "XLMRobertaXLForSequenceClassification", "roberta", ((_PRE_XL, PRE_NORM_ROWS),))
 ROBERTA_PRELAYERNORM = Family("roberta-prelayernorm", "roberta-prelayernorm", "RobertaPreLayerNormForMaskedLM",

@@ -21,7 +21,7 @@ from .positions import LEARNED, MAX_COMPUTED_TABLE_BYTES, MIN_SINUSOIDAL_WIDTH, 
 from ..errors import ConversionError, UnsupportedModelError
 from ..hparams import HEADS, HyperParameters, SuppliedHyperParameters, arch_name, resolve_hyper_parameters
 from ..reader.checkpoint import Checkpoint
-from ..reader.dictionary import PAD_ID, PADDING_SYMBOL_PREFIX, Dictionary, fit_embedding
+from ..reader.dictionary import BOS, EOS, PAD_ID, PADDING_SYMBOL_PREFIX, UNK, Dictionary, fit_embedding
 
 E = families.E
 MIN_POSITION_ROWS = 5  # the padding and offset rows, then <s>, one token, </s>
@@ -103,14 +103,15 @@ def key_generation(stored_keys: list[str]) -> str:
 
 
 def dictionary_kind(dictionary: Dictionary) -> str:
-    """What segmentation dict.txt was built from: GPT-2 BPE lists ids ("13"), sentencepiece lists pieces ("▁the")."""
+    """What segmentation dict.txt was built from: GPT-2 BPE lists ids ("13"), sentencepiece lists pieces
+    ("▁the"); "camembert": sentencepiece pieces after `<unk>`, `<s>`, `</s>` listed again, as CamemBERT's."""
     symbols = [s for s in dictionary.symbols[4:] if not s.startswith(PADDING_SYMBOL_PREFIX)]
     if not symbols:
         return "unknown"
     if sum(symbol.isdigit() for symbol in symbols) > 0.9 * len(symbols):
         return "gpt2"
     if sum(symbol.startswith("\u2581") for symbol in symbols) > 0.05 * len(symbols):
-        return "sentencepiece"
+        return "camembert" if dictionary.symbols[4:7] == (UNK, BOS, EOS) else "sentencepiece"
     return "unknown"
 
 
