@@ -44,7 +44,7 @@ def kernel_copies(monkeypatch: pytest.MonkeyPatch) -> Counter:
 
 def tokenizer_files(fixture: str) -> dict[str, Path]:
     """The tokenizer of each fixture: its alias ids give the embeddings and the LM bias extra rows."""
-    if fixture.startswith(("xlmr", "xmod")):
+    if fixture.startswith(("xlmr", "xmod", "camembert")):
         return {"sentencepiece_model": SENTENCEPIECE}
     if read_checkpoint(FIXTURES / fixture / "model.pt").bpe.get("_name") in (None, "gpt2"):
         return {"encoder_json": GPT2_BPE / "encoder.json", "vocab_bpe": GPT2_BPE / "vocab.bpe"}

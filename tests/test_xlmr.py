@@ -136,3 +136,40 @@ def test_camembert_dictionary_frames_sentences_with_its_relisted_ids(tmp_path: P
         encoded = tokenizer(meta["texts"] if sample == "batch" else [meta["text"]], padding=True)["input_ids"]
         assert [[3 if token >= rows else token for token in row] for row in encoded] == recorded, sample
     assert tokenizer("a", "b")["input_ids"][-1] == 6 and tokenizer("a", "b")["input_ids"].count(6) == 3
+
+
+# A grapheme cluster that starts with a character the charsmap maps alone: tokenizers' Precompiled
+# replaced the whole cluster by that one mapping (the mark after it vanished); sentencepiece maps the
+# character and keeps going. Each pair: text, and how many marks sentencepiece keeps.
+CLUSTERS_AFTER_MAPPED_CHARACTERS = ["x\u00a0\u0301y", "a\u3000\u065cb", "x\u2001\u0301y", "X\u00a0\u094d",
+                                    "\u2026\u0301 \u2460\u0308", "\u01c5\u0301x", "\u3000\u0301"]
+DECOMPOSED_STACKED_MARKS = "Vie\u0302\u0323t Nam, tie\u0302\u0301ng Vie\u0302\u0323t"  # NFD "Việt Nam, tiếng Việt"
+
+
+def test_clusters_after_characters_the_charsmap_maps_keep_their_marks(xlmr: Path) -> None:
+    from fairseq_to_hf.reference.encode import fairseq_encode
+    from fairseq_to_hf.reader.dictionary import read_dictionary
+    from fairseq_to_hf.tokenizer import TokenizerFiles, prepare_tokenizer
+
+    dictionary = read_dictionary(FIXTURES / "xlmr_mlm" / "dict.txt")
+    prepared = prepare_tokenizer(TokenizerFiles({"sentencepiece_model": SPM_MODEL}), dictionary, MODEL_ROWS)
+    tokenizer = AutoTokenizer.from_pretrained(xlmr)
+    for text in CLUSTERS_AFTER_MAPPED_CHARACTERS:
+        assert not prepared.known_difference(text), text
+        expected = fairseq_encode(prepared.reference_bpe, dictionary.index(), text)
+        assert as_fairseq(tokenizer(text)["input_ids"]) == expected, text
+    # What is left: stacked marks of decomposed text, where sentencepiece composes the whole stack and
+    # the tokenizer only the first mark; counted as the kind's known difference, never as a match.
+    assert prepared.known_difference(DECOMPOSED_STACKED_MARKS)
+    expected = fairseq_encode(prepared.reference_bpe, dictionary.index(), DECOMPOSED_STACKED_MARKS)
+    assert as_fairseq(tokenizer(DECOMPOSED_STACKED_MARKS)["input_ids"]) != expected
+
+
+def test_verify_text_counts_stacked_marks_as_the_known_difference(tmp_path: Path) -> None:
+    lines = tmp_path / "lines.txt"
+    lines.write_text("\n".join([*CLUSTERS_AFTER_MAPPED_CHARACTERS, DECOMPOSED_STACKED_MARKS]) + "\n", encoding="utf-8")
+    report = convert(FIXTURES / "xlmr_mlm", tmp_path / "out", verify_text=lines)
+    tokens = report.outputs[0].tokenizer_verification
+    assert tokens.passed and not tokens.mismatches
+    known = [check.text for check in tokens.known_differences]
+    assert DECOMPOSED_STACKED_MARKS in known and not set(CLUSTERS_AFTER_MAPPED_CHARACTERS) & set(known)

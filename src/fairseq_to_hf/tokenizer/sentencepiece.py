@@ -22,6 +22,7 @@ from ..errors import ConversionError, UnsupportedModelError
 from ..reader.dictionary import MASK, SPECIAL_SYMBOLS, Dictionary
 from ..reader.files import read_input_file
 from .base import PreparedTokenizer, TokenizerFile, TokenizerFiles, TokenizerKind, frame_like_fairseq
+from .charsmap import CharsMap
 from .spm_proto import SpmSettings, read_spm_settings
 from .vocab import TokenVocabulary, assign_ids
 
@@ -80,9 +81,15 @@ def prepare_sentencepiece(files: TokenizerFiles, dictionary: Dictionary, model_r
         return any(len(piece) > 1 and processor.PieceToId(piece) == unk_id
                    for piece in processor.EncodeAsPieces(text))
 
+    def normalised_otherwise(text: str) -> bool:
+        """True where the charsmap normaliser, mended as it is (charsmap.py), still cuts a grapheme cluster
+        short: decomposed text with stacked marks whose first mark composes alone ("e\u0302\u0301")."""
+        ours = tokenizer.normalizer.normalize_str(text).lstrip(SPIECE_UNDERLINE)
+        return ours != processor.normalize(text).lstrip(SPIECE_UNDERLINE)
+
     details = {"model_type": settings.model_type, "unknown_character_runs_in_dict": runs}
     return PreparedTokenizer(KIND.name, files, tokenizer, vocabulary, reference_bpe, dictionary, details,
-                             unknown_run_quirk)
+                             lambda text: unknown_run_quirk(text) or normalised_otherwise(text))
 
 
 def unknown_runs_in(dictionary: Dictionary, pieces: dict[str, float], *, single_characters_only: bool) -> list[str]:
@@ -141,7 +148,7 @@ def _normalizers(settings: SpmSettings) -> list:
     """sentencepiece's normaliser in its own order: charsmap, whitespace, escaping, dummy prefix."""
     steps = []
     if settings.precompiled_charsmap:
-        steps.append(normalizers.Precompiled(settings.precompiled_charsmap))
+        steps += _charsmap_steps(CharsMap(settings.precompiled_charsmap))
     if settings.remove_extra_whitespaces:
         # Only spaces count: sentencepiece leaves other whitespace (left after the charsmap) alone.
         steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
@@ -151,6 +158,29 @@ def _normalizers(settings: SpmSettings) -> list:
         # Metaspace adds no prefix to a text that already starts with "▁"; sentencepiece always does.
         steps.append(normalizers.Replace(Regex(rf"\A{SPIECE_UNDERLINE}"), SPIECE_UNDERLINE * 2))
     return steps
+
+
+def _charsmap_steps(charsmap: CharsMap) -> list:
+    """Precompiled, after the steps that keep it from cutting grapheme clusters short (charsmap.py)."""
+    steps = []
+    # A character the charsmap deletes and that always ends a grapheme cluster (a C0 control).
+    breaker = next((char for char in map(chr, range(1, 0x20)) if charsmap.normalizes(char) == ""), None)
+    if breaker and charsmap.lone_keys:
+        steps.append(normalizers.Replace(Regex(f"(?<={_character_class(charsmap.lone_keys)})"), breaker))
+    steps.append(normalizers.Precompiled(charsmap.blob))
+    return steps
+
+
+def _character_class(chars: str) -> str:
+    """A regex class of `chars` (in code point order), runs written as ranges."""
+    runs: list[list[int]] = []
+    for code in map(ord, chars):
+        if runs and runs[-1][1] == code - 1:
+            runs[-1][1] = code
+        else:
+            runs.append([code, code])
+    return "[" + "".join(f"\\x{{{first:x}}}" + (f"-\\x{{{last:x}}}" if last > first else "")
+                         for first, last in runs) + "]"
 
 
 def _merges_by_score(scores: dict[str, float]) -> list[tuple[str, str]]:
@@ -171,5 +201,6 @@ KIND = TokenizerKind(
                          "sentencepiece model"),),
     prepare=prepare_sentencepiece,
     card="sentencepiece",
-    known_difference="sentencepiece keeps a run of characters unknown to its model as one piece",
+    known_difference="sentencepiece keeps a run of characters unknown to its model as one piece, or composes "
+                     "stacked combining marks of decomposed text that the tokenizer's charsmap normaliser cuts short",
 )
