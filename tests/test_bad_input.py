@@ -360,6 +360,8 @@ def edited_copy(folder: Path, dest: Path, file: str, edit) -> Path:
     ("config.json", lambda c: c.update(num_attention_heads=4.0), 1, "num_attention_heads 4.0, where fairseq runs 4"),
     ("config.json", lambda c: c.update(layer_norm_eps="1e-5"), 1, "layer_norm_eps '1e-5'"),
     ("config.json", lambda c: c.update(eos_token_id=0), 1, "eos_token_id 0, fairseq's is 2"),
+    # the tanh approximation of GELU: on this tiny model within the forward passes' tolerance
+    ("config.json", lambda c: c.update(hidden_act="gelu_new"), 1, "hidden_act 'gelu_new', where fairseq runs gelu"),
     ("tokenizer_config.json", lambda c: c.update(padding_side="left"), 1, "padding_side is 'left'"),
     ("tokenizer.json", lambda t: t["added_tokens"].append({**t["added_tokens"][0], "id": 100, "content": "quick"}),
      1, "it adds tokens fairseq does not have: 'quick'"),

@@ -103,7 +103,7 @@ def verify_folder(
     dims = plan.dims
     result = FolderVerification(files.checkpoint, out, architecture, head_name, plan.hyper_parameters.source,
                                 config_mismatches(config, architecture, dims, model.framing_ids,
-                                                  default_language))
+                                                  plan.hyper_parameters.values["activation_fn"], default_language))
     if plan.head is not None and plan.head.num_classes > 1 and files.label_dictionary is not None:
         result.config_mismatches += label_mismatches(config, read_dictionary(files.label_dictionary),
                                                      plan.head.num_classes)
@@ -149,10 +149,18 @@ def verify_folder(
     return result
 
 
+# fairseq's activation_fn -> the Transformers hidden_act names that compute it (the forward passes can
+# hardly tell an exact GELU from its tanh approximation on small activations).
+SAME_ACTIVATION = {"gelu": ("gelu",), "gelu_accurate": ("gelu_new", "gelu_pytorch_tanh"),
+                   "gelu_fast": ("gelu_new", "gelu_pytorch_tanh"), "relu": ("relu",), "relu_squared": ("relu2",),
+                   "tanh": ("tanh",), "linear": ("linear",)}
+
+
 def config_mismatches(config: dict[str, Any], architecture: str, dims: Dims, framing_ids: tuple[int, int],
-                      default_language: str | None = None) -> list[str]:
-    """What config.json says that differs from the checkpoint: sizes (from its tensors), and for X-MOD its
-    languages and the language of text given none (fairseq's en_XX, or `default_language`)."""
+                      activation: str, default_language: str | None = None) -> list[str]:
+    """What config.json says that differs from the checkpoint: sizes (from its tensors), the activation,
+    and for X-MOD its languages and the language of text given none (fairseq's en_XX, or
+    `default_language`)."""
     expected = {"num_hidden_layers": dims.num_layers, "hidden_size": dims.hidden_size,
                 "num_attention_heads": dims.num_heads, "intermediate_size": dims.ffn_size,
                 "max_position_embeddings": dims.positions}
@@ -165,6 +173,9 @@ def config_mismatches(config: dict[str, Any], architecture: str, dims: Dims, fra
     for key, value in (("bos_token_id", bos), ("pad_token_id", PAD_ID), ("eos_token_id", eos)):
         if key in config and differs(config[key], value):  # absent: Transformers' RoBERTa defaults, fairseq's
             mismatches.append(f"config.json says {key} {config[key]!r:.40}, fairseq's is {value}")
+    if config.get("hidden_act") not in SAME_ACTIVATION.get(activation, ()):
+        mismatches.append(f"config.json says hidden_act {config.get('hidden_act')!r:.40}, where fairseq runs "
+                          f"{activation}")
     eps = config.get("layer_norm_eps")
     if not isinstance(eps, float) or eps != LAYER_NORM_EPS:  # fairseq's LayerNorms all use 1e-5
         mismatches.append(f"config.json says layer_norm_eps {eps!r:.60}, where fairseq runs {LAYER_NORM_EPS}")
