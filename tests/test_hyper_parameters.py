@@ -19,8 +19,12 @@ from fairseq_to_hf.reference.forward import FairseqReference
 from test_bad_input import assert_refused, run_cli
 
 
-def resaved(fixture: str, dest: Path, args: dict | None) -> Path:
-    """The fixture's folder with its checkpoint saved again with `args` (None: neither args nor cfg)."""
+def resaved(fixture: str, dest: Path, args: dict | None, layout: str = "checkpoint") -> Path:
+    """The fixture's folder with its checkpoint saved again with `args` (None: neither args nor cfg).
+
+    `layout`: "checkpoint" ({"model": state dict, ...}, fairseq's), "state dict" (torch.save of the
+    model's state dict alone) or "hub" (torch.save of a RobertaHubInterface's state dict: the model under
+    `model.` beside the hub's `_float_tensor` buffer)."""
     shutil.copytree(FIXTURES / fixture, dest, ignore=shutil.ignore_patterns("model.pt"))
     checkpoint = read_checkpoint(FIXTURES / fixture / "model.pt")
     state: OrderedDict = OrderedDict()
@@ -32,6 +36,10 @@ def resaved(fixture: str, dest: Path, args: dict | None) -> Path:
     root: dict = {"model": state}
     if args is not None:
         root["args"] = argparse.Namespace(**args)
+    if layout == "state dict":
+        root = state
+    elif layout == "hub":
+        root = OrderedDict([("_float_tensor", torch.tensor([0.0])), *((f"model.{k}", v) for k, v in state.items())])
     torch.save(root, dest / "model.pt")
     return dest
 
@@ -57,6 +65,17 @@ def test_flags_supply_what_the_checkpoint_lacks(tmp_path: Path) -> None:
     assert report["source"]["hyper_parameters_from"] == "flags (--num-heads 4, --activation-fn gelu)"
     verified = run_cli("verify", src, out, "--num-heads", "4", "--activation-fn", "gelu")
     assert verified.returncode == 0, verified.stderr
+
+
+@pytest.mark.parametrize("layout", ["state dict", "hub"])
+def test_a_bare_state_dict_converts_with_the_flags(tmp_path: Path, layout: str) -> None:
+    """torch.save(model.state_dict()) and torch.save(roberta_hub.state_dict()), as users save models."""
+    src = resaved("roberta_mlm", tmp_path / "src", None, layout=layout)
+    out = tmp_path / "out"
+    assert_refused(run_cli("convert", src, out), out, 2, "holds no hyper-parameters (neither args nor cfg)")
+    result = run_cli("convert", src, out, "--num-heads", "4", "--activation-fn", "gelu")
+    assert result.returncode == 0, result.stderr
+    assert_matches_fairseq("roberta_mlm", out, AutoModelForMaskedLM, None)
 
 
 def test_classifier_without_hyper_parameters_needs_its_pooler_activation(tmp_path: Path) -> None:

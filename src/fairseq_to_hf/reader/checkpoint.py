@@ -37,6 +37,7 @@ MAX_PICKLE_BYTES = 256 << 20
 # The legacy header pickles hold a number, a number and a small dict.
 MAX_HEADER_PICKLE_BYTES = 1 << 16
 MAX_SMALL_ENTRY_BYTES = 64  # zip entries such as byteorder and version
+HUB_PREFIX, HUB_BUFFER = "model.", "_float_tensor"  # what a RobertaHubInterface adds to the model's names
 
 
 @dataclass
@@ -267,16 +268,33 @@ def _map_legacy_storages(file: BinaryIO, keys: list[str], index: StorageIndex, f
         position += 8 + nbytes
 
 
+def _is_state_dict(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, LazyTensor) for k, v in value.items())
+
+
+def _without_hub_prefix(state: dict[str, LazyTensor]) -> dict[str, LazyTensor]:
+    """A RobertaHubInterface's state dict (`hub.state_dict()`) holds the model under `model.`, beside the
+    hub's own `_float_tensor` buffer: the model's names are the rest."""
+    names = [name for name in state if name != HUB_BUFFER]
+    if names and all(name.startswith(HUB_PREFIX) for name in names):
+        return {name.removeprefix(HUB_PREFIX): state[name] for name in names}
+    return state
+
+
 def _interpret(path: Path, root: Any, index: StorageIndex, format_name: str) -> Checkpoint:
-    if not isinstance(root, dict) or "model" not in root:
+    if isinstance(root, dict) and root and _is_state_dict(root):
+        state = root  # a bare state dict, `torch.save(model.state_dict())`: no hyper-parameters with it
+    elif not isinstance(root, dict) or "model" not in root:
         raise CheckpointFormatError(
-            "is a torch file but not a fairseq checkpoint (no 'model' entry)", path=path,
+            "is a torch file but not a fairseq checkpoint (no 'model' entry, and not a state dict of named "
+            "tensors either)", path=path,
             hint="fairseq checkpoints hold a dict with 'model' and 'args' or 'cfg'",
         )
-    state = root["model"]
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, LazyTensor)
-                                              for k, v in state.items()):
+    else:
+        state = root["model"]
+    if not _is_state_dict(state):
         raise CheckpointFormatError("its 'model' entry is not a state dict of named tensors", path=path)
+    state = _without_hub_prefix(state)
     missing = sorted(key for key, tensor in state.items() if tensor.storage.key not in index.locations)
     if missing:
         raise CheckpointFormatError(
