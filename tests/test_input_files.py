@@ -91,3 +91,24 @@ def test_dict_lines_fairseq_refuses_are_refused(tmp_path: Path, text: str) -> No
     path.write_text(text)
     with pytest.raises(ConversionError, match="is not 'symbol count'"):
         read_dictionary(path)
+
+
+def test_a_training_run_folder_takes_its_labels_beside_the_given_data_bin_dict(tmp_path: Path) -> None:
+    """SRC is fairseq-train's save dir; --dict names the data-bin's input0/dict.txt, whose label/dict.txt
+    gives the class names. Without one, the note says the labels are generic."""
+    import json
+
+    run, data = tmp_path / "checkpoints", tmp_path / "data-bin"
+    run.mkdir()
+    shutil.copy(FIXTURES / "roberta_cls" / "model.pt", run / "checkpoint_best.pt")
+    shutil.copytree(FIXTURES / "roberta_cls" / "input0", data / "input0")
+    shutil.copytree(FIXTURES / "roberta_cls" / "label", data / "label")
+    out = tmp_path / "out"
+    result = run_cli("convert", run, out, "--dict", data / "input0" / "dict.txt", "--no-verify")
+    assert result.returncode == 0, result.stderr
+    labels = json.loads((out / "config.json").read_text())["id2label"]
+    assert list(labels.values()) == [line.split()[0] for line in (data / "label" / "dict.txt").read_text().splitlines()][:3]
+    shutil.rmtree(data / "label")
+    result = run_cli("convert", run, tmp_path / "out2", "--dict", data / "input0" / "dict.txt", "--no-verify")
+    assert result.returncode == 0, result.stderr
+    assert "note: no label dict (label/dict.txt), so the labels are LABEL_0..LABEL_2" in result.stderr

@@ -319,6 +319,8 @@ def _prepare(source: Checkpoint, shared: SharedSources, options: ConvertOptions,
     report = ConversionReport(model, shared.files, tokenizer)
     say(f"read {source.path} ({source.format} format, {model.source.key_generation} keys, "
         f"{len(source.tensors)} tensors); heads: {', '.join(describe_heads(model.heads)) or 'none'}")
+    for note in dict.fromkeys(note for plan in plans.values() for note in plan.notes):
+        say(f"note: {note}")
     if tokenizer is None:
         say(no_tokenizer_note(source.bpe))
     elif alias_rows:

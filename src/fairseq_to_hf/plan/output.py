@@ -178,6 +178,9 @@ def make_plan(model: SourceModel, request: OutputRequest, *, extra_vocab_rows: i
             if request.strict_labels:
                 raise
             notes.append(f"labels not taken from the label dict: {error.message}")
+    elif head is not None and head.num_classes > 1:
+        notes.append(f"no label dict (label/dict.txt), so the labels are LABEL_0..LABEL_{head.num_classes - 1}; "
+                     "pass --label-dict for fairseq's class names")
     config = build_config(model, architecture, head, float_dtype, labels, extra_vocab_rows)
     if family.config_fields:
         config.update(family.config_fields(model, request.default_language))

@@ -116,7 +116,10 @@ def _find_source_files(
         if not label_path.exists():
             raise ConversionError("label dictionary not found", path=label_path, hint="check the --label-dict path")
     else:
-        label_path = next((folder / name for name in LABEL_DICTIONARY_CANDIDATES if (folder / name).exists()), None)
+        # beside SRC, or beside the data-bin whose input0/dict.txt was given
+        data_bin = dictionary_path.parent.parent if dictionary_path.parent.name == "input0" else folder
+        label_path = next((base / name for base in dict.fromkeys((folder, data_bin))
+                           for name in LABEL_DICTIONARY_CANDIDATES if (base / name).exists()), None)
     roles = {f.role for f in tokenizer_roles}
     if unknown := sorted(set(tokenizer_files) - roles):
         raise TypeError(f"unknown tokenizer file option {unknown[0]!r}")
