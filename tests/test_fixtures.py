@@ -90,6 +90,29 @@ def test_all_heads_writes_one_verified_folder_per_head(tmp_path: Path) -> None:
     assert len(json_file(out / "conversion_report.json")["outputs"]) == 2
 
 
+def test_a_classification_head_named_lm_is_that_head(tmp_path: Path) -> None:
+    """`--head lm` names the masked-LM head, unless a classification head has that name: then it is that
+    head, and --all-heads writes it as OUT/lm (it wrote the masked LM there, and dropped the head)."""
+    import argparse
+    import shutil
+    from collections import OrderedDict
+
+    from fairseq_to_hf.reader import read_checkpoint
+
+    src = tmp_path / "src"
+    shutil.copytree(FIXTURES / "roberta_two_heads", src, ignore=shutil.ignore_patterns("model.pt"))
+    checkpoint = read_checkpoint(FIXTURES / "roberta_two_heads" / "model.pt")
+    state = OrderedDict((name.replace("classification_heads.stsb.", "classification_heads.lm."), lazy.load())
+                        for name, lazy in checkpoint.tensors.items())
+    torch.save({"model": state, "args": argparse.Namespace(**checkpoint.hparams)}, src / "model.pt")
+    report = convert(src, tmp_path / "one", head="lm")
+    assert report.outputs[0].architecture == "RobertaForSequenceClassification" and report.verified
+    assert_matches_fairseq("roberta_two_heads", tmp_path / "one", CLASSIFIER, "stsb")
+    report = convert(src, tmp_path / "all", all_heads=True)
+    assert sorted(o.head for o in report.outputs) == ["lm", "sentiment_head"]
+    assert_matches_fairseq("roberta_two_heads", tmp_path / "all" / "lm", CLASSIFIER, "stsb")
+
+
 def test_tied_embeddings_are_stored_once(tmp_path: Path) -> None:
     convert(FIXTURES / "roberta_mlm", tmp_path / "out", verify=False)
     with safe_open(tmp_path / "out" / "model.safetensors", "pt") as weights:

@@ -564,7 +564,7 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path: Path, delay: float) -> Non
 @pytest.mark.parametrize("option", [("--tolerance", "nan"), ("--tolerance", "-1"), ("--tolerance", "inf"),
                                     ("--max-shard-size", "1e400"), ("--max-shard-size", "0"),
                                     ("--max-shard-size", "-5GB"), ("--head", "x", "--all-heads"),
-                                    ("--repo-id", "not a repo id")])
+                                    ("--repo-id", "not a repo id"), ("--language", " ")])
 def test_impossible_options_are_refused_before_any_work(tmp_path: Path, option: tuple[str, ...]) -> None:
     out = tmp_path / "out"
     result = run_cli(MLM, out, *option)

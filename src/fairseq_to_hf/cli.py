@@ -98,6 +98,12 @@ def _add_source_options(parser: argparse.ArgumentParser, tokenizer_purpose: str,
                                  "if present)")
 
 
+def _language_code(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty language code")
+    return text
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -185,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--dry-run", action="store_true",
                          help="print the conversion plan (every tensor, its source, shape and dtype) and stop; "
                          "reads no tensor data and writes nothing")
-    convert.add_argument("--language", action="append", default=[], metavar="CODE",
+    convert.add_argument("--language", action="append", default=[], metavar="CODE", type=_language_code,
                          help="language of the model for the model card (repeatable), e.g. --language en")
     convert.add_argument("--license", metavar="ID", help="license for the model card, e.g. mit")
     convert.add_argument("--base-model", metavar="REPO", help="base model for the model card, e.g. FacebookAI/roberta-base")

@@ -231,15 +231,16 @@ def _append_alias_rows(mapped: dict[str, TensorPlan], alias_rows: int, base: str
 def _select_head(model: SourceModel, requested: str | None) -> HeadInfo | None:
     heads, has_lm_head, path = model.heads, model.source.has_lm_head, model.path
     choices = [*describe_heads(heads), *([f"{LM_HEAD}: the masked-LM head"] if has_lm_head else [])]
+    # A classification head's own name wins, "lm" too (--all-heads asks for every head by its name).
+    named = next((head for head in heads if head.name == requested), None)
+    if named is not None:
+        return named
     if requested == LM_HEAD:
         if not has_lm_head:
             raise ConversionError("has no masked-LM head (encoder.lm_head.*)", path=path,
                                   hint="choose a classification head with --head", details=choices)
         return None
     if requested is not None:
-        for head in heads:
-            if head.name == requested:
-                return head
         raise ConversionError(f"has no head named {requested!r}", path=path,
                               hint="choose one of the heads below with --head", details=choices)
     if len(heads) == 1:
