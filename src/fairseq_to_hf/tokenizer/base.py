@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +59,19 @@ class TokenizerKind:
     known_difference: str | None = None
     # When several kinds share files and the checkpoint does not say: does this kind claim them?
     claims: Callable[[TokenizerFiles], bool] = lambda files: True
+
+
+def character_class(ranges: Iterable[tuple[int, int]]) -> str:
+    """A regex class (Oniguruma's syntax, as `tokenizers.Regex` reads it) of the code point ranges
+    (first, last), given in increasing order; adjacent ones are joined."""
+    merged: list[list[int]] = []
+    for first, last in ranges:
+        if merged and merged[-1][1] == first - 1:
+            merged[-1][1] = last
+        else:
+            merged.append([first, last])
+    return "[" + "".join(f"\\x{{{first:x}}}" + (f"-\\x{{{last:x}}}" if last > first else "")
+                         for first, last in merged) + "]"
 
 
 def frame_like_fairseq(tokenizer: Tokenizer, vocabulary: TokenVocabulary) -> Tokenizer:

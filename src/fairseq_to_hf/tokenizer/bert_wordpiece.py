@@ -27,7 +27,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 from ..errors import ConversionError
 from ..reader.dictionary import Dictionary
 from ..reader.files import read_input_file
-from .base import PreparedTokenizer, TokenizerFile, TokenizerFiles, TokenizerKind, frame_like_fairseq
+from .base import PreparedTokenizer, TokenizerFile, TokenizerFiles, TokenizerKind, character_class, frame_like_fairseq
 from .vocab import TokenVocabulary, assign_ids
 
 # BertTokenizer's special tokens: never split, never lower-cased, looked up as they are.
@@ -38,7 +38,7 @@ MAX_WORD_CHARACTERS = 100  # BertTokenizer's max_input_chars_per_word
 # BasicTokenizer._is_chinese_char's blocks (BertNormalizer's own list lacks part of them).
 CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
               (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
-CJK_CLASS = "[" + "".join(f"\\x{{{first:x}}}-\\x{{{last:x}}}" for first, last in CJK_RANGES) + "]"
+CJK_CLASS = character_class(sorted(CJK_RANGES))
 VOCAB_FILE = TokenizerFile("bpe_vocab_file", ("vocab.txt",), "BERT WordPiece vocab.txt (fairseq's --bpe bert)")
 
 
@@ -97,15 +97,7 @@ CHARACTER_CLASSES = {
 def python_character_class(name: str) -> str:
     """A regex class of the characters BERT's Python code puts in `name`, by Python's unicodedata."""
     wanted = CHARACTER_CLASSES[name]
-    merged: list[list[int]] = []
-    for first, last, category in _category_runs():
-        if wanted(first, category):
-            if merged and merged[-1][1] == first - 1:
-                merged[-1][1] = last
-            else:
-                merged.append([first, last])
-    return "[" + "".join(f"\\x{{{first:x}}}" + (f"-\\x{{{last:x}}}" if last > first else "")
-                         for first, last in merged) + "]"
+    return character_class((first, last) for first, last, category in _category_runs() if wanted(first, category))
 
 
 def build_wordpiece_tokenizer(vocabulary: TokenVocabulary, wordpiece_ids: dict[str, int], *,

@@ -21,7 +21,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from ..errors import ConversionError, UnsupportedModelError
 from ..reader.dictionary import MASK, SPECIAL_SYMBOLS, Dictionary
 from ..reader.files import read_input_file
-from .base import PreparedTokenizer, TokenizerFile, TokenizerFiles, TokenizerKind, frame_like_fairseq
+from .base import PreparedTokenizer, TokenizerFile, TokenizerFiles, TokenizerKind, character_class, frame_like_fairseq
 from .charsmap import CharsMap
 from .spm_proto import SpmSettings, read_spm_settings
 from .vocab import TokenVocabulary, assign_ids
@@ -166,21 +166,10 @@ def _charsmap_steps(charsmap: CharsMap) -> list:
     # A character the charsmap deletes and that always ends a grapheme cluster (a C0 control).
     breaker = next((char for char in map(chr, range(1, 0x20)) if charsmap.normalizes(char) == ""), None)
     if breaker and charsmap.lone_keys:
-        steps.append(normalizers.Replace(Regex(f"(?<={_character_class(charsmap.lone_keys)})"), breaker))
+        lone = character_class((ord(char), ord(char)) for char in charsmap.lone_keys)
+        steps.append(normalizers.Replace(Regex(f"(?<={lone})"), breaker))
     steps.append(normalizers.Precompiled(charsmap.blob))
     return steps
-
-
-def _character_class(chars: str) -> str:
-    """A regex class of `chars` (in code point order), runs written as ranges."""
-    runs: list[list[int]] = []
-    for code in map(ord, chars):
-        if runs and runs[-1][1] == code - 1:
-            runs[-1][1] = code
-        else:
-            runs.append([code, code])
-    return "[" + "".join(f"\\x{{{first:x}}}" + (f"-\\x{{{last:x}}}" if last > first else "")
-                         for first, last in runs) + "]"
 
 
 def _merges_by_score(scores: dict[str, float]) -> list[tuple[str, str]]:
