@@ -164,8 +164,9 @@ def format_inspection(description: dict[str, Any]) -> str:
                                    or "none (masked LM)"))
     tokenizer = description["tokenizer_files"]
     trained = f"; trained with --bpe {description['trained_with_bpe']}" if description["trained_with_bpe"] else ""
+    searched = looked_for({"_name": description["trained_with_bpe"]})
     lines.append("tokenizer    " + (f"{description['tokenizer_kind']}: {', '.join(tokenizer.values())}{trained}"
-                                   if tokenizer else f"no files found (looked for {looked_for({'_name': description['trained_with_bpe']})}){trained}"))
+                                   if tokenizer else f"no files found (looked for {searched}){trained}"))
     for target, outcome in description["convert_would_produce"].items():
         flag = "" if target == "default" else f" --head {target}"
         if "plan" in outcome:

@@ -44,7 +44,9 @@ NOT_FINITE_HINT = ("its outputs are not finite (NaN or Inf), which no comparison
                    "with --allow-non-finite can only be written with --no-verify")
 
 def no_tokenizer_note(bpe: dict) -> str:
-    return f"no tokenizer written: SRC has none of {looked_for(bpe)}; pass their paths with {tokenizer_flags(bpe)} to write one"
+    """What to pass for a tokenizer: only the files of the kind the checkpoint's bpe names, if it names one."""
+    return (f"no tokenizer written: SRC has none of {looked_for(bpe)}; pass their paths with "
+            f"{tokenizer_flags(bpe)} to write one")
 
 
 
