@@ -229,3 +229,19 @@ def test_a_phobert_vocab_txt_is_not_taken_for_a_bert_one(tmp_path: Path) -> None
     assert prepare_tokenizer(files, dictionary, len(dictionary) + 1, {}).kind == "fastbpe"
     assert read_wordpiece_vocab(FIXTURES / "roberta_bert_wordpiece" / "vocab.txt")[:5] == \
         ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def test_a_bpe_no_kind_reproduces_gets_no_tokenizer_from_other_files(tmp_path: Path) -> None:
+    """--bpe byte_bpe runs sentencepiece over bytes: the folder's sentencepiece model alone would give
+    other ids, so no tokenizer is written (and naming the file is refused), whatever files SRC holds."""
+    from test_hyper_parameters import resaved
+
+    hparams = read_checkpoint(FIXTURES / "xlmr_mlm" / "model.pt").hparams
+    src = resaved("xlmr_mlm", tmp_path / "src", {**hparams, "bpe": "byte_bpe"})
+    assert read_checkpoint(src / "model.pt").bpe == {"_name": "byte_bpe"}
+    messages: list[str] = []
+    report = convert(src, tmp_path / "out", log=messages.append)
+    assert report.tokenizer is None and not (tmp_path / "out" / "tokenizer.json").exists()
+    assert "the model's own --bpe byte_bpe, which no tokenizer here reproduces" in " ".join(messages)
+    with pytest.raises(ConversionError, match="--bpe byte_bpe, which no tokenizer kind here reproduces"):
+        convert(src, tmp_path / "out2", tokenizer_files={"sentencepiece_model": src / "sentencepiece.bpe.model"})

@@ -64,7 +64,14 @@ def choose_kind(files: TokenizerFiles, bpe: dict) -> TokenizerKind | None:
     A file set that contradicts the checkpoint's bpe, or half of a kind's files, is refused.
     """
     complete = [kind for kind in KINDS if all(f.role in files.paths for f in kind.files)]
-    trained_with = KINDS_BY_BPE.get(str(bpe.get("_name") or ""))
+    name = str(bpe.get("_name") or "")
+    trained_with = KINDS_BY_BPE.get(name)
+    if name and not trained_with:  # characters, bytes, byte_bpe, a BPE of the user's: never another kind's files
+        if files.given:
+            raise ConversionError(
+                f"the model was trained with fairseq's --bpe {name}, which no tokenizer kind here reproduces",
+                path=files.paths[sorted(files.given)[0]], hint="convert without the tokenizer file options")
+        return None
     if trained_with:
         foreign = sorted(files.given - {f.role for f in trained_with.files})
         if trained_with in complete and not foreign:
