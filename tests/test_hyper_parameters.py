@@ -133,3 +133,16 @@ def test_convert_takes_the_supplied_hyper_parameters_by_keyword(tmp_path) -> Non
     assert report.outputs[0].architecture == "RobertaForMaskedLM"
     with pytest.raises(ConversionError, match="--num-heads 3 contradicts"):
         convert(FIXTURES / "roberta_mlm", tmp_path / "contradicts", num_heads=3, verify=False)
+
+
+def test_ema_weights_are_named_and_the_model_weights_converted(tmp_path: Path) -> None:
+    """--store-ema keeps an EMA copy in extra_state['ema']; fairseq's loaders use 'model', and so does this."""
+    src = resaved("roberta_mlm", tmp_path / "src", dict(read_checkpoint(FIXTURES / "roberta_mlm" / "model.pt").hparams))
+    saved = torch.load(src / "model.pt", weights_only=False)
+    saved["extra_state"] = {"ema": OrderedDict((name, value * 0.5) for name, value in saved["model"].items())}
+    torch.save(saved, src / "model.pt")
+    out = tmp_path / "out"
+    result = run_cli("convert", src, out)
+    assert result.returncode == 0, result.stderr
+    assert "the checkpoint also holds EMA weights (extra_state['ema'], --store-ema)" in result.stderr
+    assert_matches_fairseq("roberta_mlm", out, AutoModelForMaskedLM, None)

@@ -193,6 +193,9 @@ def analyse_source(source: NormalisedSource, dictionary: Dictionary, *, model_ty
     if problems:
         return model
     fit = fit_embedding(dictionary, model.dims.vocab_size)
+    if checkpoint.has_ema:
+        model.notes.append("the checkpoint also holds EMA weights (extra_state['ema'], --store-ema); the "
+                           "weights under 'model' are converted, the ones fairseq loads")
     if checkpoint.hparams_source == "none":
         model.notes.append("the checkpoint holds no hyper-parameters: its token embeddings are taken to be "
                            "unscaled (no_scale_embedding, every RoBERTa arch's setting), which no tensor shows")

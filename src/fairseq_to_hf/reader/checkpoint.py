@@ -53,6 +53,7 @@ class Checkpoint:
     storages: StorageIndex | None = None  # where the tensors' bytes are; records the file's sha256 once read
     # The BPE the model was trained with: cfg["bpe"] or args.bpe ("_name") and the bpe_* options.
     bpe: dict[str, Any] = field(default_factory=dict)
+    has_ema: bool = False  # extra_state["ema"]: the EMA copy of --store-ema, which fairseq's loaders skip
 
     @property
     def total_bytes(self) -> int:
@@ -319,6 +320,7 @@ def _interpret(path: Path, root: Any, index: StorageIndex, format_name: str) -> 
         top_level_keys=[printable(str(key)) for key in root],
         storages=index,
         bpe=_bpe_settings(root, hparams),
+        has_ema=isinstance(root.get("extra_state"), dict) and isinstance(root["extra_state"].get("ema"), dict),
     )
 
 
