@@ -42,6 +42,13 @@ def _utf8_bytes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class CharsMap:
     blob: bytes
 
+    def __post_init__(self) -> None:
+        if len(self.blob) < 8:
+            raise ValueError("a charsmap shorter than its header")
+        (trie_bytes,) = struct.unpack_from("<I", self.blob, 0)
+        if not trie_bytes or trie_bytes % 4 or 4 + trie_bytes > len(self.blob):
+            raise ValueError("a charsmap whose trie does not fit it")
+
     @cached_property
     def _units(self) -> np.ndarray:
         (trie_bytes,) = struct.unpack_from("<I", self.blob, 0)
@@ -53,8 +60,8 @@ class CharsMap:
         return self.blob[4 + trie_bytes:]
 
     def _value(self, position: int) -> str:
-        end = self._normalized.index(b"\0", position)
-        return self._normalized[position:end].decode("utf-8", "replace")
+        end = self._normalized.find(b"\0", position)
+        return self._normalized[position:end if end >= 0 else len(self._normalized)].decode("utf-8", "replace")
 
     def longest_match(self, text: str) -> tuple[int, str] | None:
         """(bytes matched, normalised form) of the longest key that starts `text`, as sentencepiece takes it."""

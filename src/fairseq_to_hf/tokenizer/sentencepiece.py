@@ -47,6 +47,12 @@ def prepare_sentencepiece(files: TokenizerFiles, dictionary: Dictionary, model_r
     if settings.model_type not in ("unigram", "bpe"):
         raise UnsupportedModelError(f"is a sentencepiece {settings.model_type} model; only unigram and bpe "
                                     "models convert", path=path)
+    if settings.precompiled_charsmap:
+        try:
+            CharsMap(settings.precompiled_charsmap)
+        except ValueError as error:
+            raise ConversionError(f"has a normalisation rule table this tool cannot read ({error})", path=path,
+                                  hint="is the sentencepiece model damaged?") from None
     if settings.treat_whitespace_as_suffix:
         raise UnsupportedModelError("puts whitespace at the end of pieces (treat_whitespace_as_suffix), which "
                                     "the written tokenizer cannot reproduce", path=path)
