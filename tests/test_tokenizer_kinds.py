@@ -245,3 +245,19 @@ def test_a_bpe_no_kind_reproduces_gets_no_tokenizer_from_other_files(tmp_path: P
     assert "the model's own --bpe byte_bpe, which no tokenizer here reproduces" in " ".join(messages)
     with pytest.raises(ConversionError, match="--bpe byte_bpe, which no tokenizer kind here reproduces"):
         convert(src, tmp_path / "out2", tokenizer_files={"sentencepiece_model": src / "sentencepiece.bpe.model"})
+
+
+def test_a_mask_after_words_dict_txt_lacks_passes_the_fill_mask_check(tmp_path: Path) -> None:
+    """The typed-<mask> check reads alias ids as <unk>, as every other check does: a dict.txt without
+    the pieces of its probe text ("Hello") is no failed verification."""
+    src = tmp_path / "src"
+    shutil.copytree(FIXTURES / "roberta_bert_wordpiece", src)
+    prepared = prepared_for("roberta_bert_wordpiece")
+    hello = set(prepared.reference_bpe("Hello").split())
+    lines = (src / "dict.txt").read_text(encoding="utf-8").splitlines()
+    renamed = [f"absent{number} {line.split()[1]}" if line.split()[0] in hello else line
+               for number, line in enumerate(lines)]
+    assert renamed != lines
+    (src / "dict.txt").write_text("\n".join(renamed) + "\n", encoding="utf-8")
+    report = convert(src, tmp_path / "out")
+    assert report.verified and report.outputs[0].tokenizer_verification.passed
