@@ -97,6 +97,8 @@ HF_ADD_PREFIX_SPACE = False  # GottbertModel.from_pretrained's default
 PAIRS = 40
 
 BERT_VOCAB = "vocab.txt"  # the name BertTokenizer's own folders give it
+BERT_HIDDEN_SPECIALS = ["[MA\u200bSK] x", "[MASK\u00ad]", "[MAS\u212a]", "([MA\u200bSK])", "[CLS\ufeff]",
+                        "[UN\u200dK] [SEP]", "x[MASK]y", "[mask]"]
 FASTBPE_CODES = "bpe.codes"  # PhoBERT's and BERTweet's name (passed explicitly to the hub)
 SUBWORD_NMT_CODES = "bpecodes"  # a name fairseq's hub finds by itself
 
@@ -549,10 +551,15 @@ def record_encode_cases(name: str, folder: Path, hub: Any, kind: str, lines: lis
             "do_lower_case=True).tokenize(text) joined by spaces; `ids` is roberta.encode(text...): "
             "each piece looked up in dict.txt, <unk> (3) if absent; `unk` marks lines with a 3. "
             "`cased_bpe[i]` is what fairseq's bert encoder with bpe_cased true (do_lower_case "
-            "False) gives for single[i]'s text with the same vocab.txt. Characters that are not "
+            "False) gives for single[i]'s text with the same vocab.txt; `hidden_specials` holds both "
+            "encodings of texts that spell BERT's specials with characters its cleaning drops "
+            "inside them. Characters that are not "
             "printable are \\u-escaped; others are plain UTF-8.")
         cased = fairseq_bpe("bert", bpe_vocab_file=str(folder / BERT_VOCAB), bpe_cased=True)
         data["cased_bpe"] = [cased.encode(row["text"]) for row in single]
+        # BERT's specials spelled with characters its cleaning drops (or NFC folds) inside them.
+        data["hidden_specials"] = [{"text": text, "bpe": hub.bpe.encode(text), "cased_bpe": cased.encode(text)}
+                                   for text in BERT_HIDDEN_SPECIALS]
         pieces = (folder / BERT_VOCAB).read_text(encoding="utf-8").split("\n")
         data["pieces_missing_from_dict"] = sum(dictionary.index(p) == unk for p in pieces if p)
     else:

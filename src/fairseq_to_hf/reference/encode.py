@@ -192,6 +192,9 @@ class WordPieceEncoder:
         text = unicodedata.normalize("NFC", text)
         words = []
         for token in text.split():
+            if token in self.SPECIALS:  # BasicTokenizer's never_split: a special made by the cleaning stays whole
+                words.append(token)
+                continue
             if self.lowercase:
                 token = token.lower()
                 token = "".join(char for char in unicodedata.normalize("NFD", token)
@@ -225,6 +228,12 @@ class WordPieceEncoder:
             pieces.append(piece)
             start = end
         return pieces
+
+    def specials_made_by_cleaning(self, text: str) -> bool:
+        """A special (such as "[MA\u200bSK]" once the cleaning drops the zero-width space) that only the
+        cleaning or NFC spells out: BERT keeps it whole, where the text had no special token."""
+        return any(word in self.SPECIALS for part in self.SPECIAL_SPLIT.split(text)
+                   if part not in self.SPECIALS for word in self._words(part))
 
     def pieces(self, text: str) -> list[str]:
         pieces = []

@@ -149,7 +149,8 @@ def prepare_bert_wordpiece(files: TokenizerFiles, dictionary: Dictionary, model_
     tokenizer = build_wordpiece_tokenizer(vocabulary, wordpiece_ids, lowercase=lowercase)
     reference = WordPieceEncoder(pieces, lowercase=lowercase)
     return PreparedTokenizer(KIND.name, files, tokenizer, vocabulary, reference.bpe_string, dictionary,
-                             details={"lowercase": lowercase, "pieces": len(pieces)})
+                             details={"lowercase": lowercase, "pieces": len(pieces)},
+                             known_difference=reference.specials_made_by_cleaning)
 
 
 KIND = TokenizerKind(
@@ -160,4 +161,6 @@ KIND = TokenizerKind(
     card="BERT WordPiece (`vocab.txt`, fairseq's `--bpe bert`), with BERT's own cleaning, accent stripping "
          "and punctuation split as its Python tokenizer does them",
     claims=is_wordpiece_vocab,
+    known_difference="the text spells a BERT special token ([MASK], [CLS], ...) with characters BERT's cleaning "
+                     "removes inside it (a zero-width space, a soft hyphen), which BERT then keeps whole",
 )
