@@ -89,7 +89,8 @@ def prepare_sentencepiece(files: TokenizerFiles, dictionary: Dictionary, model_r
 
     def normalised_otherwise(text: str) -> bool:
         """True where the charsmap normaliser, mended as it is (charsmap.py), still cuts a grapheme cluster
-        short: decomposed text with stacked marks whose first mark composes alone ("e\u0302\u0301")."""
+        short: where the longest key at a character is longer than the one it maps alone ("e\u0302\u0301",
+        halfwidth "ﾃﾞ", "Ａ\u0301")."""
         ours = tokenizer.normalizer.normalize_str(text).lstrip(SPIECE_UNDERLINE)
         return ours != processor.normalize(text).lstrip(SPIECE_UNDERLINE)
 
@@ -196,6 +197,7 @@ KIND = TokenizerKind(
                          "sentencepiece model"),),
     prepare=prepare_sentencepiece,
     card="sentencepiece",
-    known_difference="sentencepiece keeps a run of characters unknown to its model as one piece, or composes "
-                     "stacked combining marks of decomposed text that the tokenizer's charsmap normaliser cuts short",
+    known_difference="sentencepiece keeps a run of characters unknown to its model as one piece, or its normaliser "
+                     "maps a grapheme cluster whole where the tokenizer's cuts it short (stacked marks of decomposed "
+                     "text, halfwidth kana with voicing marks, a compatibility character followed by a mark)",
 )
