@@ -23,8 +23,8 @@ def resaved(fixture: str, dest: Path, args: dict | None, layout: str = "checkpoi
     """The fixture's folder with its checkpoint saved again with `args` (None: neither args nor cfg).
 
     `layout`: "checkpoint" ({"model": state dict, ...}, fairseq's), "state dict" (torch.save of the
-    model's state dict alone) or "hub" (torch.save of a RobertaHubInterface's state dict: the model under
-    `model.` beside the hub's `_float_tensor` buffer)."""
+    model's state dict alone), "hub" (torch.save of a RobertaHubInterface's state dict: the model under
+    `model.` beside the hub's `_float_tensor` buffer) or "ddp" (a DistributedDataParallel's: `module.`)."""
     shutil.copytree(FIXTURES / fixture, dest, ignore=shutil.ignore_patterns("model.pt"))
     checkpoint = read_checkpoint(FIXTURES / fixture / "model.pt")
     state: OrderedDict = OrderedDict()
@@ -40,6 +40,8 @@ def resaved(fixture: str, dest: Path, args: dict | None, layout: str = "checkpoi
         root = state
     elif layout == "hub":
         root = OrderedDict([("_float_tensor", torch.tensor([0.0])), *((f"model.{k}", v) for k, v in state.items())])
+    elif layout == "ddp":
+        root = OrderedDict((f"module.{k}", v) for k, v in state.items())
     torch.save(root, dest / "model.pt")
     return dest
 
@@ -67,9 +69,10 @@ def test_flags_supply_what_the_checkpoint_lacks(tmp_path: Path) -> None:
     assert verified.returncode == 0, verified.stderr
 
 
-@pytest.mark.parametrize("layout", ["state dict", "hub"])
+@pytest.mark.parametrize("layout", ["state dict", "hub", "ddp"])
 def test_a_bare_state_dict_converts_with_the_flags(tmp_path: Path, layout: str) -> None:
-    """torch.save(model.state_dict()) and torch.save(roberta_hub.state_dict()), as users save models."""
+    """torch.save(model.state_dict()), of roberta_hub.state_dict() and of a DDP-wrapped model's, as users save
+    models."""
     src = resaved("roberta_mlm", tmp_path / "src", None, layout=layout)
     out = tmp_path / "out"
     assert_refused(run_cli("convert", src, out), out, 2, "holds no hyper-parameters (neither args nor cfg)")

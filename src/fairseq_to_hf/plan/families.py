@@ -173,7 +173,9 @@ def xmod_config(model: Any, default_language: str | None) -> dict[str, Any]:
     if unknown:
         raise ConversionError(f"is an X-MOD model whose {model.hyper_parameters.source} do not give "
                               f"{' and '.join(unknown)}, and its arch is not one whose defaults are known "
-                              "(xmod_base*, xmod_large_prenorm)", path=model.path)
+                              "(xmod_base*, xmod_large_prenorm)", path=model.path,
+                              hint="the adapters' wiring is only in the checkpoint fairseq saved (its cfg); "
+                                   "convert that file, not a state dict saved from it")
     return {
         "languages": languages,
         "default_language": strip_language(default_language),

@@ -37,7 +37,9 @@ MAX_PICKLE_BYTES = 256 << 20
 # The legacy header pickles hold a number, a number and a small dict.
 MAX_HEADER_PICKLE_BYTES = 1 << 16
 MAX_SMALL_ENTRY_BYTES = 64  # zip entries such as byteorder and version
-HUB_PREFIX, HUB_BUFFER = "model.", "_float_tensor"  # what a RobertaHubInterface adds to the model's names
+# What a RobertaHubInterface (`model.`, its `_float_tensor` buffer) or DistributedDataParallel (`module.`)
+# adds to the model's names.
+WRAPPER_PREFIXES, HUB_BUFFER = ("model.", "module."), "_float_tensor"
 
 
 @dataclass
@@ -275,10 +277,12 @@ def _is_state_dict(value: Any) -> bool:
 
 def _without_hub_prefix(state: dict[str, LazyTensor]) -> dict[str, LazyTensor]:
     """A RobertaHubInterface's state dict (`hub.state_dict()`) holds the model under `model.`, beside the
-    hub's own `_float_tensor` buffer: the model's names are the rest."""
+    hub's own `_float_tensor` buffer; one saved from a DistributedDataParallel wrapper under `module.`:
+    the model's names are the rest."""
     names = [name for name in state if name != HUB_BUFFER]
-    if names and all(name.startswith(HUB_PREFIX) for name in names):
-        return {name.removeprefix(HUB_PREFIX): state[name] for name in names}
+    for prefix in WRAPPER_PREFIXES:
+        if names and all(name.startswith(prefix) for name in names):
+            return {name.removeprefix(prefix): state[name] for name in names}
     return state
 
 
