@@ -45,8 +45,12 @@ NOT_FINITE_HINT = ("its outputs are not finite (NaN or Inf), which no comparison
 
 def no_tokenizer_note(bpe: dict) -> str:
     """What to pass for a tokenizer: only the files of the kind the checkpoint's bpe names, if it names one."""
-    return (f"no tokenizer written: SRC has none of {looked_for(bpe)}; pass their paths with "
+    note = (f"no tokenizer written: SRC has none of {looked_for(bpe)}; pass their paths with "
             f"{tokenizer_flags(bpe)} to write one")
+    if bpe.get("_name") == "bert" and not bpe.get("bpe_vocab_file"):  # fairseq's BertBPE then downloads one
+        note += (f" (the checkpoint names no vocab file: fairseq used that of "
+                 f"{'bert-base-cased' if bpe.get('bpe_cased') else 'bert-base-uncased'})")
+    return note
 
 
 
