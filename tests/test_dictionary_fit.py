@@ -54,3 +54,14 @@ def test_a_dict_that_does_not_fit_is_refused(tmp_path: Path, keep: int, numbers:
     src = with_dict(tmp_path, LINES[:keep] if keep >= 0 else LINES[:keep - 2] + LINES[-2:])
     out = tmp_path / "out"
     assert_refused(run_cli("convert", src, out), out, 2, numbers, "fairseq refuses this pair", "--dict")
+
+
+def test_a_dict_txt_one_line_too_long_for_a_masked_lm_task_is_refused(tmp_path: Path) -> None:
+    """masked_lm adds <mask> after dict.txt: a dict.txt that fills every row has a line fairseq never had."""
+    src = tmp_path / "src"
+    shutil.copytree(FIXTURES / "roberta_mlm", src)
+    with open(src / "dict.txt", "a", encoding="utf-8") as handle:
+        handle.write("extra_symbol 1\n")
+    out = tmp_path / "out"
+    assert_refused(run_cli("convert", src, out), out, 2, "fairseq's masked_lm task adds <mask> after dict.txt's lines",
+                   "dict.txt has a line too many")

@@ -102,6 +102,12 @@ def key_generation(stored_keys: list[str]) -> str:
     return "fairseq-0.12"
 
 
+# fairseq tasks (and the RoBERTa examples' tasks) whose load_dictionary adds <mask> after dict.txt.
+MASK_ADDING_TASKS = frozenset({"masked_lm", "multilingual_masked_lm", "sentence_prediction",
+                               "sentence_prediction_adapters", "sentence_ranking", "commonsense_qa", "wsc",
+                               "winogrande"})
+
+
 def dictionary_kind(dictionary: Dictionary) -> str:
     """What segmentation dict.txt was built from: GPT-2 BPE lists ids ("13"), sentencepiece lists pieces
     ("▁the"); "camembert": sentencepiece pieces after `<unk>`, `<s>`, `</s>` listed again, as CamemBERT's."""
@@ -205,6 +211,12 @@ def analyse_source(source: NormalisedSource, dictionary: Dictionary, *, model_ty
             f"fairseq-preprocess added, left out of this dict.txt; <mask> is the last row ({fit.mask_id})"
         )
     elif fit.mask_id is None:
+        task = str(checkpoint.hparams.get("task") or "")
+        if task in MASK_ADDING_TASKS:
+            raise ConversionError(
+                f"gives {len(dictionary)} ids, as many as the embedding's rows, but fairseq's {task} task adds "
+                "<mask> after dict.txt's lines, so it refuses this pair: dict.txt has a line too many",
+                path=dictionary.path, hint="pass the dict.txt the model was trained with (--dict)")
         model.notes.append("the embedding has no <mask> row (dict.txt fills it), so the tokenizer has no mask token")
     return model
 
