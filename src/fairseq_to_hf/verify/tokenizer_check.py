@@ -116,7 +116,7 @@ def verify_tokenizer(
             got = _encoded(tokenizer, folder, *case, split_special_tokens=True)
             if any(not 0 <= token < vocab_size for token in got):
                 result.out_of_range.append(case[0])
-            if [UNK_ID if token >= model_rows else token for token in got] != expected:
+            if as_fairseq_ids(got, model_rows) != expected:
                 check = LineCheck(" ||| ".join(case), expected, got)
                 if any(known_difference(text) for text in case):
                     result.known_differences.append(check)
@@ -153,8 +153,7 @@ def _special_token_problems(tokenizer, folder: Path, reference_bpe, dictionary: 
     foreign = []
     for token in sorted(set(added) - fairseq_specials):
         want_ids = fairseq_encode(reference_bpe, index, f"a {token} b")
-        got_ids = [UNK_ID if token_id >= model_rows else token_id for token_id in _encoded(tokenizer, folder, f"a {token} b")]
-        if got_ids != want_ids:
+        if as_fairseq_ids(_encoded(tokenizer, folder, f"a {token} b"), model_rows) != want_ids:
             foreign.append(token)
     if foreign:
         problems.append(f"it adds tokens fairseq does not have: {', '.join(map(repr, foreign[:5]))}")
@@ -164,9 +163,14 @@ def _special_token_problems(tokenizer, folder: Path, reference_bpe, dictionary: 
         around = fairseq_encode(reference_bpe, dictionary.index(), "Hello")
         want_ids = [*around[:-1], mask_id, around[-1]]
         got_ids = _encoded(tokenizer, folder, "Hello <mask>")
-        if [UNK_ID if token_id >= model_rows else token_id for token_id in got_ids] != want_ids:
+        if as_fairseq_ids(got_ids, model_rows) != want_ids:
             problems.append(f"'Hello <mask>' gives {got_ids}, fairseq's fill_mask reads {want_ids}")
     return problems
+
+
+def as_fairseq_ids(ids: list[int], model_rows: int) -> list[int]:
+    """The tokenizer's ids as fairseq gives them: an alias id (past the model's rows) is <unk>."""
+    return [UNK_ID if token_id >= model_rows else token_id for token_id in ids]
 
 
 def _encoded(tokenizer, folder: Path, *texts: str, **options) -> list[int]:
