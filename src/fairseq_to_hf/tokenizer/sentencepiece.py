@@ -47,9 +47,10 @@ def prepare_sentencepiece(files: TokenizerFiles, dictionary: Dictionary, model_r
     if settings.model_type not in ("unigram", "bpe"):
         raise UnsupportedModelError(f"is a sentencepiece {settings.model_type} model; only unigram and bpe "
                                     "models convert", path=path)
+    charsmap = None
     if settings.precompiled_charsmap:
         try:
-            CharsMap(settings.precompiled_charsmap)
+            charsmap = CharsMap(settings.precompiled_charsmap)
         except ValueError as error:
             raise ConversionError(f"has a normalisation rule table this tool cannot read ({error})", path=path,
                                   hint="is the sentencepiece model damaged?") from None
@@ -76,7 +77,7 @@ def prepare_sentencepiece(files: TokenizerFiles, dictionary: Dictionary, model_r
     # Pieces of the model, and runs of characters it does not know (which it emits whole).
     vocabulary = assign_ids(dictionary, model_rows, segment_tokens, needed=set(scores), produced_as="pieces of",
                             segmenter_path=path)
-    tokenizer = build_sentencepiece_tokenizer(vocabulary, scores, settings, whitespace_kept_by(processor))
+    tokenizer = build_sentencepiece_tokenizer(vocabulary, scores, settings, charsmap, whitespace_kept_by(processor))
 
     def reference_bpe(text: str) -> str:
         return " ".join(processor.EncodeAsPieces(text))
@@ -128,7 +129,9 @@ def whitespace_kept_by(processor) -> list[str]:
 
 
 def build_sentencepiece_tokenizer(vocabulary: TokenVocabulary, scores: dict[str, float],
-                                  settings: SpmSettings, separators: list[str] = ()) -> Tokenizer:
+                                  settings: SpmSettings, charsmap: CharsMap | None,
+                                  separators: list[str] = ()) -> Tokenizer:
+    """`charsmap`: the model's precompiled charsmap (settings.precompiled_charsmap) as read, if it has one."""
     by_id = sorted(vocabulary.ids.items(), key=lambda item: item[1])
     if settings.model_type == "unigram":
         table = [(token, scores.get(token, UNREACHABLE_SCORE)) for token, _ in by_id]
@@ -137,7 +140,7 @@ def build_sentencepiece_tokenizer(vocabulary: TokenVocabulary, scores: dict[str,
         model = models.BPE(vocab=vocabulary.ids, merges=_merges_by_score(scores), unk_token="<unk>",
                            fuse_unk=True, byte_fallback=settings.byte_fallback)
     tokenizer = Tokenizer(model)
-    tokenizer.normalizer = normalizers.Sequence(_normalizers(settings))
+    tokenizer.normalizer = normalizers.Sequence(_normalizers(settings, charsmap))
     steps = []
     if settings.add_dummy_prefix:
         steps.append(pre_tokenizers.Metaspace(replacement=SPIECE_UNDERLINE, prepend_scheme="always", split=False))
@@ -151,11 +154,11 @@ def build_sentencepiece_tokenizer(vocabulary: TokenVocabulary, scores: dict[str,
     return frame_like_fairseq(tokenizer, vocabulary)
 
 
-def _normalizers(settings: SpmSettings) -> list:
+def _normalizers(settings: SpmSettings, charsmap: CharsMap | None) -> list:
     """sentencepiece's normaliser in its own order: charsmap, whitespace, escaping, dummy prefix."""
     steps = []
-    if settings.precompiled_charsmap:
-        steps += _charsmap_steps(CharsMap(settings.precompiled_charsmap))
+    if charsmap is not None:
+        steps += _charsmap_steps(charsmap)
     if settings.remove_extra_whitespaces:
         # Only spaces count: sentencepiece leaves other whitespace (left after the charsmap) alone.
         steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
