@@ -48,12 +48,16 @@ class Dictionary:
     @property
     def bos_id(self) -> int:
         """The id of the `<s>` that fairseq's encode puts before a sentence (a looked-up symbol)."""
-        return self.index()[BOS]
+        return self._last_id(BOS)
 
     @property
     def eos_id(self) -> int:
         """The id of the `</s>` that fairseq's encode puts after a sentence and between two."""
-        return self.index()[EOS]
+        return self._last_id(EOS)
+
+    def _last_id(self, symbol: str) -> int:
+        """The id fairseq looks `symbol` up as (a repeated one's last), without building the whole index."""
+        return len(self.symbols) - 1 - self.symbols[::-1].index(symbol)
 
     def with_mask(self) -> Dictionary:
         return Dictionary(self.path, (*self.symbols, MASK))
