@@ -43,6 +43,7 @@ STREAMED_VERIFY_BYTES = 64 << 20
 NOT_FINITE_HINT = ("its outputs are not finite (NaN or Inf), which no comparison can verify; a model converted "
                    "with --allow-non-finite can only be written with --no-verify")
 
+
 def no_tokenizer_note(bpe: dict) -> str:
     """What to pass for a tokenizer: only the files of the kind the checkpoint's bpe names, if it names one."""
     note = (f"no tokenizer written: SRC has none of {looked_for(bpe)}; pass their paths with "
@@ -51,7 +52,6 @@ def no_tokenizer_note(bpe: dict) -> str:
         note += (f" (the checkpoint names no vocab file: fairseq used that of "
                  f"{'bert-base-cased' if bpe.get('bpe_cased') else 'bert-base-uncased'})")
     return note
-
 
 
 @dataclass(frozen=True)
