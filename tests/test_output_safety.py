@@ -629,6 +629,15 @@ def test_batch_with_an_absolute_pattern_and_checkpoints_sharing_a_name(tmp_path:
     assert written == ["run1/checkpoint_best/model.safetensors", "run2/checkpoint_best/model.safetensors"]
 
 
+def test_batch_in_a_folder_whose_name_looks_like_a_pattern(tmp_path: Path) -> None:
+    (tmp_path / "run[1]").mkdir()
+    run = training_run(tmp_path / "run[1]", {"checkpoint1.pt": MLM / "model.pt", "checkpoint2.pt": MLM / "model.pt"})
+    out = tmp_path / "out"
+    result = run_cli(run, out, "--checkpoint", "checkpoint*.pt", "--no-verify", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.parent.name for p in out.glob("*/model.safetensors")) == ["checkpoint1", "checkpoint2"]
+
+
 def test_closed_or_full_standard_streams_keep_the_exit_codes(tmp_path: Path) -> None:
     """`>&-`, `2>&-`, `>/dev/full`: no traceback, the documented code, and a --json report that cannot
     be printed says that the conversion itself is complete."""

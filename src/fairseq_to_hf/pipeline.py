@@ -231,7 +231,9 @@ def matching_checkpoints(src: str | Path, pattern: str) -> dict[str, Path]:
     name (`run*/checkpoint_best.pt`), by its path below the folder they have in common.
     """
     folder = Path(src) if Path(src).is_dir() else Path(src).parent
-    found = sorted(Path(p) for p in glob.glob(os.path.join(folder, pattern)) if Path(p).is_file())
+    # SRC is a path, not a pattern: `run[1]` names a folder
+    where = pattern if os.path.isabs(pattern) else os.path.join(glob.escape(str(folder)), pattern)
+    found = sorted(Path(p) for p in glob.glob(where) if Path(p).is_file())
     if not found:
         raise ConversionError(f"no checkpoint matches {pattern!r}", path=folder, hint="check --checkpoint")
     stems = Counter(path.stem for path in found)
