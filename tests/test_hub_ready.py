@@ -112,6 +112,18 @@ def test_no_local_path_in_any_file_of_out(tmp_path: Path) -> None:
     assert report["tokenizer"]["source_files"] == {"encoder_json": "encoder.json", "vocab_bpe": "vocab.bpe"}
 
 
+def test_a_checkpoint_name_that_is_not_utf8_is_written_with_its_bytes_escaped(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(FIXTURES / "roberta_mlm" / "dict.txt", src)
+    shutil.copy(FIXTURES / "roberta_mlm" / "model.pt", os.fsdecode(bytes(src) + b"/m\xff\xfe.pt"))
+    result = run_cli("convert", src, tmp_path / "out", "--no-verify", *GPT2_FLAGS)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "out" / "conversion_report.json").read_text(encoding="utf-8"))
+    assert report["source"]["checkpoint"] == "m\\xff\\xfe.pt"
+    assert "m\\xff\\xfe.pt" in (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
+
+
 def test_card_tells_how_to_train_on_with_alias_ids(tmp_path: Path) -> None:
     """The card's one-line label mapping turns the tokenizer's ids into fairseq's labels."""
     out = tmp_path / "mlm"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,9 @@ def portable(path: Path, folder: Path) -> str:
     The report and card travel with OUT (to the Hub); a path of the converting machine would leak there.
     """
     path, folder = Path(path).absolute(), Path(folder).absolute()
-    return path.relative_to(folder).as_posix() if folder in path.parents else path.name
+    name = path.relative_to(folder).as_posix() if folder in path.parents else path.name
+    # A name that is not UTF-8 (bytes Python keeps as surrogates) is shown with its bytes escaped.
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 @dataclass
