@@ -458,3 +458,18 @@ def test_verify_compares_the_alias_rows_with_unks(tmp_path: Path) -> None:
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
     result = run_cli("verify", MLM, out, *GPT2_FLAGS)
     assert result.returncode == 1 and name in result.stderr, result.stderr
+
+
+def test_the_parser_imports_no_torch() -> None:
+    """--help and argument errors answer without the 2 s of torch's import, and the command line can act
+    on its arguments (start hashing the checkpoint) before that import."""
+    probe = """
+import sys
+from fairseq_to_hf import cli
+cli.build_parser().parse_args(["convert", "src", "out", "--dtype", "float16", "--model-type", "xlm-roberta",
+                               "--max-shard-size", "2GB", "--activation-fn", "gelu", "--head", "lm"])
+print("torch" in sys.modules)
+"""
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "False"

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "fairseq_to_hf"
 # converter's code cannot leak into what verifies it, and `verify` above everything it checks.
 LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     {"errors", "interrupts", "progress", "prefetch"},
-    {"reader", "field_types"},
+    {"reader", "field_types", "shard_size"},
     {"arch", "hparams", "hashing"},
     {"reference"},
     {"plan"},

@@ -15,7 +15,8 @@ from fairseq_to_hf.arch.fairseq_keys import normalise_key, unsupported_layouts
 from fairseq_to_hf.plan.families import ROBERTA, ROBERTA_PRELAYERNORM, XLM_ROBERTA_XL, XMOD, compile_rows, match_rows
 from fairseq_to_hf.errors import ConversionError
 from fairseq_to_hf.plan import TensorPlan
-from fairseq_to_hf.writer import parse_size, plan_shards, safetensors_header, shard_file_names
+from fairseq_to_hf.shard_size import parse_size
+from fairseq_to_hf.writer import plan_shards, safetensors_header, shard_file_names
 
 
 @pytest.mark.parametrize("stored,normalised", [

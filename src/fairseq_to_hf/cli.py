@@ -64,7 +64,7 @@ def _tolerance(text: str) -> float:
 
 
 def _shard_size(text: str) -> str:
-    from .writer import parse_size
+    from .shard_size import parse_size
 
     try:
         parse_size(text)
@@ -134,9 +134,9 @@ def _supplied(args: argparse.Namespace):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .plan import FAMILIES
-    from .plan import LM_HEAD, OUTPUT_DTYPES
-    from .verify.compare import DEFAULT_TOLERANCE
+    from .plan.config import OUTPUT_DTYPE_NAMES
+    from .plan.families import FAMILIES, LM_HEAD
+    from .verify.tolerance import DEFAULT_TOLERANCE
 
     parser = _Parser(
         prog="fairseq-to-hf",
@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--default-language", metavar="LANG",
                          help="X-MOD: the language of inputs given no lang_ids (default: en_XX, as in fairseq; "
                          "required when the model has no en_XX adapter)")
-    convert.add_argument("--dtype", choices=sorted(OUTPUT_DTYPES),
+    convert.add_argument("--dtype", choices=sorted(OUTPUT_DTYPE_NAMES),
                          help="cast floating-point weights (default: keep the checkpoint's dtype)")
     convert.add_argument("--max-shard-size", default="5GB", metavar="SIZE", type=_shard_size,
                          help="largest safetensors file before sharding (default: 5GB)")

@@ -16,7 +16,8 @@ from .reader.checkpoint import read_checkpoint
 from .reader.dictionary import read_dictionary
 from .reader.folder import find_source_files
 from .tokenizer import TOKENIZER_FILES, TokenizerFiles, choose_kind, looked_for, prepare_tokenizer
-from .writer import DEFAULT_MAX_SHARD_BYTES, plan_shards, shard_file_names
+from .shard_size import DEFAULT_MAX_SHARD_BYTES
+from .writer import plan_shards, shard_file_names
 
 def inspect_source(src: str | Path, *, checkpoint: str | Path | None = None, dictionary: str | Path | None = None,
                    default_language: str | None = None, hyper_parameters: SuppliedHyperParameters = SuppliedHyperParameters(),

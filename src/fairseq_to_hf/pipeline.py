@@ -34,7 +34,8 @@ from .verify.compare import (DEFAULT_TOLERANCE, per_language, reference_language
 from .reference.forward import FairseqReference
 from .verify.tokenizer_check import TokenizerVerification, verify_tokenizer
 from .staging import output_target, staged_output
-from .writer import (DEFAULT_MAX_SHARD_BYTES, OnRead, parse_size, plan_shards, shard_file_names,
+from .shard_size import DEFAULT_MAX_SHARD_BYTES, parse_size
+from .writer import (OnRead, plan_shards, shard_file_names,
                      single_torch_thread, write_json, write_text, write_weights)
 
 Log = Callable[[str], None]

@@ -36,6 +36,7 @@ from .hashing import HashAlongside
 from .plan import ConversionPlan, TensorPlan
 from .plan.positions import computed_table
 from .reader.tensors import LazyTensor, StorageIndex, as_elements
+from .shard_size import DEFAULT_MAX_SHARD_BYTES
 from .prefetch import Prefetcher
 
 SAFETENSORS_DTYPES = {
@@ -45,8 +46,6 @@ SAFETENSORS_DTYPES = {
 }
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # the Hub's "5GB"
-MAX_SHARD_BYTES = 10**15
 # Bytes of the source checked at a time: small enough to be hashed while still in the CPU's cache.
 SCAN_CHUNK = 4 << 20
 # Bytes per copy_file_range call: an interrupt is served between two calls.
@@ -62,21 +61,6 @@ _ONE_PASS = True
 Progress = Callable[[TensorPlan], None]  # called after each tensor is written
 OnRead = Callable[[LazyTensor, torch.Tensor], None]  # called with each source tensor as it is read
 Read = tuple[torch.Tensor, torch.Tensor | None]  # a tensor's values, and the pooled buffer they were read into
-
-
-def parse_size(size: str | int) -> int:
-    """'5GB', '500MB', '2GiB' or a byte count -> bytes (decimal units as in huggingface_hub)."""
-    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-    value = str(size).strip().upper()
-    number = value.rstrip("KMGTIB")
-    try:
-        amount = float(number) * units[value[len(number):]]
-    except (ValueError, KeyError):
-        raise ConversionError(f"cannot read the size {size!r}; write it like 5GB or 500MB") from None
-    if not (1 <= amount <= MAX_SHARD_BYTES):  # also refuses nan and inf
-        raise ConversionError(f"the shard size {size!r} must be between 1 byte and 1PB")
-    return int(amount)
 
 
 def plan_shards(tensors: list[TensorPlan], max_shard_bytes: int) -> list[list[TensorPlan]]:

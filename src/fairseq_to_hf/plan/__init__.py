@@ -5,12 +5,22 @@ output.py plans each output from it (`make_plan`); families.py declares the Tran
 config.py builds config.json.
 """
 
-from .config import ACTIVATIONS
-from .families import FAMILIES, Family, strip_language
-from .output import LM_HEAD, OUTPUT_DTYPES, ConversionPlan, OutputRequest, TensorPlan, make_plan
-from .source import (Dims, HeadInfo, NormalisedSource, SourceModel, analyse_source, describe_heads,
-                     dictionary_kind, list_heads, normalise_source)
+_EXPORTS = {
+    "config": ("ACTIVATIONS", "OUTPUT_DTYPE_NAMES"),
+    "families": ("FAMILIES", "LM_HEAD", "Family", "strip_language"),
+    "output": ("OUTPUT_DTYPES", "ConversionPlan", "OutputRequest", "TensorPlan", "make_plan"),
+    "source": ("Dims", "HeadInfo", "NormalisedSource", "SourceModel", "analyse_source", "describe_heads",
+               "dictionary_kind", "list_heads", "normalise_source"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
 
-__all__ = ["ACTIVATIONS", "FAMILIES", "LM_HEAD", "OUTPUT_DTYPES", "ConversionPlan", "Dims", "Family", "HeadInfo",
-           "NormalisedSource", "OutputRequest", "SourceModel", "TensorPlan", "analyse_source", "describe_heads",
-           "dictionary_kind", "list_heads", "make_plan", "normalise_source", "strip_language"]
+
+def __getattr__(name: str):
+    # Imported on first use: the command line builds its parser from families.py and config.py's
+    # names without importing torch (see cli._hash_early).
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)

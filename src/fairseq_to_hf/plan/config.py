@@ -5,17 +5,20 @@ Fields only one family has come from its declaration (`Family.config_fields` in 
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..reader.dictionary import PAD_ID
-from .source import HeadInfo, SourceModel
+
+if TYPE_CHECKING:  # the command line reads the names below before torch is imported
+    import torch
+
+    from .source import HeadInfo, SourceModel
 
 # fairseq activation_fn -> Transformers hidden_act (same function on both sides).
 ACTIVATIONS = {"gelu": "gelu", "gelu_accurate": "gelu_new", "gelu_fast": "gelu_new", "relu": "relu",
                "relu_squared": "relu2", "tanh": "tanh", "linear": "linear"}
 LAYER_NORM_EPS = 1e-5
+OUTPUT_DTYPE_NAMES = ("float32", "float16", "bfloat16")  # --dtype; torch's dtypes of these names
 
 
 def _probability(hparams: dict[str, Any], name: str, default: float) -> float:

@@ -97,6 +97,7 @@ CLASSIFIER_ROWS: tuple[Row, ...] = (
     ("classification_heads.{head}.out_proj.{p}", "classifier.out_proj.{p}", ("classes", "hidden")),
 )
 
+LM_HEAD = "lm"  # the --head value that selects the masked-LM head
 LM_HEAD_PREFIX = "encoder.lm_head."
 HEAD_PREFIX = "classification_heads."
 HEAD_NAME = re.compile(r"^classification_heads\.([^.]+)\.")

@@ -18,14 +18,13 @@ from ..hparams import HyperParameters
 from ..reader.dictionary import UNK_ID, Dictionary, labels_for_head
 from ..reader.tensors import LazyTensor
 from . import families
-from .config import ACTIVATIONS, build_config
-from .families import Family, compile_rows, match_rows
+from .config import ACTIVATIONS, OUTPUT_DTYPE_NAMES, build_config
+from .families import LM_HEAD, Family, compile_rows, match_rows
 from .positions import DESCRIPTIONS as POSITION_DESCRIPTIONS, LEARNED
 from .source import Dims, HeadInfo, SourceModel, describe_heads
 
 E = families.E
-LM_HEAD = "lm"  # the --head value that selects the masked-LM head
-OUTPUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+OUTPUT_DTYPES = {name: getattr(torch, name) for name in OUTPUT_DTYPE_NAMES}
 
 
 @dataclass(frozen=True)

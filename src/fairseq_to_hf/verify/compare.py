@@ -14,9 +14,7 @@ from ..errors import ConversionError
 from ..reference.forward import PAD, ReferenceOutputs, sample_inputs
 from .imports import transformers as import_transformers
 from .streamed_model import StreamedModel
-
-# Allowed max abs difference, relative to the output's own scale (max |value|, at least 1).
-DEFAULT_TOLERANCE = 1e-5
+from .tolerance import DEFAULT_TOLERANCE
 STREAMED_MAX_TOKENS = 32  # longest input of a block-by-block verification: its padded batch is 6 x 32
 _ONE_MODEL_AT_A_TIME = threading.Lock()  # see verify_weights
 
