@@ -16,7 +16,7 @@ import pytest
 from safetensors import safe_open
 
 from conftest import FIXTURES, GPT2_BPE
-from fairseq_to_hf import convert, writer
+from fairseq_to_hf import convert, hashing, writer
 from fairseq_to_hf.errors import CheckpointFormatError, ConversionError
 from fairseq_to_hf.hashing import HashAlongside
 from fairseq_to_hf.plan import list_heads
@@ -254,11 +254,18 @@ def test_where_nothing_can_be_mapped_verification_reads_the_bytes(tmp_path: Path
 @pytest.mark.parametrize("source", ["mapped", "read", "cast"])
 def test_the_reported_sha256_is_that_of_the_checkpoint_file(verify: bool, source: str, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """The sha256 is computed on a thread of its own, from pieces still held until hashed: many small
-    pieces must be hashed whole and in file order, whether they lie on the mapping, were read into
-    buffers of their own, or into the (pooled, reused) buffers of tensors the writer casts."""
+    """Where no child process hashes the file, the pass computes the sha256 on a thread of its own, from
+    pieces still held until hashed: many small pieces must be hashed whole and in file order, whether
+    they lie on the mapping, were read into buffers of their own, or into the (pooled, reused) buffers
+    of tensors the writer casts."""
     import hashlib
 
+    monkeypatch.setattr(hashing.Sha256InChild, "start", classmethod(lambda cls, path: None))
+    hashed_in_pass = Counter()
+    real_update = HashAlongside.update
+    monkeypatch.setattr(HashAlongside, "update",
+                        lambda self, piece, done=None: (hashed_in_pass.update(bytes=len(piece)),
+                                                        real_update(self, piece, done)))
     monkeypatch.setattr(writer, "SCAN_CHUNK", 4096)
     if source in ("read", "cast"):
         monkeypatch.setattr(writer._MappedSource, "held", lambda self, start, end: None)
@@ -274,5 +281,6 @@ def test_the_reported_sha256_is_that_of_the_checkpoint_file(verify: bool, source
         monkeypatch.setattr(HashAlongside, "_hash", lambda self, *args: (time.sleep(0.002), hash_piece(self, *args)))
     convert_fixture("roberta_mlm", tmp_path / "out", True, monkeypatch, verify=verify, **options)
     report = json.loads((tmp_path / "out" / "conversion_report.json").read_text())
-    expected = hashlib.sha256((FIXTURES / "roberta_mlm" / "model.pt").read_bytes()).hexdigest()
-    assert report["source"]["sha256"] == expected
+    checkpoint = FIXTURES / "roberta_mlm" / "model.pt"
+    assert report["source"]["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert hashed_in_pass["bytes"] == checkpoint.stat().st_size

@@ -416,6 +416,31 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace, log) -> int:
+    from . import hashing
+
+    batch = bool(args.checkpoint) and any(char in args.checkpoint for char in "*?[")
+    if not (args.dry_run or batch):
+        _hash_early(args)
+    try:
+        return _run_conversion(args, log, batch)
+    finally:
+        hashing.stop_early()  # a hash the conversion never took over: it stopped before reading the checkpoint
+
+
+def _hash_early(args: argparse.Namespace) -> None:
+    """Starts the checkpoint's sha256 in a child before torch is imported (about a second on one core
+    that is idle meanwhile); where SRC is wrong, nothing starts and the conversion says what is wrong."""
+    from . import hashing
+    from .reader.folder import find_checkpoint
+
+    try:
+        _, checkpoint = find_checkpoint(args.src, args.checkpoint)
+    except (ConversionError, OSError, ValueError):
+        return
+    hashing.start_early(checkpoint)
+
+
+def _run_conversion(args: argparse.Namespace, log, batch: bool) -> int:
     from .card import CardOptions
     from .pipeline import ConvertOptions, convert, convert_batch
     from .progress import WriteProgress
@@ -432,7 +457,7 @@ def _convert(args: argparse.Namespace, log) -> int:
         dry_run=args.dry_run,
     )
     progress = None if args.quiet else WriteProgress(sys.stderr)
-    if args.checkpoint and any(char in args.checkpoint for char in "*?["):
+    if batch:
         return _report_batch(args, log, convert_batch(args.src, args.out, options, log=log, progress=progress))
     report = convert(args.src, args.out, options, log=log, progress=progress)
     if not args.dry_run:

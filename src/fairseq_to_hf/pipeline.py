@@ -17,7 +17,7 @@ import torch
 from .card import CardOptions, model_card
 from .errors import ConversionError, UnsupportedModelError, VerificationError
 from .field_types import matches, refuse_wrong_types
-from .hashing import SourceChecksum
+from .hashing import SourceChecksum, background_sha256
 from .hparams import SuppliedHyperParameters
 from .progress import WriteProgress
 from .plan import (ACTIVATIONS, OUTPUT_DTYPES, ConversionPlan, OutputRequest, analyse_source, describe_heads,
@@ -157,16 +157,20 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = N
     say = log or (lambda message: None)
     shared = _shared_sources(src, options, options.checkpoint)
     target = output_target(out, force=options.force, inputs=shared.inputs(options))
-    source = read_checkpoint(shared.files.checkpoint)
-    report, plans, tokenizer = _prepare(source, shared, options, say)
-    if options.dry_run:
-        for name, plan in plans.items():
-            say(format_plan(plan, target.path / name if name else target.path, options.max_shard_bytes))
-        return report
-    checksum = SourceChecksum(source)  # computed by the writer's pass over the source
-    with staged_output(target) as staging:
-        _write_and_verify(staging, target.path, source, report, plans, tokenizer, options, shared, checksum, say,
-                          progress)
+    with ExitStack() as stack:
+        # Hashed from now on, on the core that reading and planning leave idle (see hashing).
+        child = None if options.dry_run else background_sha256(shared.files.checkpoint)
+        if child is not None:
+            stack.enter_context(child)
+        source = read_checkpoint(shared.files.checkpoint)
+        report, plans, tokenizer = _prepare(source, shared, options, say)
+        if options.dry_run:
+            for name, plan in plans.items():
+                say(format_plan(plan, target.path / name if name else target.path, options.max_shard_bytes))
+            return report
+        with staged_output(target) as staging:
+            _write_and_verify(staging, target.path, source, report, plans, tokenizer, options, shared,
+                              SourceChecksum(source, child), say, progress)
     return report
 
 
@@ -220,8 +224,12 @@ def _convert_one_of_batch(path: Path, name: str, staging: Path | None, out: Path
         return report
     folder = staging / name
     folder.mkdir(parents=True)
-    _write_and_verify(folder, out / name, source, report, plans, tokenizer, options, shared,
-                      SourceChecksum(source), say, progress)
+    with ExitStack() as stack:
+        child = background_sha256(path)
+        if child is not None:
+            stack.enter_context(child)
+        _write_and_verify(folder, out / name, source, report, plans, tokenizer, options, shared,
+                          SourceChecksum(source, child), say, progress)
     return report
 
 
@@ -346,10 +354,12 @@ def _write_and_verify(staging: Path, out: Path, source: Checkpoint, report: Conv
         folder = staging / name if name else staging
         folder.mkdir(exist_ok=True)
         final_folder = out / name if name else out
+        hash_source = checksum.needs_pass
         if not options.verify:
-            output = _write_one(folder, final_folder, plan, tokenizer, options, say, progress)
+            output = _write_one(folder, final_folder, plan, tokenizer, options, say, progress, hash_source)
         else:
-            output = _write_and_verify_one(folder, final_folder, plan, source, tokenizer, options, say, progress)
+            output = _write_and_verify_one(folder, final_folder, plan, source, tokenizer, options, say, progress,
+                                           hash_source)
             if tokenizer:
                 output.tokenizer_verification = _verify_tokenizer(folder, tokenizer, list(shared.verify_lines), say)
         report.outputs.append(output)
@@ -386,14 +396,14 @@ def format_plan(plan: ConversionPlan, out: Path, max_shard_bytes: int) -> str:
 
 
 def _write_one(folder: Path, final_folder: Path, plan: ConversionPlan, tokenizer: PreparedTokenizer | None,
-               options: ConvertOptions, say: Log, progress: WriteProgress | None,
+               options: ConvertOptions, say: Log, progress: WriteProgress | None, hash_source: bool,
                on_read: OnRead | None = None) -> OutputReport:
     say(f"writing {plan.architecture} ({len(plan.tensors)} tensors, {plan.total_bytes / 1e6:.1f} MB)")
     if progress:
         progress.start("writing", len(plan.tensors), plan.total_bytes)
     files = write_weights(folder, plan, options.max_shard_bytes,
                           progress=(lambda t: progress.advance(t.nbytes)) if progress else None,
-                          allow_non_finite=options.allow_non_finite, on_read=on_read)
+                          allow_non_finite=options.allow_non_finite, on_read=on_read, hash_source=hash_source)
     if progress:
         progress.finish()
     write_json(folder / "config.json", plan.config)
@@ -425,7 +435,7 @@ def _write_one(folder: Path, final_folder: Path, plan: ConversionPlan, tokenizer
 
 def _write_and_verify_one(folder: Path, final_folder: Path, plan: ConversionPlan, source: Checkpoint,
                           tokenizer: PreparedTokenizer | None, options: ConvertOptions, say: Log,
-                          progress: WriteProgress | None) -> OutputReport:
+                          progress: WriteProgress | None, hash_source: bool) -> OutputReport:
     """Writes the output while the reference forward pass runs on the source tensors the writer reads
     (so the source is read once), then runs the Transformers model from the folder against it."""
     streamed = (plan.total_bytes > STREAMED_VERIFY_BYTES if options.verify_streamed is None
@@ -440,7 +450,8 @@ def _write_and_verify_one(folder: Path, final_folder: Path, plan: ConversionPlan
     with single_torch_thread(), ReferenceAlongside(reference, reference_rows(inputs), head, sources,
                                                    reference_languages(inputs, row_languages),
                                                    architecture=plan.architecture) as alongside:
-        output = _write_one(folder, final_folder, plan, tokenizer, options, say, progress, on_read=alongside.offer)
+        output = _write_one(folder, final_folder, plan, tokenizer, options, say, progress, hash_source,
+                            on_read=alongside.offer)
         expected = alongside.result()
     say("verifying against a reference fairseq forward pass on the source tensors"
         + (" (Transformers model run block by block)" if streamed else ""))

@@ -218,13 +218,14 @@ def check_ties(plan: ConversionPlan) -> None:
 
 def write_weights(folder: Path, plan: ConversionPlan, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
                   progress: Progress | None = None, *, allow_non_finite: bool = False,
-                  on_read: OnRead | None = None) -> list[str]:
+                  on_read: OnRead | None = None, hash_source: bool = True) -> list[str]:
     """Writes model.safetensors, or shards plus model.safetensors.index.json; returns file names.
 
     Memory holds at most the values of two storages (the one being written and the next one, read
     meanwhile); tensors copied inside the kernel need none. NaN or Inf in a weight is refused (after
     the whole model was scanned, so the list is complete) unless `allow_non_finite`. `on_read` sees
-    every source tensor as read, before any cast.
+    every source tensor as read, before any cast. `hash_source`: the pass over the source also
+    computes its sha256 (StorageIndex.sha256), unless already known; False where another process does.
     """
     check_ties(plan)
     shards = plan_shards(plan.tensors, max_shard_bytes)
@@ -232,7 +233,7 @@ def write_weights(folder: Path, plan: ConversionPlan, max_shard_bytes: int = DEF
     # Without a reader of the source tensors besides the writer, their buffers are reused once written.
     pool = BufferPool() if on_read is None else None
     with single_torch_thread():
-        one_pass = _OnePass.planned(plan, shards, on_read, pool) if _ONE_PASS else None
+        one_pass = _OnePass.planned(plan, shards, on_read, pool, hash_source) if _ONE_PASS else None
         if one_pass is not None:
             non_finite = one_pass.write([folder / name for name in names], progress)
         else:
@@ -348,16 +349,16 @@ class _OnePass:
     """Writes the plan's shards while one pass over the source checks (and where needed reads) each region."""
 
     def __init__(self, index: StorageIndex, placed: list[_Placed], regions: list[_Region],
-                 on_read: OnRead | None, pool: BufferPool | None) -> None:
+                 on_read: OnRead | None, pool: BufferPool | None, hash_file: bool) -> None:
         self.index, self.placed, self.regions = index, placed, regions
-        self.on_read, self.pool = on_read, pool
-        self.digest: HashAlongside | None = None  # the source's sha256, when the index lacks it: see write()
+        self.on_read, self.pool, self.hash_file = on_read, pool, hash_file
+        self.digest: HashAlongside | None = None  # the source's sha256, when hash_file: see write()
         # Read by the pass when it starts a region, cleared by the writer when the kernel refuses a copy.
         self.copy_in_kernel = hasattr(os, "copy_file_range")
 
     @classmethod
     def planned(cls, plan: ConversionPlan, shards: list[list[TensorPlan]], on_read: OnRead | None,
-                pool: BufferPool | None) -> _OnePass | None:
+                pool: BufferPool | None, hash_source: bool = True) -> _OnePass | None:
         """None when the source's layout does not allow one pass in file order (then tensor by tensor)."""
         indexes = {id(t.source.storage.index): t.source.storage.index for t in plan.tensors if t.source is not None}
         if len(indexes) != 1:
@@ -369,8 +370,9 @@ class _OnePass:
             for planned in shard:
                 placed.append(_Placed(planned, number, offset))
                 offset += planned.nbytes
-        regions = _regions(index, placed, hash_file=index.sha256 is None)
-        return None if regions is None else cls(index, placed, regions, on_read, pool)
+        hash_file = hash_source and index.sha256 is None
+        regions = _regions(index, placed, hash_file)
+        return None if regions is None else cls(index, placed, regions, on_read, pool, hash_file)
 
     def write(self, paths: list[Path], progress: Progress | None) -> list[str]:
         """Writes the shards; returns the source names of tensors holding NaN or Inf, in plan order."""
@@ -379,10 +381,10 @@ class _OnePass:
             files = [stack.enter_context(open(path, "wb", buffering=0)) for path in paths]
             for file, shard in zip(files, self._shards()):
                 pwrite_fully(file.fileno(), memoryview(safetensors_header(shard, {"format": "pt"})), 0)
-            source = stack.enter_context(open(self.index.path, "rb", buffering=0))
+            source = stack.enter_context(self.index.open_unchanged(buffering=0))
             reader = stack.enter_context(_MappedSource(self.index))
             # sha256 costs more per byte than the CRC-32 and the NaN/Inf check together: its own thread.
-            self.digest = stack.enter_context(HashAlongside()) if self.index.sha256 is None else None
+            self.digest = stack.enter_context(HashAlongside()) if self.hash_file else None
             for placed in self.placed:
                 if placed.planned.source is None:
                     self._write_values(files, placed, materialise(placed.planned))
@@ -665,8 +667,8 @@ class _MappedSource:
         self._file = None
 
     def __enter__(self) -> _MappedSource:
+        self._file = self.index.open_unchanged()
         try:
-            self._file = open(self.index.path, "rb")
             # Private and writable (never written): tensors made on it need no read-only warning.
             self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
         except (OSError, ValueError):  # ValueError: an empty file

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..errors import CheckpointFormatError, UnsafeCheckpointError
-from .files import check_input_file
+from .files import check_input_file, file_identity
 from .tensors import LazyTensor, StorageIndex
 from .unpickle import STORAGE_KEY, load_pickle, printable, to_plain
 
@@ -68,6 +68,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     check_input_file(path, "a checkpoint file")  # a FIFO or a device would hang or never end
     try:
         with open(path, "rb") as file:
+            identity = file_identity(os.fstat(file.fileno()))
             head = file.read(4)
     except OSError as error:
         raise CheckpointFormatError(f"cannot be read ({error.strerror})", path=path) from None
@@ -80,6 +81,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
             "is not a torch checkpoint (neither zip nor legacy pickle format)", path=path,
             hint="pass the fairseq model file (usually model.pt or checkpoint_best.pt)",
         )
+    index.identity = identity
+    index.check_unchanged(path)  # the directory and pickle were read from that same file
     return _interpret(path, root, index, format_name)
 
 

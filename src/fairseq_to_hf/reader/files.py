@@ -35,6 +35,11 @@ def _open_regular(path: Path, what: str) -> tuple[int, os.stat_result]:
     return fd, info
 
 
+def file_identity(status: os.stat_result) -> str:
+    """Which file, in which state: a file replaced (another inode) or rewritten (size, mtime) differs."""
+    return f"{status.st_dev}:{status.st_ino}:{status.st_size}:{status.st_mtime_ns}"
+
+
 def check_input_file(path: str | Path, what: str) -> None:
     """Refuses anything but a regular file (the checkpoint: no size limit, it is read by its own reader)."""
     fd, _ = _open_regular(Path(path), what)

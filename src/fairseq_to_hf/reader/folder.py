@@ -68,15 +68,8 @@ def find_source_files(src: str | Path, tokenizer_roles: Sequence[TokenizerFile] 
                               hint="check the permissions of SRC and the files in it") from None
 
 
-def _find_source_files(
-    src: str | Path,
-    tokenizer_roles: Sequence[TokenizerFile],
-    *,
-    checkpoint: str | Path | None = None,
-    dictionary: str | Path | None = None,
-    label_dictionary: str | Path | None = None,
-    **tokenizer_files: str | Path | None,
-) -> SourceFiles:
+def find_checkpoint(src: str | Path, checkpoint: str | Path | None = None) -> tuple[Path, Path]:
+    """SRC's folder and the checkpoint file in it: SRC itself, `checkpoint`, model.pt, or its only *.pt."""
     src = Path(src)
     if not src.exists():
         raise ConversionError("does not exist", path=src, hint="pass a fairseq model folder or checkpoint file")
@@ -96,6 +89,19 @@ def _find_source_files(
     if not checkpoint_path.exists():
         raise ConversionError("checkpoint not found", path=checkpoint_path, hint="check the --checkpoint path")
     check_input_file(checkpoint_path, "a checkpoint file")
+    return folder, checkpoint_path
+
+
+def _find_source_files(
+    src: str | Path,
+    tokenizer_roles: Sequence[TokenizerFile],
+    *,
+    checkpoint: str | Path | None = None,
+    dictionary: str | Path | None = None,
+    label_dictionary: str | Path | None = None,
+    **tokenizer_files: str | Path | None,
+) -> SourceFiles:
+    folder, checkpoint_path = find_checkpoint(src, checkpoint)
 
     if dictionary:
         dictionary_path = _resolve(folder, dictionary)

@@ -6,10 +6,12 @@ import math
 import os
 import zlib
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import torch
 
 from ..errors import CheckpointFormatError, UnsafeCheckpointError
+from .files import file_identity
 
 # torch pickles name a storage by its typed class; UntypedStorage holds raw bytes.
 _STORAGE_DTYPES: dict[str, torch.dtype] = {
@@ -134,6 +136,31 @@ class StorageIndex:
     checked: set[str] = field(default_factory=set)
     # The whole file's sha256, once a pass that read all of it (the writer's) computed it.
     sha256: str | None = None
+    # The file as it was opened to be read (files.file_identity): every later open must find it so.
+    identity: str | None = None
+
+    def check_unchanged(self, file: int | str | os.PathLike) -> None:
+        """Refuses a file (an open descriptor or a path) that is no longer the one first read."""
+        try:
+            now = file_identity(os.fstat(file) if isinstance(file, int) else os.stat(file))
+        except OSError as error:
+            raise CheckpointFormatError(f"cannot be read ({error.strerror})", path=self.path) from None
+        if self.identity is not None and now != self.identity:
+            raise CheckpointFormatError("changed while it was being converted (replaced or rewritten)",
+                                        path=self.path, hint="convert it again once nothing writes to it")
+
+    def open_unchanged(self, buffering: int = -1) -> BinaryIO:
+        """The checkpoint opened again for reading, refused if it is no longer the file first read."""
+        try:
+            file = open(self.path, "rb", buffering=buffering)
+        except OSError as error:
+            raise CheckpointFormatError(f"cannot be read ({error.strerror})", path=self.path) from None
+        try:
+            self.check_unchanged(file.fileno())
+        except BaseException:
+            file.close()
+            raise
+        return file
 
     def ref(self, key: str, dtype: torch.dtype, numel: int) -> StorageRef:
         known = self.refs.get(key)
