@@ -38,8 +38,8 @@ from pathlib import Path
 
 from measure import can_drop_page_cache, drop_page_cache, machine_facts, memory_available, run_measured
 from presets import ITEMSIZE, PRESETS
-from report import (CP, EAGER, IMPORT_TORCH, METHODS, NO_VERIFY, OLD_NO_VERIFY, OLD_VERIFY, TINY_CONVERT, VERIFY,
-                    merge_into_document, render_markdown, render_terminal)
+from report import (CP, EAGER, IMPORT_TORCH, METHODS, NO_VERIFY, OLD_NO_VERIFY, OLD_VERIFY, PASS_HASH_NO_VERIFY,
+                    PASS_HASH_VERIFY, TINY_CONVERT, VERIFY, merge_into_document, render_markdown, render_terminal)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -53,6 +53,10 @@ DISK_FACTOR = 2.3
 # The CLI with the writer of before the one pass, for comparison.
 TENSOR_BY_TENSOR = ("import sys; from fairseq_to_hf import writer; writer._ONE_PASS = False; "
                     "from fairseq_to_hf.cli import main; sys.exit(main(sys.argv[1:]))")
+# The CLI with no child process to hash the source: the writer's pass hashes it, as before.
+SHA256_IN_THE_PASS = ("import sys; from fairseq_to_hf import hashing; "
+                      "hashing.Sha256InChild.start = classmethod(lambda cls, path: None); "
+                      "from fairseq_to_hf.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -116,6 +120,10 @@ def method_command(method: str, src: Path, out: Path) -> list[str]:
         return [*converter_command(), "convert", str(src), str(out), "--no-verify"]
     if method == VERIFY:
         return [*converter_command(), "convert", str(src), str(out)]
+    if method == PASS_HASH_NO_VERIFY:
+        return [sys.executable, "-c", SHA256_IN_THE_PASS, "convert", str(src), str(out), "--no-verify"]
+    if method == PASS_HASH_VERIFY:
+        return [sys.executable, "-c", SHA256_IN_THE_PASS, "convert", str(src), str(out)]
     if method == OLD_NO_VERIFY:
         return [sys.executable, "-c", TENSOR_BY_TENSOR, "convert", str(src), str(out), "--no-verify"]
     if method == OLD_VERIFY:
@@ -317,11 +325,20 @@ def invocation_command(argv: list[str] | None) -> str:
     return shlex.join(["python", str(shown), *words])
 
 
+def compile_package() -> None:
+    """Byte-compiles the package as `pip install` does: an editable install under PYTHONDONTWRITEBYTECODE
+    would compile every module again in every run, a cost no installed copy has."""
+    import fairseq_to_hf
+
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(fairseq_to_hf.__file__).parent)], check=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     results = load_results(args.results, args.fresh)
     if not args.report_only:
+        compile_package()
         cold_possible = can_drop_page_cache()
         if not cold_possible and not args.warm:
             print("cannot drop the page cache (not root?): runs are warm", file=sys.stderr)
