@@ -181,35 +181,46 @@ def test_where_the_kernel_cannot_copy_the_bytes_are_written_from_user_space(tmp_
 
 
 def test_the_pass_checks_ahead_while_the_kernel_copies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Storages and the zip headers between them alternate in the file: the pass must not stop after the
-    region following the one being copied, or checking and copying take turns instead of overlapping."""
+    """The pass must not stop after the region following the one being copied, or checking and
+    copying take turns instead of overlapping: while the first copy is held, it goes on three regions
+    (or to the last one)."""
     import threading
     import time
 
     scanned: Counter = Counter()
-    real_scan, real_copy = writer._OnePass._scan, os.copy_file_range
+    real_scan, real_write, real_copy = writer._OnePass._scan, writer._OnePass.write, os.copy_file_range
 
     def counting_scan(self, *args, **kwargs):
+        if scanned["regions"]:
+            time.sleep(0.02)  # a slow pass: the writer's first copy starts before it is far on
         result = real_scan(self, *args, **kwargs)
         scanned["regions"] += 1
         return result
+
+    def counting_write(self, *args, **kwargs):
+        scanned["total"] = len(self.regions)
+        return real_write(self, *args, **kwargs)
 
     ahead_during_first_copy = []
 
     def waiting_copy(*args, **kwargs):
         if not ahead_during_first_copy:  # hold the first copy until the pass is 3 regions further on
             seen = scanned["regions"]
+            wanted = min(seen + 3, scanned["total"])
             deadline = time.monotonic() + 10
-            while scanned["regions"] < seen + 3 and time.monotonic() < deadline:
+            while scanned["regions"] < wanted and time.monotonic() < deadline:
                 time.sleep(0.001)
-            ahead_during_first_copy.append(scanned["regions"] - seen)
+            ahead_during_first_copy.append((scanned["regions"] - seen, wanted - seen))
         return real_copy(*args, **kwargs)
 
     monkeypatch.setattr(writer._OnePass, "_scan", counting_scan)
+    monkeypatch.setattr(writer._OnePass, "write", counting_write)
     monkeypatch.setattr(os, "copy_file_range", waiting_copy)
     convert_fixture("roberta_mlm", tmp_path / "out", True, monkeypatch)
     assert not any(thread.name == "source-pass" for thread in threading.enumerate())  # joined
-    assert ahead_during_first_copy and ahead_during_first_copy[0] >= 3
+    assert scanned["total"] > 3
+    (ahead, wanted), = ahead_during_first_copy[:1]
+    assert wanted == 3 and ahead >= wanted, (ahead, wanted)
 
 
 def test_verification_takes_the_values_without_copying_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
