@@ -83,7 +83,7 @@ def child_done_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
         child._process.wait()
         return child
 
-    monkeypatch.setattr(pipeline, "background_sha256", hashed_at_once)
+    monkeypatch.setattr(hashing, "background_sha256", hashed_at_once)
 
 
 def swapping(monkeypatch: pytest.MonkeyPatch, when: str, path: Path, replacement: Path) -> None:

@@ -15,8 +15,9 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -155,6 +156,18 @@ def background_sha256(path: Path) -> Sha256InChild | None:
             return early
         early.stop()
     return Sha256InChild.start(path)
+
+
+@contextmanager
+def sha256_in_background(path: Path, wanted: bool = True) -> Iterator[Sha256InChild | None]:
+    """The child hashing `path` (background_sha256) for the time of the block, ended when it is left;
+    None when not `wanted` (nothing will be written) or where no child can start."""
+    child = background_sha256(path) if wanted else None
+    try:
+        yield child
+    finally:
+        if child is not None:
+            child.stop()
 
 
 class HashAlongside:

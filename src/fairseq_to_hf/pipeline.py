@@ -17,7 +17,7 @@ import torch
 from .card import CardOptions, model_card
 from .errors import ConversionError, UnsupportedModelError, VerificationError
 from .field_types import matches, refuse_wrong_types
-from .hashing import SourceChecksum, background_sha256
+from .hashing import SourceChecksum, sha256_in_background
 from .hparams import SuppliedHyperParameters
 from .progress import WriteProgress
 from .plan import (ACTIVATIONS, OUTPUT_DTYPES, ConversionPlan, OutputRequest, analyse_source, describe_heads,
@@ -157,11 +157,8 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = N
     say = log or (lambda message: None)
     shared = _shared_sources(src, options, options.checkpoint)
     target = output_target(out, force=options.force, inputs=shared.inputs(options))
-    with ExitStack() as stack:
-        # Hashed from now on, on the core that reading and planning leave idle (see hashing).
-        child = None if options.dry_run else background_sha256(shared.files.checkpoint)
-        if child is not None:
-            stack.enter_context(child)
+    # Hashed from now on, on the core that reading and planning leave idle (see hashing).
+    with sha256_in_background(shared.files.checkpoint, wanted=not options.dry_run) as child:
         source = read_checkpoint(shared.files.checkpoint)
         report, plans, tokenizer = _prepare(source, shared, options, say)
         if options.dry_run:
@@ -224,10 +221,7 @@ def _convert_one_of_batch(path: Path, name: str, staging: Path | None, out: Path
         return report
     folder = staging / name
     folder.mkdir(parents=True)
-    with ExitStack() as stack:
-        child = background_sha256(path)
-        if child is not None:
-            stack.enter_context(child)
+    with sha256_in_background(path) as child:
         _write_and_verify(folder, out / name, source, report, plans, tokenizer, options, shared,
                           SourceChecksum(source, child), say, progress)
     return report
