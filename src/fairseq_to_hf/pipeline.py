@@ -212,16 +212,17 @@ def convert_batch(src: str | Path, out: str | Path, options: ConvertOptions | No
 
 def _convert_one_of_batch(path: Path, name: str, staging: Path | None, out: Path, shared: SharedSources,
                           options: ConvertOptions, say: Log, progress: WriteProgress | None) -> ConversionReport:
-    source = read_checkpoint(path)
-    report, plans, tokenizer = _prepare(source, replace(shared, files=replace(shared.files, checkpoint=path)),
-                                        options, say)
-    if staging is None:  # --dry-run
-        for head, plan in plans.items():
-            say(format_plan(plan, out / name / head if head else out / name, options.max_shard_bytes))
-        return report
-    folder = staging / name
-    folder.mkdir(parents=True)
-    with sha256_in_background(path) as child:
+    # As in convert(): hashed while the checkpoint is read and planned. staging None: --dry-run.
+    with sha256_in_background(path, wanted=staging is not None) as child:
+        source = read_checkpoint(path)
+        report, plans, tokenizer = _prepare(source, replace(shared, files=replace(shared.files, checkpoint=path)),
+                                            options, say)
+        if staging is None:
+            for head, plan in plans.items():
+                say(format_plan(plan, out / name / head if head else out / name, options.max_shard_bytes))
+            return report
+        folder = staging / name
+        folder.mkdir(parents=True)
         _write_and_verify(folder, out / name, source, report, plans, tokenizer, options, shared,
                           SourceChecksum(source, child), say, progress)
     return report
