@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .reader.files import IDENTITY_FIELDS
+
 if TYPE_CHECKING:  # the command line starts a hash before torch is imported
     from .reader.checkpoint import Checkpoint
     from .reader.tensors import StorageIndex
@@ -30,24 +32,24 @@ CHUNK = 16 << 20  # hashlib releases the GIL on large buffers
 # The child: stdlib only, no site (it starts in ~20 ms). It maps the file and hashes it in place
 # (reading into a buffer would add a copy costing more than the hash here), drops each chunk's
 # pages from its mapping once hashed (its RSS stays one chunk), stops when its parent is gone, and
-# prints the digest with the file's identity before and after, so a file changed meanwhile is seen.
-_CHILD_CODE = """
+# prints the digest with the file's identity (reader.files.file_identity) before and after, so a file
+# changed meanwhile is seen.
+_CHILD_CODE = f"""
 import errno, hashlib, mmap, os, resource, signal, stat, sys
 # Ended by its parent, by Ctrl-C with it, or on its own: never a core file in the user's folder.
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 signal.signal(signal.SIGINT, signal.SIG_DFL)
 signal.signal(signal.SIGQUIT, signal.SIG_IGN)
 path, parent, chunk = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-def identity(fd):
-    s = os.fstat(fd)
-    return f"{s.st_dev}:{s.st_ino}:{s.st_size}:{s.st_mtime_ns}"
+def identity(status):
+    return ":".join(str(getattr(status, name)) for name in {IDENTITY_FIELDS!r})
 digest = hashlib.sha256()
 # Non-blocking: a FIFO swapped in for the file must not hold the child in open() once its parent is gone.
 with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
-    if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+    status = os.fstat(file.fileno())
+    if not stat.S_ISREG(status.st_mode):
         sys.exit(1)
-    before = identity(file.fileno())
-    size = os.fstat(file.fileno()).st_size
+    before, size = identity(status), status.st_size
     if size:
         with mmap.mmap(file.fileno(), size, access=mmap.ACCESS_READ) as mapped:
             mapped.madvise(mmap.MADV_SEQUENTIAL)
@@ -64,7 +66,7 @@ with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
                 digest.update(view[offset:offset + length])
                 mapped.madvise(mmap.MADV_DONTNEED, offset, length)
             view.release()
-    print(digest.hexdigest(), before, identity(file.fileno()))
+    print(digest.hexdigest(), before, identity(os.fstat(file.fileno())))
 """
 
 

@@ -35,9 +35,12 @@ def _open_regular(path: Path, what: str) -> tuple[int, os.stat_result]:
     return fd, info
 
 
+# Which file, in which state: a file replaced (another inode) or rewritten (size, mtime) differs.
+IDENTITY_FIELDS = ("st_dev", "st_ino", "st_size", "st_mtime_ns")
+
+
 def file_identity(status: os.stat_result) -> str:
-    """Which file, in which state: a file replaced (another inode) or rewritten (size, mtime) differs."""
-    return f"{status.st_dev}:{status.st_ino}:{status.st_size}:{status.st_mtime_ns}"
+    return ":".join(str(getattr(status, name)) for name in IDENTITY_FIELDS)
 
 
 def check_input_file(path: str | Path, what: str) -> None:
