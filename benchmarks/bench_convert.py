@@ -50,13 +50,19 @@ RUNTIME_BYTES = 10**9
 MEMORY_HEADROOM = 0.85
 # Disk a case needs beyond its checkpoint: one output (cp's copy or a conversion) at a time, the pool.
 DISK_FACTOR = 2.3
-# The CLI with the writer of before the one pass, for comparison.
-TENSOR_BY_TENSOR = ("import sys; from fairseq_to_hf import writer; writer._ONE_PASS = False; "
-                    "from fairseq_to_hf.cli import main; sys.exit(main(sys.argv[1:]))")
-# The CLI with no child process to hash the source: the writer's pass hashes it, as before.
-SHA256_IN_THE_PASS = ("import sys; from fairseq_to_hf import hashing; "
-                      "hashing.Sha256InChild.start = classmethod(lambda cls, path: None); "
-                      "from fairseq_to_hf.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def cli_with(change: str) -> str:
+    """`python -c` code running the CLI after `change` put an older path back in place."""
+    return f"import sys; {change}; from fairseq_to_hf.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+# The writer of before the one pass; no child process to hash the source (the writer's pass hashes it).
+TENSOR_BY_TENSOR = cli_with("from fairseq_to_hf import writer; writer._ONE_PASS = False")
+SHA256_IN_THE_PASS = cli_with("from fairseq_to_hf import hashing; "
+                              "hashing.Sha256InChild.start = classmethod(lambda cls, path: None)")
+OLDER_PATH_CODE = {PASS_HASH_NO_VERIFY: SHA256_IN_THE_PASS, PASS_HASH_VERIFY: SHA256_IN_THE_PASS,
+                   OLD_NO_VERIFY: TENSOR_BY_TENSOR, OLD_VERIFY: TENSOR_BY_TENSOR}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -120,14 +126,9 @@ def method_command(method: str, src: Path, out: Path) -> list[str]:
         return [*converter_command(), "convert", str(src), str(out), "--no-verify"]
     if method == VERIFY:
         return [*converter_command(), "convert", str(src), str(out)]
-    if method == PASS_HASH_NO_VERIFY:
-        return [sys.executable, "-c", SHA256_IN_THE_PASS, "convert", str(src), str(out), "--no-verify"]
-    if method == PASS_HASH_VERIFY:
-        return [sys.executable, "-c", SHA256_IN_THE_PASS, "convert", str(src), str(out)]
-    if method == OLD_NO_VERIFY:
-        return [sys.executable, "-c", TENSOR_BY_TENSOR, "convert", str(src), str(out), "--no-verify"]
-    if method == OLD_VERIFY:
-        return [sys.executable, "-c", TENSOR_BY_TENSOR, "convert", str(src), str(out)]
+    if method in OLDER_PATH_CODE:
+        no_verify = ["--no-verify"] if method in (PASS_HASH_NO_VERIFY, OLD_NO_VERIFY) else []
+        return [sys.executable, "-c", OLDER_PATH_CODE[method], "convert", str(src), str(out), *no_verify]
     if method == EAGER:
         return [sys.executable, str(HERE / "eager_convert.py"), str(src), str(out)]
     raise ValueError(method)

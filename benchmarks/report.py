@@ -227,8 +227,8 @@ def older_paths_table(cases: dict[str, dict]) -> list[str]:
              "| --- | --- | --- | --- | --- | --- |"]
     for name, case in cases.items():
         for method, older in OLDER_PATHS.items():
+            new_s = median_of(case["runs"].get(method, []), "wall_s")
             for old in older:
-                new_s = median_of(case["runs"].get(method, []), "wall_s")
                 old_s = median_of(case["runs"].get(old, []), "wall_s")
                 if new_s and old_s:
                     lines.append(f"| {name} | {method} | {_s(new_s)} | {old} | {_s(old_s)} | {_ratio(new_s / old_s)} |")
