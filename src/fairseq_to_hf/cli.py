@@ -276,8 +276,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     interrupts.install(defer=True)  # still deferred while torch is imported: a cut import fails obscurely later
     _discard_closed_streams()
     args = None
+    from . import hashing
+
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "convert":
+            _hash_early(args)
+        import torch  # noqa: F401 -- here, still deferred: a signal that cut its import short could abort the process
         interrupts.start()
         return _run(args)
     except ConversionError as error:
@@ -297,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             tell(f"fairseq-to-hf: interrupted{_nothing_written(args)}")
             return EXIT_INTERRUPTED
         return _unexpected(error, args)
+    finally:
+        hashing.stop_early()  # a hash the conversion never took over: it stopped before reading the checkpoint
 
 
 def tell(line: str) -> None:
@@ -415,24 +422,19 @@ def _inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _convert(args: argparse.Namespace, log) -> int:
-    from . import hashing
-
-    batch = bool(args.checkpoint) and any(char in args.checkpoint for char in "*?[")
-    if not (args.dry_run or batch):
-        _hash_early(args)
-    try:
-        return _run_conversion(args, log, batch)
-    finally:
-        hashing.stop_early()  # a hash the conversion never took over: it stopped before reading the checkpoint
+def _is_batch(args: argparse.Namespace) -> bool:
+    return bool(args.checkpoint) and any(char in args.checkpoint for char in "*?[")
 
 
 def _hash_early(args: argparse.Namespace) -> None:
     """Starts the checkpoint's sha256 in a child before torch is imported (about a second on one core
-    that is idle meanwhile); where SRC is wrong, nothing starts and the conversion says what is wrong."""
+    that is idle meanwhile); where SRC is wrong, nothing starts and the conversion says what is wrong.
+    Nothing is hashed for --dry-run, and a batch hashes each checkpoint as it comes."""
     from . import hashing
     from .reader.folder import find_checkpoint
 
+    if args.dry_run or _is_batch(args):
+        return
     try:
         _, checkpoint = find_checkpoint(args.src, args.checkpoint)
     except (ConversionError, OSError, ValueError):
@@ -440,7 +442,7 @@ def _hash_early(args: argparse.Namespace) -> None:
     hashing.start_early(checkpoint)
 
 
-def _run_conversion(args: argparse.Namespace, log, batch: bool) -> int:
+def _convert(args: argparse.Namespace, log) -> int:
     from .card import CardOptions
     from .pipeline import ConvertOptions, convert, convert_batch
     from .progress import WriteProgress
@@ -457,7 +459,7 @@ def _run_conversion(args: argparse.Namespace, log, batch: bool) -> int:
         dry_run=args.dry_run,
     )
     progress = None if args.quiet else WriteProgress(sys.stderr)
-    if batch:
+    if _is_batch(args):
         return _report_batch(args, log, convert_batch(args.src, args.out, options, log=log, progress=progress))
     report = convert(args.src, args.out, options, log=log, progress=progress)
     if not args.dry_run:
