@@ -110,3 +110,21 @@ def test_a_tensor_read_twice_by_the_writer_is_held_once() -> None:
     assert done.is_set()  # not held again, so never over capacity
     assert reads.take(["a"]) == {}
     reads.stop()
+
+
+@pytest.mark.parametrize("architecture", ["RobertaForMaskedLM", "NoSuchModelClass"])
+@pytest.mark.parametrize("collecting", [True, False])
+def test_the_background_import_leaves_the_garbage_collector_as_it_was(architecture: str, collecting: bool) -> None:
+    import gc
+    import sys
+
+    from fairseq_to_hf.verify.imports import import_quietly
+
+    interval, was_enabled = sys.getswitchinterval(), gc.isenabled()
+    (gc.enable if collecting else gc.disable)()
+    try:
+        import_quietly(architecture)  # a class Transformers lacks fails inside, quietly
+        assert gc.isenabled() == collecting
+        assert sys.getswitchinterval() == interval
+    finally:
+        (gc.enable if was_enabled else gc.disable)()
