@@ -15,7 +15,7 @@ from ..reference.forward import PAD, ReferenceOutputs, sample_inputs
 from .imports import transformers as import_transformers
 from .streamed_model import StreamedModel
 from .tolerance import DEFAULT_TOLERANCE
-STREAMED_MAX_TOKENS = 32  # longest input of a block-by-block verification: its padded batch is 6 x 32
+STREAMED_MAX_TOKENS = 17  # longest input of a block-by-block verification: its padded batch is 5 x 17
 _ONE_MODEL_AT_A_TIME = threading.Lock()  # see verify_weights
 
 
@@ -106,9 +106,12 @@ def verification_inputs(vocab_size: int, positions: int, streamed: bool) -> dict
     """Input name -> right-padded token ids.
 
     `streamed` (a model run block by block): all inputs as one batch, so its weights are read once,
-    and capped at STREAMED_MAX_TOKENS, as the cost is compute (every position row is a verbatim copy
-    of the source table, checked by shape in the plan). On RoBERTa large one pass over the weights
-    costs about as much as 60 positions of compute: a batch per input would take longer.
+    and capped at STREAMED_MAX_TOKENS, as the cost is compute: two forward passes over every weight,
+    per position of the padded batch. Each weight takes part at every position, and so does every
+    row of the output embedding (the MLM logits); the position table is the one table whose rows the
+    forward pass reaches only up to the longest input, and each of its rows is a verbatim copy of the
+    source's, checked by shape in the plan. On RoBERTa large one pass over the weights costs about as
+    much as 60 positions of compute: a batch per input would take longer.
     """
     if not streamed:
         return sample_inputs(vocab_size, positions - 2)
