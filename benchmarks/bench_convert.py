@@ -38,8 +38,8 @@ from pathlib import Path
 
 from measure import can_drop_page_cache, drop_page_cache, machine_facts, memory_available, run_measured
 from presets import ITEMSIZE, PRESETS
-from report import (CP, EAGER, IMPORT_TORCH, METHODS, NO_VERIFY, OLD_NO_VERIFY, OLD_VERIFY, PASS_HASH_NO_VERIFY,
-                    PASS_HASH_VERIFY, TINY_CONVERT, VERIFY, merge_into_document, render_markdown, render_terminal)
+from report import (CP, EAGER, IMPORT_TORCH, METHODS, NO_VERIFY, OLD_NO_VERIFY, OLD_VERIFICATION, OLD_VERIFY,
+                    PASS_HASH_NO_VERIFY, PASS_HASH_VERIFY, TINY_CONVERT, VERIFY, merge_into_document, render_markdown, render_terminal)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -53,16 +53,31 @@ DISK_FACTOR = 2.3
 
 
 def cli_with(change: str) -> str:
-    """`python -c` code running the CLI after `change` put an older path back in place."""
-    return f"import sys; {change}; from fairseq_to_hf.cli import main; sys.exit(main(sys.argv[1:]))"
+    """`python -c` code running the CLI after `change` (statements) put an older path back in place."""
+    return f"import sys\n{change}\nfrom fairseq_to_hf.cli import main\nsys.exit(main(sys.argv[1:]))"
 
 
 # The writer of before the one pass; no child process to hash the source (the writer's pass hashes it).
 TENSOR_BY_TENSOR = cli_with("from fairseq_to_hf import writer; writer._ONE_PASS = False")
 SHA256_IN_THE_PASS = cli_with("from fairseq_to_hf import hashing; "
                               "hashing.Sha256InChild.start = classmethod(lambda cls, path: None)")
+# The verification's block-by-block batch as before (6 x 32), Transformers imported with the collector running.
+# verify.compare imports torch, which the CLI imports only once the sha256 child runs: the cap is set by
+# an import finder (which finds nothing) at the first import after compare's.
+VERIFICATION_6_X_32 = cli_with("""\
+import gc
+gc.disable = lambda: None
+class SetCapOfBefore:
+    done = False
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        compare = sys.modules.get("fairseq_to_hf.verify.compare")
+        if not cls.done and hasattr(compare, "STREAMED_MAX_TOKENS"):
+            compare.STREAMED_MAX_TOKENS, cls.done = 32, True
+        return None
+sys.meta_path.insert(0, SetCapOfBefore)""")
 OLDER_PATH_CODE = {PASS_HASH_NO_VERIFY: SHA256_IN_THE_PASS, PASS_HASH_VERIFY: SHA256_IN_THE_PASS,
-                   OLD_NO_VERIFY: TENSOR_BY_TENSOR, OLD_VERIFY: TENSOR_BY_TENSOR}
+                   OLD_NO_VERIFY: TENSOR_BY_TENSOR, OLD_VERIFY: TENSOR_BY_TENSOR, OLD_VERIFICATION: VERIFICATION_6_X_32}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
