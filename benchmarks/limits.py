@@ -2,6 +2,8 @@
 
 `copy_file_range || (map + crc32 + sha256)` is the writer's work at its best: the kernel copy on one
 thread while the other checks and hashes the same file, the floor of `convert --no-verify`'s growth.
+The shifted copies write each byte SHIFT bytes past its offset in the file, as the writer must: a
+tensor's place in the safetensors file is not its place in the checkpoint.
 
 Each operation is run over the whole checkpoint file, `rounds` times, the operations interleaved round
 by round (the machine is shared: drift hits every operation alike); medians and min-max in GB/s.
@@ -22,11 +24,13 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
 
 CHUNK = 4 << 20  # as the writer's pass (writer.SCAN_CHUNK)
+SHIFT = 100  # bytes between a byte's offset in the copy and in the file: not a multiple of the page size
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
 
 
@@ -74,11 +78,28 @@ def operations(path: Path, scratch: Path) -> dict[str, Callable[[], None]]:
             target.copy_(source)
         memcpy.elapsed = time.perf_counter() - started
 
-    def copy_file_range() -> None:
+    def copy_file_range(shift: int = 0) -> None:
+        """The file copied inside the kernel, each byte to `shift` bytes past its own offset."""
         with open(path, "rb", buffering=0) as source, open(scratch, "wb", buffering=0) as target:
             done = 0
             while done < size:
-                done += os.copy_file_range(source.fileno(), target.fileno(), min(64 << 20, size - done), done, done)
+                done += os.copy_file_range(source.fileno(), target.fileno(), min(64 << 20, size - done), done,
+                                           done + shift)
+        scratch.unlink()
+
+    def pwrite_from_mapping(shift: int) -> None:
+        """The file written with pwrite from a shared mapping of it, 8 MiB a time, each piece's pages
+        mapped before and dropped after: the other way to copy a tensor without a buffer of its own."""
+        with open(path, "rb") as source, mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ) as mapped, \
+                open(scratch, "wb", buffering=0) as target:
+            for offset in range(0, size, 8 << 20):
+                length = min(8 << 20, size - offset)
+                mapped.madvise(MADV_POPULATE_READ, offset, length)
+                with memoryview(mapped)[offset:offset + length] as piece:
+                    done = 0
+                    while done < length:
+                        done += os.pwrite(target.fileno(), piece[done:], offset + shift + done)
+                mapped.madvise(mmap.MADV_DONTNEED, offset, length)
         scratch.unlink()
 
     def checked_copy() -> None:
@@ -109,6 +130,8 @@ def operations(path: Path, scratch: Path) -> dict[str, Callable[[], None]]:
             "zlib.crc32 (in cache)": crc32, "hashlib.sha256 (in cache)": sha256,
             "torch sum, 1 thread (in cache)": nan_sum, "memcpy of fresh memory (RAM)": memcpy,
             "copy_file_range of the file": copy_file_range,
+            f"copy_file_range, {SHIFT} bytes further on": partial(copy_file_range, SHIFT),
+            f"pwrite from a mapping, {SHIFT} bytes further on": partial(pwrite_from_mapping, SHIFT),
             "copy_file_range || (map + crc32 + sha256)": checked_copy, "cp of the file": cp}
 
 
