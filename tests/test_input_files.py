@@ -112,3 +112,31 @@ def test_a_training_run_folder_takes_its_labels_beside_the_given_data_bin_dict(t
     result = run_cli("convert", run, tmp_path / "out2", "--dict", data / "input0" / "dict.txt", "--no-verify")
     assert result.returncode == 0, result.stderr
     assert "note: no label dict (label/dict.txt), so the labels are LABEL_0..LABEL_2" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["dict.txt", "model.pt", "encoder.json"])
+def test_a_broken_symbolic_link_is_named_as_one(tmp_path: Path, name: str) -> None:
+    """A link to a file that is gone is said to be one, not taken for a missing file (which would blame
+    the folder, pick another *.pt, or write no tokenizer)."""
+    src = source(tmp_path)
+    if name == "encoder.json":
+        shutil.copy(GPT2_BPE / "vocab.bpe", src / "vocab.bpe")
+    else:
+        (src / name).unlink()
+    (src / name).symlink_to(tmp_path / "gone")
+    out = tmp_path / "out"
+    assert_refused(run_cli("convert", src, out), out, 2, f"{name}: is a symbolic link to {tmp_path / 'gone'}, "
+                   "which does not exist")
+
+
+@pytest.mark.parametrize("which", ["SRC", "OUT"])
+def test_an_empty_path_is_not_the_current_folder(tmp_path: Path, which: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = source(tmp_path)
+    monkeypatch.chdir(src)  # where an empty path would otherwise lead
+    before = sorted(path.name for path in src.iterdir())
+    arguments = ("", tmp_path / "out") if which == "SRC" else (src, "")
+    result = run_cli("convert", *arguments, "--no-verify")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip() == f"fairseq-to-hf: error: {which}: is an empty path; " + (
+        "pass a fairseq model folder or checkpoint file" if which == "SRC" else "name the folder to write the model into")
+    assert sorted(path.name for path in src.iterdir()) == before and not (tmp_path / "out").exists()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import fcntl
+import json
 import os
 import re
 import resource
@@ -658,6 +659,57 @@ def test_closed_or_full_standard_streams_keep_the_exit_codes(tmp_path: Path) -> 
     assert full_stdout.stderr.startswith("fairseq-to-hf: error: stdout: cannot be written") and \
         "the conversion is complete" in full_stdout.stderr and full_stdout.stderr.count("\n") == 1
     assert (tmp_path / "d" / "conversion_report.json").exists()
+
+
+def test_force_replaces_a_folder_inside_src_only_if_a_conversion_wrote_it(tmp_path: Path) -> None:
+    """OUT inside the model folder: a new one is written, an earlier conversion's is replaced with --force,
+    and a folder of the user's own (fairseq's input0/ of a fine-tuned model, say) is never deleted."""
+    src = tmp_path / "src"
+    shutil.copytree(MLM, src)
+    users = src / "input0"
+    users.mkdir()
+    (users / "dict.txt").write_text("a 1\n")
+    before = snapshot(src)
+    result = run_cli(src, users, "--force", "--no-verify", "--quiet")
+    assert_one_message(result, EXIT_OUTPUT, f"inside the model folder {src}", "not written by fairseq-to-hf",
+                       str(users))
+    assert snapshot(src) == before
+    assert leftovers(users) == []
+    converted = src / "hf"
+    assert run_cli(src, converted, "--no-verify", "--quiet").returncode == 0
+    again = run_cli(src, converted, "--force", "--no-verify", "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert (converted / "model.safetensors").exists() and (users / "dict.txt").read_text() == "a 1\n"
+    # SRC a checkpoint file: the folder it lies in may be any folder, whose subfolders --force may replace.
+    other = existing_out(tmp_path / "other")
+    assert other and run_cli(MLM / "model.pt", tmp_path / "other", "--force", "--no-verify", "--quiet",
+                             "--dict", MLM / "dict.txt").returncode == 0
+
+
+def exit_code_with_reader_gone(arguments: list[str]) -> int:
+    """The exit code of the command line when whoever reads its stdout has stopped before it prints."""
+    process = subprocess.Popen([sys.executable, "-m", "fairseq_to_hf", *arguments], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL)
+    process.stdout.close()  # `... --json | head -0`
+    return process.wait(timeout=300)
+
+
+def test_a_reader_that_stops_reading_the_json_does_not_change_the_exit_code(tmp_path: Path) -> None:
+    """`verify --json | head`: a model that does not match is still exit 1; a batch with a failure keeps its code."""
+    good = tmp_path / "good"
+    assert run_cli(MLM, good, "--no-verify", "--quiet").returncode == 0
+    wrong = tmp_path / "wrong"
+    shutil.copytree(good, wrong)
+    config = json.loads((wrong / "config.json").read_text())
+    config["layer_norm_eps"] = 0.5
+    (wrong / "config.json").write_text(json.dumps(config))
+    assert exit_code_with_reader_gone(["verify", str(MLM), str(good), "--json", "--quiet"]) == 0
+    assert exit_code_with_reader_gone(["verify", str(MLM), str(wrong), "--json", "--quiet"]) == 1
+    run = training_run(tmp_path, {"checkpoint1.pt": MLM / "model.pt", "checkpoint2.pt": b"not a checkpoint"})
+    batch = ["convert", str(run), str(tmp_path / "batch"), "--checkpoint", "checkpoint*.pt", "--no-verify", "--json",
+             "--quiet"]
+    assert exit_code_with_reader_gone(batch) == EXIT_BAD_INPUT
+    assert (tmp_path / "batch" / "checkpoint1" / "model.safetensors").exists()
 
 
 def test_force_refuses_an_out_it_could_only_half_remove(tmp_path: Path) -> None:

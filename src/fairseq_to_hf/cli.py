@@ -292,10 +292,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         interrupts.ignore_from_now()
         tell(f"fairseq-to-hf: interrupted{_nothing_written(args)}")
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        # Whoever read stdout stopped (`... --json | head`); the work itself is done.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
     except Exception as error:
         if interrupts.interrupted():  # the failure is the interrupt's doing
             interrupts.ignore_from_now()
@@ -392,9 +388,11 @@ def _verify(args: argparse.Namespace, log) -> int:
     else:
         log(f"  tokenizer: not checked ({report.tokenizer_note})")
     log(f"{args.out}: {'matches' if report.passed else 'DOES NOT match'} {args.src}")
+    code = EXIT_OK if report.passed else EXIT_VERIFY_FAILED
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
-    return EXIT_OK if report.passed else EXIT_VERIFY_FAILED
+        return _print_document(json.dumps(report.as_dict(), indent=2), code,
+                               "the verification is complete: its verdict is the line above and the exit code")
+    return code
 
 
 def _report_batch(args: argparse.Namespace, log, results) -> int:
@@ -405,11 +403,13 @@ def _report_batch(args: argparse.Namespace, log, results) -> int:
     log(f"planned {counted} (--dry-run: nothing written)" if args.dry_run else f"converted {counted} into {args.out}")
     for path, error in failed:
         log(f"  failed: {path.name}: {error.render().splitlines()[0]}")
+    code = max((error.exit_code for _, error in failed), default=EXIT_OK)
     if args.json:
-        print(json.dumps([{"checkpoint": str(path), **({"error": outcome.render()} if path in dict(failed)
-                                                        else outcome.as_dict())} for path, outcome in results],
-                         indent=2))
-    return max((error.exit_code for _, error in failed), default=EXIT_OK)
+        document = [{"checkpoint": str(path), **({"error": outcome.render()} if path in dict(failed)
+                                                 else outcome.as_dict())} for path, outcome in results]
+        return _print_document(json.dumps(document, indent=2), code,
+                               "the batch is complete: each OUT/NAME holds its report, as conversion_report.json")
+    return code
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -418,8 +418,8 @@ def _inspect(args: argparse.Namespace) -> int:
     description = inspect_source(args.src, checkpoint=args.checkpoint, dictionary=args.dictionary,
                                  default_language=args.default_language, hyper_parameters=_supplied(args),
                                  **_tokenizer_files(args))
-    print(json.dumps(description, indent=2) if args.json else format_inspection(description))
-    return EXIT_OK
+    return _print_document(json.dumps(description, indent=2) if args.json else format_inspection(description),
+                           EXIT_OK, "nothing was written")
 
 
 def _is_batch(args: argparse.Namespace) -> bool:
@@ -467,20 +467,25 @@ def _convert(args: argparse.Namespace, log) -> int:
             status = "verified" if output.verification else "not verified (--no-verify)"
             log(f"wrote {output.folder}: {output.architecture}, {output.tensors_written} tensors, {status}")
     if args.json:
-        _print_document(json.dumps(report.as_dict(), indent=2),
-                        "the conversion is complete: OUT holds the same report, as conversion_report.json")
+        return _print_document(json.dumps(report.as_dict(), indent=2), EXIT_OK,
+                               "the conversion is complete: OUT holds the same report, as conversion_report.json")
     return EXIT_OK
 
 
-def _print_document(text: str, hint: str) -> None:
-    """The --json document on stdout; where stdout cannot take it (a full device), one line says what
-    is done all the same."""
+def _print_document(text: str, code: int, hint: str) -> int:
+    """Prints the command's document on stdout; returns the exit code of a command whose own outcome is
+    `code`. A reader that stopped reading (`... --json | head`) changes nothing: the rest is dropped and
+    the code stays the outcome's. Where stdout cannot take the document (a full device), one line says
+    so and what is done all the same (`hint`), and a command that succeeded exits with EXIT_OUTPUT."""
     try:
         print(text, flush=True)
     except BrokenPipeError:
-        raise  # a reader that stopped reading: not an error (see main)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more goes to the pipe
     except OSError as error:
-        raise OutputError(f"cannot be written ({error.strerror})", path="stdout", hint=hint) from None
+        failure = OutputError(f"cannot be written ({error.strerror})", path="stdout", hint=hint)
+        tell(f"fairseq-to-hf: error: {failure.render()}")
+        return failure.exit_code if code == EXIT_OK else code
+    return code
 
 
 if __name__ == "__main__":

@@ -156,7 +156,7 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = N
     _refuse_wrong_arguments(src, out, log, progress)
     say = log or (lambda message: None)
     shared = _shared_sources(src, options, options.checkpoint)
-    target = output_target(out, force=options.force, inputs=shared.inputs(options))
+    target = output_target(out, force=options.force, inputs=shared.inputs(options), **_protected(src, shared))
     # Hashed from now on, on the core that reading and planning leave idle (see hashing).
     with sha256_in_background(shared.files.checkpoint, wanted=not options.dry_run) as child:
         source = read_checkpoint(shared.files.checkpoint)
@@ -185,7 +185,8 @@ def convert_batch(src: str | Path, out: str | Path, options: ConvertOptions | No
     say = log or (lambda message: None)
     checkpoints = matching_checkpoints(src, str(options.checkpoint))
     shared = _shared_sources(src, options, next(iter(checkpoints.values())))
-    target = output_target(out, force=options.force, inputs=[*shared.inputs(options), *checkpoints.values()])
+    target = output_target(out, force=options.force, inputs=[*shared.inputs(options), *checkpoints.values()],
+                           **_protected(src, shared))
     results: list[tuple[Path, ConversionReport | ConversionError]] = []
     with ExitStack() as stack:
         staging = None if options.dry_run else stack.enter_context(staged_output(target))
@@ -284,6 +285,13 @@ def _with_fields(options: ConvertOptions | None, fields: dict) -> ConvertOptions
         raise ConversionError(f"unknown option {unknown[0]!r}", hint="options are " + ", ".join(
             sorted(known | roles | nested_fields)))
     return replace(options, **fields)
+
+
+def _protected(src: str | Path, shared: SharedSources) -> dict[str, object]:
+    """What --force must not replace: a folder inside the model folder SRC names (not the folder a
+    checkpoint file lies in, which may be any folder), unless a conversion wrote it."""
+    folder = shared.files.folder if Path(src).is_dir() else None
+    return {"model_folder": folder, "output_marker": REPORT_FILE}
 
 
 def _shared_sources(src: str | Path, options: ConvertOptions, checkpoint: str | Path | None) -> SharedSources:

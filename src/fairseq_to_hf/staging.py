@@ -5,7 +5,8 @@ with one rename that cannot clobber: `renameat2(RENAME_NOREPLACE)` when OUT was 
 that appeared meanwhile (another run, the user) stays as it is; `RENAME_EXCHANGE` with `--force`, so
 the old OUT is swapped out in one step, and only if it is still the folder that was checked at the
 start. Before any work, OUT is refused when it is (or holds) one of the inputs, is a symbolic link,
-holds the current folder, or has a name no filesystem here accepts.
+holds the current folder, or has a name no filesystem here accepts; and `--force` replaces a folder
+inside the model folder only if it is an earlier conversion's output.
 
 The converting process holds a lock on its staging folder. A run that was killed outright (SIGKILL,
 power loss) leaves its folder unlocked; the next run to the same OUT removes it.
@@ -45,8 +46,16 @@ class OutputTarget:
     replaces: tuple[int, int, int] | None = None  # identity of the folder --force replaces (see _identity)
 
 
-def output_target(out: str | Path, *, force: bool, inputs: Iterable[Path] = ()) -> OutputTarget:
-    """Checks OUT before any work; `inputs` are every file and folder the run reads."""
+def output_target(out: str | Path, *, force: bool, inputs: Iterable[Path] = (), model_folder: Path | None = None,
+                  output_marker: str | None = None) -> OutputTarget:
+    """Checks OUT before any work; `inputs` are every file and folder the run reads.
+
+    `model_folder`: the folder SRC named, whose files are the user's: --force replaces a folder inside
+    it only if that folder, or one of its subfolders, holds `output_marker` (the file every conversion
+    writes), so is an earlier conversion's output.
+    """
+    if not os.fspath(out):  # Path("") would be the current folder
+        raise ConversionError("is an empty path", path="OUT", hint="name the folder to write the model into")
     path = Path(os.path.abspath(out))
     if path.parent == path:
         raise OutputError("is the root of the filesystem", path=path, hint="name a new folder for the output")
@@ -73,6 +82,10 @@ def output_target(out: str | Path, *, force: bool, inputs: Iterable[Path] = ()) 
         if _holds(path, Path(os.getcwd())):
             raise OutputError("holds the current folder, which --force would replace", path=path,
                               hint="run the command from another folder, or choose another OUT")
+        if model_folder is not None and _holds(model_folder, path) and not _holds_marker(path, output_marker):
+            raise OutputError(f"is inside the model folder {model_folder} and was not written by fairseq-to-hf: "
+                              "--force would delete its files", path=path,
+                              hint="choose an OUT outside the model folder, or move that folder away yourself")
         locked = _unremovable(path)
         if locked is not None:
             raise OutputError(f"cannot be replaced: {locked} is a folder whose entries you cannot delete",
@@ -84,6 +97,17 @@ def output_target(out: str | Path, *, force: bool, inputs: Iterable[Path] = ()) 
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write in {parent}", path=path, hint="choose a folder you can write to")
     return OutputTarget(path, replaces)
+
+
+def _holds_marker(folder: Path, marker: str | None) -> bool:
+    """`folder`, or a folder in it, holds a file named `marker`."""
+    if marker is None:
+        return False
+    try:
+        return (folder / marker).is_file() or any(
+            (Path(entry.path) / marker).is_file() for entry in os.scandir(folder) if entry.is_dir())
+    except OSError:
+        return False
 
 
 def _unremovable(folder: Path) -> Path | None:

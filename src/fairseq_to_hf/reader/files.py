@@ -21,6 +21,9 @@ def _open_regular(path: Path, what: str) -> tuple[int, os.stat_result]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
+        if os.path.islink(path):
+            raise ConversionError(f"is a symbolic link to {os.readlink(path)}, which does not exist (expected {what})",
+                                  path=path, hint="point it at the file, or pass the file's own path") from None
         raise ConversionError(f"not found (expected {what})", path=path) from None
     except IsADirectoryError:
         raise ConversionError(f"is a directory, not {what}", path=path) from None

@@ -6,6 +6,7 @@ caller passes them in, so reading a folder does not depend on how a tokenizer is
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,8 @@ def find_source_files(src: str | Path, tokenizer_roles: Sequence[TokenizerFile] 
 
 def find_checkpoint(src: str | Path, checkpoint: str | Path | None = None) -> tuple[Path, Path]:
     """SRC's folder and the checkpoint file in it: SRC itself, `checkpoint`, model.pt, or its only *.pt."""
+    if not os.fspath(src):  # Path("") would be the current folder
+        raise ConversionError("is an empty path", path="SRC", hint="pass a fairseq model folder or checkpoint file")
     src = Path(src)
     if not src.exists():
         raise ConversionError("does not exist", path=src, hint="pass a fairseq model folder or checkpoint file")
@@ -78,7 +81,7 @@ def find_checkpoint(src: str | Path, checkpoint: str | Path | None = None) -> tu
     else:
         folder = src
         checkpoint_path = _resolve(folder, checkpoint) if checkpoint else folder / DEFAULT_CHECKPOINT
-        if not checkpoint and not checkpoint_path.exists():
+        if not checkpoint and not _present(checkpoint_path):
             candidates = sorted(p.name for p in folder.glob("*.pt"))
             if len(candidates) == 1:
                 checkpoint_path = folder / candidates[0]
@@ -86,7 +89,7 @@ def find_checkpoint(src: str | Path, checkpoint: str | Path | None = None) -> tu
                 found = f" (found: {', '.join(candidates)})" if candidates else ""
                 raise ConversionError(f"has no {DEFAULT_CHECKPOINT}{found}", path=folder,
                                       hint="name the checkpoint file with --checkpoint")
-    if not checkpoint_path.exists():
+    if not _present(checkpoint_path):
         raise ConversionError("checkpoint not found", path=checkpoint_path, hint="check the --checkpoint path")
     check_input_file(checkpoint_path, "a checkpoint file")
     return folder, checkpoint_path
@@ -105,11 +108,11 @@ def _find_source_files(
 
     if dictionary:
         dictionary_path = _resolve(folder, dictionary)
-        if not dictionary_path.exists():
+        if not _present(dictionary_path):
             raise ConversionError("dictionary not found", path=dictionary_path, hint="check the --dict path")
     else:
-        # exists(), not is_file(): a dict.txt that is a folder or a FIFO is reported as such when read.
-        found_dicts = [folder / name for name in DICTIONARY_CANDIDATES if (folder / name).exists()]
+        # Present, not a regular file: a dict.txt that is a folder, a FIFO or a broken link is reported as such when read.
+        found_dicts = [folder / name for name in DICTIONARY_CANDIDATES if _present(folder / name)]
         if not found_dicts:
             raise ConversionError(
                 "has no dict.txt", path=folder,
@@ -119,13 +122,13 @@ def _find_source_files(
 
     if label_dictionary:
         label_path: Path | None = _resolve(folder, label_dictionary)
-        if not label_path.exists():
+        if not _present(label_path):
             raise ConversionError("label dictionary not found", path=label_path, hint="check the --label-dict path")
     else:
         # beside SRC, or beside the data-bin whose input0/dict.txt was given
         data_bin = dictionary_path.parent.parent if dictionary_path.parent.name == "input0" else folder
         label_path = next((base / name for base in dict.fromkeys((folder, data_bin))
-                           for name in LABEL_DICTIONARY_CANDIDATES if (base / name).exists()), None)
+                           for name in LABEL_DICTIONARY_CANDIDATES if _present(base / name)), None)
     roles = {f.role for f in tokenizer_roles}
     if unknown := sorted(set(tokenizer_files) - roles):
         raise TypeError(f"unknown tokenizer file option {unknown[0]!r}")
@@ -142,10 +145,10 @@ def _optional_file(folder: Path, given: str | Path | None, candidates: tuple[str
     for what it is (not taken for absent, which would blame its partner or write no tokenizer)."""
     if given:
         path = _resolve(folder, given)
-        if not path.exists():
+        if not _present(path):
             raise ConversionError("not found", path=path, hint=f"check the {flag} path")
     else:
-        path = next((folder / name for name in candidates if (folder / name).exists()), None)
+        path = next((folder / name for name in candidates if _present(folder / name)), None)
     if path is not None:
         check_input_file(path, what)
     return path
@@ -158,6 +161,12 @@ def read_text_lines(path: str | Path) -> list[str]:
     except UnicodeDecodeError as error:
         raise ConversionError(f"cannot be read as UTF-8 text ({error})", path=path,
                               hint="--verify-text takes a text file, one line per sample") from None
+
+
+def _present(path: Path) -> bool:
+    """A file is there, even a symbolic link to nothing (then refused as such when opened, not taken for
+    absent). A folder that cannot be searched raises PermissionError, said as such by find_source_files."""
+    return path.exists() or path.is_symlink()
 
 
 def _resolve(folder: Path, name: str | Path) -> Path:
