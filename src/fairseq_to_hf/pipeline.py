@@ -156,7 +156,8 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = N
     _refuse_wrong_arguments(src, out, log, progress)
     say = log or (lambda message: None)
     shared = _shared_sources(src, options, options.checkpoint)
-    target = output_target(out, force=options.force, inputs=shared.inputs(options), **_protected(src, shared))
+    target = output_target(out, force=options.force, inputs=shared.inputs(options),
+                           model_folder=_model_folder(src, shared), output_marker=REPORT_FILE)
     # Hashed from now on, on the core that reading and planning leave idle (see hashing).
     with sha256_in_background(shared.files.checkpoint, wanted=not options.dry_run) as child:
         source = read_checkpoint(shared.files.checkpoint)
@@ -186,7 +187,7 @@ def convert_batch(src: str | Path, out: str | Path, options: ConvertOptions | No
     checkpoints = matching_checkpoints(src, str(options.checkpoint))
     shared = _shared_sources(src, options, next(iter(checkpoints.values())))
     target = output_target(out, force=options.force, inputs=[*shared.inputs(options), *checkpoints.values()],
-                           **_protected(src, shared))
+                           model_folder=_model_folder(src, shared), output_marker=REPORT_FILE)
     results: list[tuple[Path, ConversionReport | ConversionError]] = []
     with ExitStack() as stack:
         staging = None if options.dry_run else stack.enter_context(staged_output(target))
@@ -287,11 +288,10 @@ def _with_fields(options: ConvertOptions | None, fields: dict) -> ConvertOptions
     return replace(options, **fields)
 
 
-def _protected(src: str | Path, shared: SharedSources) -> dict[str, object]:
-    """What --force must not replace: a folder inside the model folder SRC names (not the folder a
-    checkpoint file lies in, which may be any folder), unless a conversion wrote it."""
-    folder = shared.files.folder if Path(src).is_dir() else None
-    return {"model_folder": folder, "output_marker": REPORT_FILE}
+def _model_folder(src: str | Path, shared: SharedSources) -> Path | None:
+    """The folder SRC names, inside which --force replaces only what a conversion wrote; None for a
+    checkpoint file, whose folder may be any folder."""
+    return shared.files.folder if Path(src).is_dir() else None
 
 
 def _shared_sources(src: str | Path, options: ConvertOptions, checkpoint: str | Path | None) -> SharedSources:

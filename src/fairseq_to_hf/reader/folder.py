@@ -171,4 +171,4 @@ def _present(path: Path) -> bool:
 
 def _resolve(folder: Path, name: str | Path) -> Path:
     path = Path(name)
-    return path if path.is_absolute() or path.exists() else folder / path
+    return path if path.is_absolute() or _present(path) else folder / path
