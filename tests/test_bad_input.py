@@ -259,7 +259,13 @@ def _edited(folder: Path, tmp_path: Path, name: str, edit) -> Path:
     (lambda config: {**config, "architectures": "RobertaForMaskedLM"}, 2, "holds architectures 'RobertaForMaskedLM'"),
     (lambda config: {**config, "model_type": "bogus"}, 1, "model_type 'bogus'"),
     (lambda config: {**config, "vocab_size": 100}, 1, "vocab_size 100, the checkpoint's embedding has"),
-], ids=["list", "architectures-int", "architectures-str", "model-type", "vocab-size"])
+    # More rows than the embedding (tokens added after conversion) are allowed, if the weights have them.
+    (lambda config: {**config, "vocab_size": 400}, 2, "2 weights have another shape than its config.json gives;"
+                                                      " check that the folder holds the model's weights and "
+                                                      "config.json\n  - lm_head.bias: 345 stored, 400 by config.json"
+                                                      "\n  - roberta.embeddings.word_embeddings.weight: 345 x 32 "
+                                                      "stored, 400 x 32 by config.json\n"),
+], ids=["list", "architectures-int", "architectures-str", "model-type", "vocab-size", "vocab-size-beyond-weights"])
 def test_verify_on_a_config_that_cannot_describe_the_checkpoint(converted_mlm: Path, tmp_path: Path, edit,
                                                                 code: int, phrase: str) -> None:
     result = run_cli("verify", MLM, _edited(converted_mlm, tmp_path, "edited", edit))
@@ -473,3 +479,12 @@ print("torch" in sys.modules)
     ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip() == "False"
+
+
+def test_a_library_message_becomes_part_of_one_plain_line() -> None:
+    from fairseq_to_hf.errors import library_message
+
+    coloured = RuntimeError("\x1b[1mRobertaModel LOAD REPORT\x1b[0m from: x\x07y\n| key | status |")
+    assert library_message(coloured) == "RobertaModel LOAD REPORT from: x\\x07y"
+    assert library_message(KeyError()) == "KeyError"
+    assert library_message(ValueError("é" * 300), limit=10) == "é" * 10 + "..."

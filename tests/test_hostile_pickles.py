@@ -467,6 +467,15 @@ def test_a_tensor_beyond_its_storage_is_refused(tmp_path: Path, fmt: str) -> Non
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+def test_a_tensor_of_too_many_dimensions_is_refused_by_its_count(tmp_path: Path, fmt: str) -> None:
+    def build(c: Context) -> bytes:
+        return b"\x80\x02}" + S("model") + b"}" + S("w") + c.tensor(size=(1,) * 17) + b"ss."
+
+    refused(spliced(tmp_path, fmt, build), "a tensor size of 17 dimensions, more than the 16 this reader takes",
+            error=UnsafeCheckpointError)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_a_storage_larger_than_the_file_is_refused(tmp_path: Path, fmt: str) -> None:
     def build(c: Context) -> bytes:
         storage = c.storage(numel=1 << 40)

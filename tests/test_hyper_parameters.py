@@ -116,9 +116,40 @@ def test_args_without_heads_get_the_default_of_their_fairseq_arch(tmp_path: Path
     # fairseq itself cannot build this model, and neither a flag nor a guess may paper over that.
     src = resaved("roberta_v010", tmp_path / "src", _args_without_heads("roberta_base"))
     out = tmp_path / "out"
-    assert_refused(run_cli("convert", src, out), out, 2, "does not divide into 12 attention heads")
+    assert_refused(run_cli("convert", src, out), out, 2, "hidden size 32 does not divide into 12 attention heads, "
+                   "fairseq's default for arch 'roberta_base', which the checkpoint's args lack: fairseq cannot "
+                   "build this model")
     assert_refused(run_cli("convert", src, out, "--num-heads", "4"), out, 2,
                    "--num-heads 4 contradicts fairseq's default 12 for encoder_attention_heads")
+
+
+@pytest.mark.parametrize("key, value, phrase", [
+    ("encoder_embed_dim", 48, "say encoder_embed_dim 48, the token embedding is 32 wide"),
+    ("encoder_ffn_embed_dim", 128, "say encoder_ffn_embed_dim 128, the layers' fc1 has 64 rows"),
+    ("max_positions", 512, "the position table has 66 rows, and the hyper-parameters say max_positions 512, "
+                           "for which fairseq builds 514 (max_positions + 2)"),
+])
+def test_a_size_in_the_args_that_the_tensors_contradict_is_refused(tmp_path: Path, key: str, value: int,
+                                                                   phrase: str) -> None:
+    """fairseq builds its modules from args/cfg and then loads the tensors into them: it refuses such a file."""
+    hparams = dict(read_checkpoint(FIXTURES / "roberta_v010" / "model.pt").hparams, **{key: value})
+    src = resaved("roberta_v010", tmp_path / "src", hparams)
+    out = tmp_path / "out"
+    assert_refused(run_cli("convert", src, out), out, 2, phrase, "fairseq would refuse to load this file")
+    inspected = run_cli("inspect", src, "--json")
+    assert inspected.returncode == 0, inspected.stderr
+    assert phrase in json.loads(inspected.stdout)["convert_would_produce"]["default"]["refused"]
+
+
+def test_max_positions_is_tokens_per_sample_where_the_args_lack_it(tmp_path: Path) -> None:
+    hparams = read_checkpoint(FIXTURES / "roberta_v010" / "model.pt").hparams
+    agreeing = {key: value for key, value in hparams.items() if key != "max_positions"}
+    src = resaved("roberta_v010", tmp_path / "src", dict(agreeing, tokens_per_sample=64))
+    result = run_cli("convert", src, tmp_path / "out", "--no-verify")
+    assert result.returncode == 0, result.stderr
+    src = resaved("roberta_v010", tmp_path / "src2", dict(agreeing, tokens_per_sample=128))
+    assert_refused(run_cli("convert", src, tmp_path / "out2"), tmp_path / "out2", 2,
+                   "the hyper-parameters say max_positions 128, for which fairseq builds 130")
 
 
 def test_the_reference_never_defaults_a_hyper_parameter() -> None:

@@ -573,6 +573,13 @@ def test_impossible_options_are_refused_before_any_work(tmp_path: Path, option: 
     assert not any(line.startswith("read ") for line in result.stderr.splitlines()), "work had started"
 
 
+def test_a_repo_id_with_a_newline_is_shown_escaped_on_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_cli(MLM, out, "--repo-id", "user/model\nname")
+    assert_failed_cleanly(result, out, EXIT_BAD_INPUT, "argument --repo-id: ", "'user/model\\nname'")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 # ---- batch mode ---------------------------------------------------------------------------------------
 
 def training_run(tmp_path: Path, checkpoints: dict[str, Path | bytes]) -> Path:

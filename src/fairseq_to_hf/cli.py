@@ -79,7 +79,9 @@ def _repo_id(text: str) -> str:
     try:
         validate_repo_id(text)
     except HFValidationError as error:
-        raise argparse.ArgumentTypeError(str(error).splitlines()[0]) from None
+        # Its message quotes the name as given: shown escaped, a newline in it would cut the line.
+        message = str(error).replace(text, ascii(text)[1:-1]) if text else str(error)
+        raise argparse.ArgumentTypeError(" ".join(message.split())) from None
     return text
 
 

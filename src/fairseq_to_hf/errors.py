@@ -8,6 +8,7 @@ were collected) and exits with the class's code; no traceback is shown.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -69,6 +70,18 @@ class VerificationError(ConversionError):
     """The converted model or tokenizer does not compute what fairseq computes."""
 
     exit_code = EXIT_VERIFY_FAILED
+
+
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")  # colours and cursor moves some libraries print
+
+
+def library_message(error: BaseException, limit: int = 200) -> str:
+    """Another library's exception as part of one line of ours: its first line, without terminal codes,
+    control characters shown escaped, cut at `limit` characters; its type where it says nothing."""
+    text = _TERMINAL_CODES.sub("", str(error)).strip()
+    line = text.splitlines()[0].strip() if text else type(error).__name__
+    line = "".join(char if char.isprintable() else ascii(char)[1:-1] for char in line)
+    return line if len(line) <= limit else line[:limit] + "..."
 
 
 class ProblemList:

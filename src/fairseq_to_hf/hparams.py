@@ -61,6 +61,15 @@ class HyperParameters:
     source: str  # for the report: "args", "cfg", and which flags supplied values
     # Why a value an output needs is unknown, by key (see `require`); empty when all are known.
     unknown: dict[str, str] = field(default_factory=dict)
+    defaulted: frozenset[str] = frozenset()  # keys whose value is fairseq's default, not the checkpoint's
+
+    def default_note(self, key: str) -> str:
+        """For a message about `key`'s value: ", fairseq's default for arch X, ..." where it is one, else ""."""
+        if key not in self.defaulted:
+            return ""
+        arch = arch_name(self.values)
+        return (f", fairseq's default{f' for arch {arch!r}' if arch else ''}, which the checkpoint's "
+                f"{self.source.split(' + ')[0]} lack")
 
     def require(self, *, classifier: bool, path: Path) -> None:
         """Refuses an output whose computation needs a value nobody gave, naming every flag at once."""
@@ -122,4 +131,4 @@ def resolve_hyper_parameters(checkpoint: Checkpoint, supplied: SuppliedHyperPara
     source = checkpoint.hparams_source
     if from_flags:
         source = (f"{source} + " if source != "none" else "") + f"flags ({', '.join(from_flags)})"
-    return HyperParameters(values, source, unknown)
+    return HyperParameters(values, source, unknown, frozenset(defaulted))

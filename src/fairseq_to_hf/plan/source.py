@@ -19,7 +19,7 @@ from ..arch.fairseq_keys import SourceTensor, normalise_state_dict, unsupported_
 from .families import Family, strip_language
 from .positions import LEARNED, MAX_COMPUTED_TABLE_BYTES, MIN_SINUSOIDAL_WIDTH, SINUSOIDAL, position_kind
 from ..errors import ConversionError, UnsupportedModelError
-from ..hparams import HEADS, HyperParameters, SuppliedHyperParameters, arch_name, resolve_hyper_parameters
+from ..hparams import FLAGS, HEADS, HyperParameters, SuppliedHyperParameters, arch_name, resolve_hyper_parameters
 from ..reader.checkpoint import Checkpoint
 from ..reader.dictionary import BOS, EOS, PAD_ID, PADDING_SYMBOL_PREFIX, UNK, Dictionary, fit_embedding
 
@@ -193,7 +193,7 @@ def analyse_source(source: NormalisedSource, dictionary: Dictionary, *, model_ty
     hyper_parameters = resolve_hyper_parameters(checkpoint, supplied)
     problems = list(source.problems)
     model = SourceModel(source, layout, family,
-                        _dims(source, hyper_parameters.values, problems), hyper_parameters,
+                        _dims(source, hyper_parameters, problems), hyper_parameters,
                         _tied(hyper_parameters.values, tensors), (dictionary.bos_id, dictionary.eos_id),
                         _unused_adapters(source), problems)
     if problems:
@@ -285,26 +285,49 @@ def _refuse_unsupported_layouts(checkpoint: Checkpoint) -> None:
         )
 
 
-def _dims(source: NormalisedSource, hparams: dict[str, Any], problems: list[str]) -> Dims:
+def _configured(hparams: dict[str, Any], key: str) -> int | None:
+    value = hparams.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _dims(source: NormalisedSource, hyper_parameters: HyperParameters, problems: list[str]) -> Dims:
+    """The sizes, from the tensors; where args/cfg give a size too and it differs, fairseq could not have
+    loaded the file (its modules are built from args/cfg), so that is a problem, not a choice."""
+    hparams = hyper_parameters.values
+
     def shape(name: str) -> tuple[int, ...]:
         item = source.tensors.get(name)
         return item.tensor.shape if item else ()
 
+    refused_by_fairseq = "fairseq would refuse to load this file"
     vocab_size, hidden = (shape(f"{E}.embed_tokens.weight") + (0, 0))[:2]
+    configured_width = _configured(hparams, "encoder_embed_dim")
+    if hidden and configured_width is not None and configured_width != hidden:
+        problems.append(f"the hyper-parameters say encoder_embed_dim {configured_width}, the token embedding is "
+                        f"{hidden} wide: {refused_by_fairseq}")
     layers = sorted({int(m.group(1)) for key in source.tensors if (m := LAYER_INDEX.match(key))})
-    configured_layers = hparams.get("encoder_layers")
+    configured_layers = _configured(hparams, "encoder_layers")
     if not layers:
         problems.append(f"no encoder layers ({E}.layers.*): there is no model to convert")
     elif layers != list(range(len(layers))):
         problems.append(f"encoder layers are numbered {layers}, not 0..{len(layers) - 1}")
-    elif isinstance(configured_layers, int) and not isinstance(configured_layers, bool) \
-            and configured_layers != len(layers) and not hparams.get("encoder_layers_to_keep"):
+    elif configured_layers is not None and configured_layers != len(layers) \
+            and not hparams.get("encoder_layers_to_keep"):
         problems.append(f"the hyper-parameters say encoder_layers {configured_layers}, the tensors hold "
-                        f"{len(layers)} layers: fairseq would refuse to load this file")
+                        f"{len(layers)} layers: {refused_by_fairseq}")
     positions = shape(f"{E}.embed_positions.weight")
     kind = position_kind(hparams, bool(positions))
+    # fairseq's RoBERTa runs max_positions, or tokens_per_sample where args lack it
+    configured_positions = _configured(hparams, "max_positions")
+    if configured_positions is None and "max_positions" not in hparams:
+        configured_positions = _configured(hparams, "tokens_per_sample")
     if kind is None:
         problems.append(_unknown_positions(hparams, bool(positions)))
+    elif kind == LEARNED and positions and configured_positions is not None \
+            and positions[0] != configured_positions + PAD_ID + 1:
+        problems.append(f"the position table has {positions[0]} rows, and the hyper-parameters say max_positions "
+                        f"{configured_positions}, for which fairseq builds {configured_positions + PAD_ID + 1} "
+                        f"(max_positions + 2): {refused_by_fairseq}")
     elif kind != LEARNED:
         max_positions = hparams.get("max_positions")
         if not isinstance(max_positions, int) or isinstance(max_positions, bool) or max_positions <= 0:
@@ -324,12 +347,17 @@ def _dims(source: NormalisedSource, hparams: dict[str, Any], problems: list[str]
     # The configured size if some layer has it, else the layers' majority: a damaged layer is then
     # reported as such rather than blamed on all the others.
     ffn_sizes = Counter(shape(f"{E}.layers.{i}.fc1.weight")[:1] for i in layers)
-    ffn_dim = hparams.get("encoder_ffn_embed_dim")
-    configured = (ffn_dim,) if isinstance(ffn_dim, int) and not isinstance(ffn_dim, bool) else ()
+    ffn_dim = _configured(hparams, "encoder_ffn_embed_dim")
+    configured = (ffn_dim,) if ffn_dim is not None else ()
     ffn = configured if configured in ffn_sizes else max(ffn_sizes, key=ffn_sizes.__getitem__, default=())
+    if configured and ffn_sizes and configured not in ffn_sizes and ffn:
+        problems.append(f"the hyper-parameters say encoder_ffn_embed_dim {ffn_dim}, the layers' fc1 has "
+                        f"{ffn[0]} rows: {refused_by_fairseq}")
     heads = hparams.get(HEADS, 0)  # resolved: never guessed from the hidden size
     if heads and hidden % heads:
-        problems.append(f"hidden size {hidden} does not divide into {heads} attention heads")
+        from_checkpoint = "" if FLAGS[HEADS] in hyper_parameters.source else ": fairseq cannot build this model"
+        problems.append(f"hidden size {hidden} does not divide into {heads} attention heads"
+                        f"{hyper_parameters.default_note(HEADS)}{from_checkpoint}")
     languages = source.languages
     adapter = 0
     if languages:

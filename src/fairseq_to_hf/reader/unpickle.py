@@ -126,8 +126,10 @@ def _check_int(value: Any, what: str) -> int:
 
 
 def _check_dims(value: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(value, (tuple, list)) or len(value) > MAX_DIMS:
-        raise _BadCall(f"with a tensor {what} that is not a short tuple of integers: {_describe(value)}")
+    if not isinstance(value, (tuple, list)):
+        raise _BadCall(f"with a tensor {what} that is not a tuple of integers: {_describe(value)}")
+    if len(value) > MAX_DIMS:  # no model's weight has more than a few
+        raise _BadCall(f"with a tensor {what} of {len(value)} dimensions, more than the {MAX_DIMS} this reader takes")
     return tuple(_check_int(v, f"{what} entry") for v in value)  # a copy: the list cannot change later
 
 

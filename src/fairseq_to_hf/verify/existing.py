@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ConversionError, ProblemList
+from ..errors import ConversionError, ProblemList, library_message
 from ..hparams import SuppliedHyperParameters
 from ..plan import (FAMILIES, LM_HEAD, ConversionPlan, Dims, NormalisedSource, OutputRequest, analyse_source,
                     make_plan, normalise_source, strip_language)
@@ -136,7 +136,7 @@ def verify_folder(
         result.weights.checks += stored_weight_checks(sharded or StoredWeights(out), plan, reference)
     except (RuntimeError, IndexError, KeyError, ValueError) as error:  # its weights do not fit its config
         result.run_error = f"the folder's model cannot run the checkpoint's inputs ({type(error).__name__}: " \
-                           f"{str(error).strip().splitlines()[0][:200] if str(error).strip() else ''})"
+                           f"{library_message(error)})"
         result.tokenizer_note = "not checked: the model did not run"
         return result
 

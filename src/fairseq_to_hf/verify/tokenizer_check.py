@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConversionError
+from ..errors import ConversionError, library_message
 from ..reader.dictionary import (BOS, EOS, MASK, PAD, PAD_ID, UNK, UNK_ID, Dictionary,
                                  fit_embedding)
 from ..reference.encode import fairseq_encode
@@ -103,9 +103,8 @@ def verify_tokenizer(
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder)
         except Exception as error:  # whatever Transformers raises for tokenizer files it cannot read
-            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-            raise ConversionError(f"its tokenizer cannot be loaded by AutoTokenizer ({reason})", path=folder,
-                                  hint="check tokenizer.json and tokenizer_config.json") from None
+            raise ConversionError(f"its tokenizer cannot be loaded by AutoTokenizer ({library_message(error)})",
+                                  path=folder, hint="check tokenizer.json and tokenizer_config.json") from None
         result = TokenizerVerification(tokenizer_class=type(tokenizer).__name__,
                                        known_difference=known_difference_reason)
         index = dictionary.index()
@@ -177,6 +176,6 @@ def _encoded(tokenizer, folder: Path, *texts: str, **options) -> list[int]:
     try:
         return list(tokenizer(*texts, **options)["input_ids"])
     except Exception as error:  # a tokenizer config Transformers loads but cannot use (model_max_length "x")
-        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:160] if str(error).strip() else ''}"
+        reason = f"{type(error).__name__}: {library_message(error, limit=160)}"
         raise ConversionError(f"its tokenizer cannot encode text ({reason})", path=folder,
                               hint="check tokenizer_config.json and tokenizer.json") from None
