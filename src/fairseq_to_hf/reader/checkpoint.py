@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..errors import CheckpointFormatError, UnsafeCheckpointError
+from ..errors import CheckpointFormatError, UnsafeCheckpointError, library_message
 from .files import check_input_file, file_identity
 from .tensors import LazyTensor, StorageIndex
 from .unpickle import STORAGE_KEY, load_pickle, printable, to_plain
@@ -111,7 +111,7 @@ def _zip_directory(path: Path) -> list[zipfile.ZipInfo]:
             return archive.infolist()
     except Exception as error:  # zipfile raises many types on a damaged directory; all mean "damaged"
         raise CheckpointFormatError(
-            f"is not a complete zip-format checkpoint ({type(error).__name__}: {error})"[:300], path=path,
+            f"is not a complete zip-format checkpoint ({type(error).__name__}: {library_message(error)})", path=path,
             hint="the file may be truncated; copy or download it again",
         ) from None
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConversionError
+from ..errors import ConversionError, library_message
 from .files import check_input_file, read_input_file
 
 DEFAULT_CHECKPOINT = "model.pt"
@@ -159,7 +159,7 @@ def read_text_lines(path: str | Path) -> list[str]:
     try:
         return read_input_file(path, "a --verify-text file").decode("utf-8").splitlines()
     except UnicodeDecodeError as error:
-        raise ConversionError(f"cannot be read as UTF-8 text ({error})", path=path,
+        raise ConversionError(f"cannot be read as UTF-8 text ({library_message(error)})", path=path,
                               hint="--verify-text takes a text file, one line per sample") from None
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-from ..errors import ConversionError
+from ..errors import ConversionError, library_message
 from ..reader.dictionary import Dictionary
 from ..reader.files import read_input_file
 from .base import PreparedTokenizer, TokenizerFile, TokenizerFiles, TokenizerKind, character_class, frame_like_fairseq
@@ -48,7 +48,7 @@ def read_wordpiece_vocab(path: Path) -> list[str]:
     try:
         text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8").read()
     except UnicodeDecodeError as error:
-        raise ConversionError(f"is not a readable BERT vocab.txt ({error})", path=path) from None
+        raise ConversionError(f"is not a readable BERT vocab.txt ({library_message(error)})", path=path) from None
     tokens = [token for token in dict.fromkeys(text.split("\n")) if token]  # an empty line never matches
     if not tokens:
         raise ConversionError("is an empty BERT vocab.txt", path=path)

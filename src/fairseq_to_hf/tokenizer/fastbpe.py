@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-from ..errors import ConversionError
+from ..errors import ConversionError, library_message
 from ..reader.dictionary import MASK, SPECIAL_SYMBOLS, Dictionary
 from .base import PreparedTokenizer, TokenizerFile, TokenizerFiles, TokenizerKind, frame_like_fairseq
 from .vocab import TokenVocabulary, assign_ids
@@ -38,7 +38,7 @@ def read_codes(path: Path) -> list[str]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        raise ConversionError(f"is not a readable BPE codes file ({error})", path=path) from None
+        raise ConversionError(f"is not a readable BPE codes file ({library_message(error)})", path=path) from None
     return text.rstrip("\n").split("\n")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
-from ..errors import ConversionError
+from ..errors import ConversionError, library_message
 from ..reader.dictionary import BOS, EOS, MASK, SPECIAL_SYMBOLS, UNK, Dictionary
 from ..reader.files import read_input_file
 from .base import PreparedTokenizer, TokenizerFile, TokenizerFiles, TokenizerKind
@@ -29,13 +29,14 @@ def read_gpt2_files(encoder_json: Path, vocab_bpe: Path, *,
     try:
         encoder = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise ConversionError(f"is not a readable GPT-2 encoder.json ({error})"[:300], path=encoder_json) from None
+        raise ConversionError(f"is not a readable GPT-2 encoder.json ({library_message(error)})",
+                              path=encoder_json) from None
     if not isinstance(encoder, dict) or not all(isinstance(v, int) for v in encoder.values()):
         raise ConversionError("is not a GPT-2 encoder.json (token -> id)", path=encoder_json)
     try:
         text = read_input_file(vocab_bpe, "a GPT-2 vocab.bpe").decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ConversionError(f"is not a readable GPT-2 vocab.bpe ({error})", path=vocab_bpe) from None
+        raise ConversionError(f"is not a readable GPT-2 vocab.bpe ({library_message(error)})", path=vocab_bpe) from None
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # Python's universal newlines
     first = 1
     if fairseq_lines:

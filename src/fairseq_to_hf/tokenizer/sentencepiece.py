@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-from ..errors import ConversionError, UnsupportedModelError
+from ..errors import ConversionError, UnsupportedModelError, library_message
 from ..reader.dictionary import MASK, SPECIAL_SYMBOLS, Dictionary
 from ..reader.files import read_input_file
 from .base import PreparedTokenizer, TokenizerFile, TokenizerFiles, TokenizerKind, character_class, frame_like_fairseq
@@ -42,7 +42,7 @@ def prepare_sentencepiece(files: TokenizerFiles, dictionary: Dictionary, model_r
     try:
         processor.LoadFromSerializedProto(serialized)
     except (OSError, RuntimeError, TypeError) as error:
-        raise ConversionError(f"is not a sentencepiece model ({error})".replace("\n", " "), path=path) from None
+        raise ConversionError(f"is not a sentencepiece model ({library_message(error)})", path=path) from None
     settings = read_spm_settings(processor.serialized_model_proto(), path)
     if settings.model_type not in ("unigram", "bpe"):
         raise UnsupportedModelError(f"is a sentencepiece {settings.model_type} model; only unigram and bpe "
@@ -52,8 +52,8 @@ def prepare_sentencepiece(files: TokenizerFiles, dictionary: Dictionary, model_r
         try:
             charsmap = CharsMap(settings.precompiled_charsmap)
         except ValueError as error:
-            raise ConversionError(f"has a normalisation rule table this tool cannot read ({error})", path=path,
-                                  hint="is the sentencepiece model damaged?") from None
+            raise ConversionError(f"has a normalisation rule table this tool cannot read ({library_message(error)})",
+                                  path=path, hint="is the sentencepiece model damaged?") from None
     if settings.treat_whitespace_as_suffix:
         raise UnsupportedModelError("puts whitespace at the end of pieces (treat_whitespace_as_suffix), which "
                                     "the written tokenizer cannot reproduce", path=path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import ConversionError
+from ..errors import ConversionError, library_message
 
 MODEL_TYPES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}
 
@@ -67,7 +67,7 @@ def read_spm_settings(serialized: bytes, path: object) -> SpmSettings:
         trainer = _fields(model.get(2, b""))  # type: ignore[arg-type]
         normalizer = _fields(model.get(3, b""))  # type: ignore[arg-type]
     except ValueError as error:
-        raise ConversionError(f"is not a readable sentencepiece model ({error})", path=path) from None
+        raise ConversionError(f"is not a readable sentencepiece model ({library_message(error)})", path=path) from None
     return SpmSettings(
         model_type=MODEL_TYPES.get(int(trainer.get(3, 1)), "unknown"),  # type: ignore[arg-type]
         byte_fallback=bool(trainer.get(35, 0)),

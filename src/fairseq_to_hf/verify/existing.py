@@ -326,7 +326,7 @@ def _read_config(out: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConversionError("has no config.json: not a Transformers model folder", path=out) from None
     except (OSError, ValueError, RecursionError) as error:  # RecursionError: nested deeper than json can read
-        raise ConversionError(f"config.json cannot be read ({str(error)[:200]})", path=out) from None
+        raise ConversionError(f"config.json cannot be read ({library_message(error)})", path=out) from None
     if not isinstance(config, dict):
         raise ConversionError(f"config.json holds a JSON {type(config).__name__}, not an object: not a "
                               "Transformers config", path=out)
