@@ -484,7 +484,74 @@ print("torch" in sys.modules)
 def test_a_library_message_becomes_part_of_one_plain_line() -> None:
     from fairseq_to_hf.errors import library_message
 
-    coloured = RuntimeError("\x1b[1mRobertaModel LOAD REPORT\x1b[0m from: x\x07y\n| key | status |")
-    assert library_message(coloured) == "RobertaModel LOAD REPORT from: x\\x07y"
+    coloured = RuntimeError("\x1b[1mValidation error\x1b[0m for field 'x':\n  x\x07y is not a float\n")
+    assert library_message(coloured) == "Validation error for field 'x': x\\x07y is not a float"
     assert library_message(KeyError()) == "KeyError"
     assert library_message(ValueError("é" * 300), limit=10) == "é" * 10 + "..."
+
+
+def test_a_path_with_control_characters_is_shown_escaped_on_one_line(tmp_path: Path) -> None:
+    src = tmp_path / "new\nline \x1b[31mred"
+    src.mkdir()
+    result = run_cli("convert", src, tmp_path / "out")
+    assert result.returncode == 2 and "\x1b" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"fairseq-to-hf: error: {tmp_path}/new\\nline \\x1b[31mred: has no model.pt; "
+        "name the checkpoint file with --checkpoint"]
+
+
+def test_verify_refuses_a_folder_holding_both_one_file_and_shards(converted_mlm: Path, tmp_path: Path) -> None:
+    """Transformers loads model.safetensors and ignores the shards: checking the shards would check another model."""
+    both = tmp_path / "both"
+    assert run_cli("convert", MLM, both, "--max-shard-size", "20KB", "--no-verify").returncode == 0
+    shutil.copy(converted_mlm / "model.safetensors", both / "model.safetensors")
+    result = run_cli("verify", MLM, both)
+    assert result.returncode == 2, result.stderr
+    assert "holds both model.safetensors and model.safetensors.index.json" in result.stderr
+
+
+@pytest.mark.parametrize("block_by_block", [False, True], ids=["whole", "block-by-block"])
+def test_verify_names_a_weight_stored_in_another_shape(converted_mlm: Path, tmp_path: Path,
+                                                       block_by_block: bool) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "reshaped"
+    shutil.copytree(converted_mlm, folder)
+    weights = load_file(folder / "model.safetensors")
+    weights["roberta.encoder.layer.0.attention.self.query.weight"] = torch.zeros(16, 64)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    result = run_cli("verify", MLM, folder, *(["--block-by-block"] if block_by_block else []))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "1 weight has another shape than its config.json gives" in result.stderr
+    assert "  - roberta.encoder.layer.0.attention.self.query.weight: 16 x 64 stored, 32 x 32 by config.json" \
+        in result.stderr
+
+
+def test_verify_names_a_token_type_table_of_more_rows(converted_mlm: Path, tmp_path: Path) -> None:
+    """fairseq has no token types: Transformers' one row of zeros is the only table that computes as it does."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "two_types"
+    shutil.copytree(converted_mlm, folder)
+    weights = load_file(folder / "model.safetensors")
+    name = "roberta.embeddings.token_type_embeddings.weight"
+    weights[name] = torch.cat([weights[name], torch.ones(1, weights[name].shape[1])])
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "type_vocab_size": 2}))
+    result = run_cli("verify", MLM, folder)
+    assert result.returncode == 1, result.stderr
+    assert f"max abs diff {name} inf" in result.stderr and "DOES NOT match" in result.stderr
+
+
+def test_verify_of_a_folder_without_safetensors_says_so(converted_mlm: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    shutil.copy(converted_mlm / "config.json", folder / "config.json")
+    torch.save(load_file(converted_mlm / "model.safetensors"), folder / "pytorch_model.bin")
+    result = run_cli("verify", MLM, folder)
+    assert result.returncode == 2, result.stderr
+    assert "model.safetensors: does not exist: verify checks a folder's safetensors weights" in result.stderr
+    assert "block-by-block" not in result.stderr

@@ -141,6 +141,18 @@ def test_a_size_in_the_args_that_the_tensors_contradict_is_refused(tmp_path: Pat
     assert phrase in json.loads(inspected.stdout)["convert_would_produce"]["default"]["refused"]
 
 
+def test_inspect_lists_every_problem_of_a_refusal(tmp_path: Path) -> None:
+    hparams = dict(read_checkpoint(FIXTURES / "roberta_v010" / "model.pt").hparams, encoder_layers=9,
+                   encoder_ffn_embed_dim=128)
+    inspected = run_cli("inspect", resaved("roberta_v010", tmp_path / "src", hparams))
+    assert inspected.returncode == 0, inspected.stderr
+    lines = inspected.stdout.splitlines()
+    refused = next(i for i, line in enumerate(lines) if "convert -> refused:" in line)
+    assert "(2 problems)" in lines[refused]
+    assert lines[refused + 1].startswith("    - the hyper-parameters say encoder_layers 9")
+    assert lines[refused + 2].startswith("    - the hyper-parameters say encoder_ffn_embed_dim 128")
+
+
 def test_max_positions_is_tokens_per_sample_where_the_args_lack_it(tmp_path: Path) -> None:
     hparams = read_checkpoint(FIXTURES / "roberta_v010" / "model.pt").hparams
     agreeing = {key: value for key, value in hparams.items() if key != "max_positions"}
@@ -149,7 +161,7 @@ def test_max_positions_is_tokens_per_sample_where_the_args_lack_it(tmp_path: Pat
     assert result.returncode == 0, result.stderr
     src = resaved("roberta_v010", tmp_path / "src2", dict(agreeing, tokens_per_sample=128))
     assert_refused(run_cli("convert", src, tmp_path / "out2"), tmp_path / "out2", 2,
-                   "the hyper-parameters say max_positions 128, for which fairseq builds 130")
+                   "the hyper-parameters say tokens_per_sample 128, for which fairseq builds 130")
 
 
 def test_the_reference_never_defaults_a_hyper_parameter() -> None:
@@ -180,3 +192,30 @@ def test_ema_weights_are_named_and_the_model_weights_converted(tmp_path: Path) -
     assert result.returncode == 0, result.stderr
     assert "the checkpoint also holds EMA weights (extra_state['ema'], --store-ema)" in result.stderr
     assert_matches_fairseq("roberta_mlm", out, AutoModelForMaskedLM, None)
+
+
+def test_computed_positions_take_tokens_per_sample_where_the_args_lack_max_positions(tmp_path: Path) -> None:
+    """fairseq's RoBERTa sets max_positions to tokens_per_sample when args lack it; the table follows."""
+    hparams = read_checkpoint(FIXTURES / "roberta_sinusoidal" / "model.pt").hparams
+    src = resaved("roberta_sinusoidal", tmp_path / "src",
+                  {key: value for key, value in hparams.items() if key != "max_positions"})
+    out = tmp_path / "out"
+    result = run_cli("convert", src, out)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "config.json").read_text())["max_position_embeddings"] == 66
+    without = resaved("roberta_sinusoidal", tmp_path / "without", {key: value for key, value in hparams.items()
+                                                                    if key not in ("max_positions", "tokens_per_sample")})
+    assert_refused(run_cli("convert", without, tmp_path / "out2"), tmp_path / "out2", 2,
+                   "neither max_positions nor tokens_per_sample gives a number of positions")
+
+
+@pytest.mark.parametrize("value", [64.0, "32", True, [32]], ids=["float", "string", "bool", "list"])
+def test_a_size_of_the_wrong_type_is_named_and_the_tensors_decide(tmp_path: Path, value) -> None:
+    hparams = dict(read_checkpoint(FIXTURES / "roberta_v010" / "model.pt").hparams, encoder_embed_dim=value)
+    src = resaved("roberta_v010", tmp_path / "src", hparams)
+    out = tmp_path / "out"
+    result = run_cli("convert", src, out)
+    assert result.returncode == 0, result.stderr
+    assert f"note: the hyper-parameters give encoder_embed_dim {value!r}, which is not a whole number" \
+        in result.stderr
+    assert json.loads((out / "config.json").read_text())["hidden_size"] == 32

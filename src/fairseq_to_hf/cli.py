@@ -23,7 +23,7 @@ from typing import NoReturn  # noqa: E402
 
 from . import __version__  # noqa: E402
 from .errors import (EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_OUTPUT,  # noqa: E402
-                     EXIT_VERIFY_FAILED, ConversionError, OutputError)
+                     EXIT_VERIFY_FAILED, ConversionError, OutputError, escape_controls, library_message)
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
@@ -49,7 +49,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with its errors in the tool's one-line form (exit code 2, as for any bad input)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"fairseq-to-hf: error: {message}; see '{self.prog} --help'", file=sys.stderr)
+        print(f"fairseq-to-hf: error: {escape_controls(message)}; see '{self.prog} --help'", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
 
 
@@ -80,8 +80,8 @@ def _repo_id(text: str) -> str:
         validate_repo_id(text)
     except HFValidationError as error:
         # Its message quotes the name as given: shown escaped, a newline in it would cut the line.
-        message = str(error).replace(text, ascii(text)[1:-1]) if text else str(error)
-        raise argparse.ArgumentTypeError(" ".join(message.split())) from None
+        message = str(error).replace(text, escape_controls(text)) if text else str(error)
+        raise argparse.ArgumentTypeError(" ".join(message.split()).rstrip(".")) from None
     return text
 
 
@@ -305,9 +305,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def tell(line: str) -> None:
-    """A line on stderr, flushed; where stderr cannot take it (a full device), the exit code says it all."""
+    """A line on stderr, flushed; where stderr cannot take it (a full device), the exit code says it all.
+
+    Control characters in it (from a path, a name in a file) are shown escaped; only its own line breaks
+    (an error's list of problems) break it."""
     try:
-        print(line, file=sys.stderr, flush=True)
+        print("\n".join(escape_controls(part) for part in line.split("\n")), file=sys.stderr, flush=True)
     except OSError:
         pass
 
@@ -333,7 +336,7 @@ def _unexpected(error: Exception, args: argparse.Namespace | None) -> int:
     if os.environ.get("FAIRSEQ_TO_HF_TRACEBACK"):  # a bug: the traceback, and still the bug's exit code
         traceback.print_exception(error)
         return EXIT_INTERNAL
-    tell(f"fairseq-to-hf: internal error: {type(error).__name__}: {str(error)[:300]} (please report it; "
+    tell(f"fairseq-to-hf: internal error: {type(error).__name__}: {library_message(error, 300)} (please report it; "
          f"set FAIRSEQ_TO_HF_TRACEBACK=1 for the traceback){_nothing_written(args)}")
     return EXIT_INTERNAL
 
@@ -404,7 +407,8 @@ def _report_batch(args: argparse.Namespace, log, results) -> int:
         log = tell
     log(f"planned {counted} (--dry-run: nothing written)" if args.dry_run else f"converted {counted} into {args.out}")
     for path, error in failed:
-        log(f"  failed: {path.name}: {error.render().splitlines()[0]}")
+        first, *problems = error.render().splitlines()
+        log("\n".join([f"  failed: {path.name}: {first}", *(f"  {problem}" for problem in problems)]))
     code = max((error.exit_code for _, error in failed), default=EXIT_OK)
     if args.json:
         document = [{"checkpoint": str(path), **({"error": outcome.render()} if path in dict(failed)

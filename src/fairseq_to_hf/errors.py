@@ -45,7 +45,7 @@ class ConversionError(Exception):
             line = f"{self.path}: {line}"
         if self.hint:
             line = f"{line}; {self.hint}"
-        return "\n".join([line, *(f"  - {detail}" for detail in self.details)])
+        return "\n".join([escape_controls(line), *(f"  - {escape_controls(detail)}" for detail in self.details)])
 
 
 class UnsafeCheckpointError(ConversionError):
@@ -75,12 +75,19 @@ class VerificationError(ConversionError):
 _TERMINAL_CODES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")  # colours and cursor moves some libraries print
 
 
+def escape_controls(text: str) -> str:
+    """`text` with every control character shown escaped (a path or a name may hold a newline or a
+    terminal code): a message stays one line and cannot move the terminal's cursor or colours."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else ascii(char)[1:-1] for char in text)
+
+
 def library_message(error: BaseException, limit: int = 200) -> str:
-    """Another library's exception as part of one line of ours: its first line, without terminal codes,
-    control characters shown escaped, cut at `limit` characters; its type where it says nothing."""
-    text = _TERMINAL_CODES.sub("", str(error)).strip()
-    line = text.splitlines()[0].strip() if text else type(error).__name__
-    line = "".join(char if char.isprintable() else ascii(char)[1:-1] for char in line)
+    """Another library's exception as part of one line of ours: its lines joined, without terminal codes,
+    cut at `limit` characters; its type where it says nothing."""
+    text = " ".join(_TERMINAL_CODES.sub("", str(error)).split())
+    line = escape_controls(text) if text else type(error).__name__
     return line if len(line) <= limit else line[:limit] + "..."
 
 

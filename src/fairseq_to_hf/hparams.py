@@ -103,6 +103,10 @@ def resolve_hyper_parameters(checkpoint: Checkpoint, supplied: SuppliedHyperPara
             if key not in values:
                 values[key] = value
                 defaulted.add(key)
+        # RoBERTa's build_model: max_positions is tokens_per_sample where args lack it.
+        if "max_positions" not in values and "tokens_per_sample" in values:
+            values["max_positions"] = values["tokens_per_sample"]
+            defaulted.add("max_positions")
     contradictions = ProblemList()
     from_flags = []
     for key, value in supplied.by_key().items():

@@ -175,5 +175,6 @@ def format_inspection(description: dict[str, Any]) -> str:
             lines.append(f"convert{flag} -> {plan['architecture']}, {plan['tensors']} tensors, "
                          f"{plan['bytes'] / 1e6:.1f} MB in {', '.join(plan['files'])}")
         else:
-            lines.append(f"convert{flag} -> refused: {outcome['refused'].splitlines()[0]}")
+            first, *problems = outcome["refused"].splitlines()  # its list of problems, if any, indented
+            lines += [f"convert{flag} -> refused: {first}", *(f"  {problem}" for problem in problems)]
     return "\n".join(lines)

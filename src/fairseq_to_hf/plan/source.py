@@ -191,11 +191,12 @@ def analyse_source(source: NormalisedSource, dictionary: Dictionary, *, model_ty
                              adapter_layer_norm=f"{E}.layers.0.adapter_layer_norm.weight" in tensors)
     family = _family(layout, dictionary_kind(dictionary), model_type, checkpoint.path)
     hyper_parameters = resolve_hyper_parameters(checkpoint, supplied)
-    problems = list(source.problems)
+    problems, notes = list(source.problems), []
     model = SourceModel(source, layout, family,
-                        _dims(source, hyper_parameters, problems), hyper_parameters,
+                        _dims(source, hyper_parameters, problems, notes), hyper_parameters,
                         _tied(hyper_parameters.values, tensors), (dictionary.bos_id, dictionary.eos_id),
                         _unused_adapters(source), problems)
+    model.notes += notes
     if problems:
         return model
     fit = fit_embedding(dictionary, model.dims.vocab_size)
@@ -285,12 +286,16 @@ def _refuse_unsupported_layouts(checkpoint: Checkpoint) -> None:
         )
 
 
+SIZES = ("encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim", "max_positions")  # args/cfg the tensors show
+
+
 def _configured(hparams: dict[str, Any], key: str) -> int | None:
     value = hparams.get(key)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _dims(source: NormalisedSource, hyper_parameters: HyperParameters, problems: list[str]) -> Dims:
+def _dims(source: NormalisedSource, hyper_parameters: HyperParameters, problems: list[str],
+          notes: list[str]) -> Dims:
     """The sizes, from the tensors; where args/cfg give a size too and it differs, fairseq could not have
     loaded the file (its modules are built from args/cfg), so that is a problem, not a choice."""
     hparams = hyper_parameters.values
@@ -317,22 +322,24 @@ def _dims(source: NormalisedSource, hyper_parameters: HyperParameters, problems:
                         f"{len(layers)} layers: {refused_by_fairseq}")
     positions = shape(f"{E}.embed_positions.weight")
     kind = position_kind(hparams, bool(positions))
-    # fairseq's RoBERTa runs max_positions, or tokens_per_sample where args lack it
+    # Resolved: tokens_per_sample where args lack max_positions, as fairseq's RoBERTa takes it.
+    positions_key = "tokens_per_sample" if "max_positions" in hyper_parameters.defaulted else "max_positions"
+    max_positions = hparams.get("max_positions")
     configured_positions = _configured(hparams, "max_positions")
-    if configured_positions is None and "max_positions" not in hparams:
-        configured_positions = _configured(hparams, "tokens_per_sample")
     if kind is None:
         problems.append(_unknown_positions(hparams, bool(positions)))
     elif kind == LEARNED and positions and configured_positions is not None \
             and positions[0] != configured_positions + PAD_ID + 1:
-        problems.append(f"the position table has {positions[0]} rows, and the hyper-parameters say max_positions "
-                        f"{configured_positions}, for which fairseq builds {configured_positions + PAD_ID + 1} "
-                        f"(max_positions + 2): {refused_by_fairseq}")
+        built = (f"for which fairseq builds {configured_positions + PAD_ID + 1} (max_positions + 2)"
+                 if configured_positions > 0 else "which is not a number of positions")
+        problems.append(f"the position table has {positions[0]} rows, and the hyper-parameters say {positions_key} "
+                        f"{configured_positions}, {built}: {refused_by_fairseq}")
     elif kind != LEARNED:
-        max_positions = hparams.get("max_positions")
-        if not isinstance(max_positions, int) or isinstance(max_positions, bool) or max_positions <= 0:
-            problems.append(f"its positions are computed ({kind}), and max_positions {max_positions!r:.40} "
-                            "is not a number of positions, so the table's size is unknown")
+        if configured_positions is None or configured_positions <= 0:
+            said = f"{positions_key} {max_positions!r:.40} is not" if "max_positions" in hparams else \
+                "neither max_positions nor tokens_per_sample gives"
+            problems.append(f"its positions are computed ({kind}), and {said} a number of positions, so the "
+                            "table's size is unknown")
         elif (max_positions + PAD_ID + 1) * hidden * 4 > MAX_COMPUTED_TABLE_BYTES:
             problems.append(f"its positions are computed ({kind}) for max_positions {max_positions}: a table of "
                             f"{(max_positions + PAD_ID + 1) * hidden * 4 / 1e9:.0f} GB, which no model uses")
@@ -341,6 +348,13 @@ def _dims(source: NormalisedSource, hyper_parameters: HyperParameters, problems:
                             f"divides by width / 2 - 1), and it is {hidden}")
         else:
             positions = (max_positions + PAD_ID + 1, hidden)  # fairseq's table: max_positions + padding_idx + 1 rows
+    for key in SIZES if kind == LEARNED else SIZES[:-1]:  # computed positions need max_positions (above)
+        value = hparams.get(key)
+        # An unresolved omegaconf interpolation ("${task.tokens_per_sample}") is fairseq's to resolve.
+        if value is not None and _configured(hparams, key) is None and not str(value).startswith("${"):
+            named = "tokens_per_sample" if key == "max_positions" and key in hyper_parameters.defaulted else key
+            notes.append(f"the hyper-parameters give {named} {value!r:.40}, which is not a whole number (fairseq "
+                         "could not build the model from them); the tensors' size is converted")
     if positions and positions[0] < MIN_POSITION_ROWS:
         problems.append(f"the position table has {positions[0]} rows; fairseq's has max_positions + 2 (pads and "
                         f"the offset take two), so at least {MIN_POSITION_ROWS} to hold <s>, a token and </s>")

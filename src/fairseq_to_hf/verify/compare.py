@@ -13,7 +13,7 @@ import torch
 from ..errors import ConversionError, library_message
 from ..reference.forward import PAD, ReferenceOutputs, sample_inputs
 from .imports import transformers as import_transformers
-from .streamed_model import StreamedModel
+from .streamed_model import StreamedModel, shape_mismatch_error
 from .tolerance import DEFAULT_TOLERANCE
 STREAMED_MAX_TOKENS = 17  # longest input of a block-by-block verification: its padded batch is 5 x 17
 _ONE_MODEL_AT_A_TIME = threading.Lock()  # see verify_weights
@@ -88,7 +88,6 @@ def load_transformers_model(folder: Path, architecture: str):
     logger.addHandler(collector)
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # its load report is collected below, not printed
-    hint = "check that the folder holds the model's weights and config.json"
     try:
         # Weights of another shape than config.json's are loaded as fresh ones and named below: Transformers'
         # own refusal points to a report that only its logger shows.
@@ -96,25 +95,17 @@ def load_transformers_model(folder: Path, architecture: str):
                                                   ignore_mismatched_sizes=True)
     except Exception as error:  # whatever Transformers raises for a folder it cannot load
         raise ConversionError(f"cannot be loaded by {architecture}.from_pretrained ({library_message(error)})",
-                              path=folder, hint=hint) from None
+                              path=folder, hint="check that the folder holds the model's weights and config.json"
+                              ) from None
     finally:
         transformers_logging.set_verbosity(verbosity)
         logger.removeHandler(collector)
     mismatched = sorted(info.get("mismatched_keys") or ())
     if mismatched:
-        raise ConversionError(
-            f"cannot be loaded by {architecture}.from_pretrained: {len(mismatched)} weights have another shape "
-            "than its config.json gives", path=folder, hint=hint,
-            details=[f"{key}: {_shape(stored)} stored, {_shape(expected)} by config.json"
-                     for key, stored, expected in mismatched[:8]] + ([f"and {len(mismatched) - 8} more"]
-                                                                     if len(mismatched) > 8 else []))
+        raise shape_mismatch_error(folder, architecture, mismatched)
     warnings = [f"{kind}: {', '.join(sorted(keys))}" for kind, keys in info.items()
                 if keys and kind in ("missing_keys", "unexpected_keys")]
     return model.eval(), warnings
-
-
-def _shape(shape) -> str:
-    return " x ".join(map(str, shape)) or "a scalar"
 
 
 def verification_inputs(vocab_size: int, positions: int, streamed: bool) -> dict[str, torch.Tensor]:

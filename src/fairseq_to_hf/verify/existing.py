@@ -21,7 +21,7 @@ from ..tokenizer import TOKENIZER_FILES, kind_named, looked_for, prepare_tokeniz
 from .compare import (DEFAULT_TOLERANCE, OutputCheck, WeightsVerification, difference, per_language,
                       reference_languages, reference_rows, verification_inputs, verify_weights)
 from ..reference.forward import EPS as LAYER_NORM_EPS, FairseqReference
-from ..writer import INDEX_FILE
+from ..writer import INDEX_FILE, SINGLE_FILE
 from .streamed_model import StoredWeights
 from .tokenizer_check import TokenizerVerification, verify_tokenizer
 
@@ -245,6 +245,10 @@ def _checked_shard_index(out: Path) -> StoredWeights | None:
     index = out / INDEX_FILE
     if not index.exists():
         return None
+    if (out / SINGLE_FILE).exists():  # Transformers would load that one: two models, one checked
+        raise ConversionError(f"holds both {SINGLE_FILE} and {INDEX_FILE}: Transformers loads {SINGLE_FILE}, "
+                              "so which weights are the model's is not clear", path=out,
+                              hint="remove the one that is not the model's weights")
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         shards = set(weight_map.values())
@@ -261,8 +265,10 @@ def _checked_shard_index(out: Path) -> StoredWeights | None:
     for name, held_in in sorted(stored.files_of.items()):
         if len(held_in) > 1:
             problems.add(f"{name} is stored in {' and '.join(held_in)}")
-        elif weight_map.get(name) != held_in[0]:
-            problems.add(f"{name} is stored in {held_in[0]}, the index says {weight_map.get(name)!r:.60}")
+        elif name not in weight_map:
+            problems.add(f"{name} is stored in {held_in[0]}, which the index does not say")
+        elif weight_map[name] != held_in[0]:
+            problems.add(f"{name} is stored in {held_in[0]}, the index says {weight_map[name]!r:.60}")
     for name in sorted(set(weight_map) - set(stored.files_of), key=str):
         problems.add(f"{name!r:.80} is in the index but in no shard")
     problems.raise_if_any(ConversionError, "does not describe its shards", path=index,
@@ -293,8 +299,10 @@ def stored_weight_checks(stored: StoredWeights, plan: ConversionPlan, reference:
             want = planned.source.load()
         want = want.to(dtype).to(torch.float32)  # rounded as stored
         worst, non_finite_count, scale = 0.0, 0, 0.0
+        # Only tables of the vocabulary's rows (the embedding, the MLM decoder and its bias) have alias rows.
+        alias_rows_allowed = want.dim() in (1, 2) and len(want) == plan.dims.vocab_size
         if want.dim() == 0 or len(shape) != want.dim() or shape[0] < len(want) \
-                or list(shape[1:]) != list(want.shape[1:]):
+                or (shape[0] > len(want) and not alias_rows_allowed) or list(shape[1:]) != list(want.shape[1:]):
             worst, scale = float("inf"), difference(want, want).scale
         else:
             with safe_open(file, "pt") as weights:

@@ -17,6 +17,7 @@ import re
 import struct
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -56,8 +57,9 @@ class StoredWeights:
         for file in files:
             if not (folder / file).is_file():
                 raise ConversionError(
-                    "has no safetensors weights to run block by block", path=folder / file,
-                    hint="convert the folder's weights to safetensors, or verify without --block-by-block")
+                    "does not exist: verify checks a folder's safetensors weights", path=folder / file,
+                    hint="convert the checkpoint again, or save the model with save_pretrained (safetensors "
+                         "is its default)")
             self._read_header(folder / file)
 
     def _read_header(self, path: Path) -> None:
@@ -114,6 +116,20 @@ def _mapped(path: Path, offset: int, nbytes: int, dtype: torch.dtype) -> torch.T
     return torch.frombuffer(mapping, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset - start)
 
 
+def shape_mismatch_error(folder: Path, architecture: str, mismatched: list[tuple[str, Any, Any]]) -> ConversionError:
+    """(name, stored shape, shape config.json gives) of each weight whose two shapes differ."""
+    def shown(shape) -> str:
+        return " x ".join(map(str, shape)) or "a scalar"
+
+    count = len(mismatched)
+    return ConversionError(
+        f"cannot be loaded by {architecture}.from_pretrained: {count} "
+        f"{'weights have' if count > 1 else 'weight has'} another shape than its config.json gives", path=folder,
+        hint="check that the folder holds the model's weights and config.json",
+        details=[f"{name}: {shown(stored)} stored, {shown(expected)} by config.json"
+                 for name, stored, expected in mismatched[:8]] + ([f"and {count - 8} more"] if count > 8 else []))
+
+
 class StreamedModel:
     """Use as a context manager; `model` then runs like a from_pretrained model, block by block.
 
@@ -136,6 +152,12 @@ class StreamedModel:
             aliases[id(parameter)].append(name)
         self.aliases = {name: names for names in aliases.values() for name in names}
         self.loading_warnings = self._loading_warnings()
+        mismatched = sorted((name, self.stored.locations[stored][2], list(parameter.shape))
+                            for name, parameter in self.model.named_parameters()
+                            if (stored := self._stored_name(name)) is not None
+                            and self.stored.locations[stored][2] != list(parameter.shape))
+        if mismatched:  # as from_pretrained would refuse them (compare.load_transformers_model)
+            raise shape_mismatch_error(folder, architecture, mismatched)
 
     def _loading_warnings(self) -> list[str]:
         expected = set(self.aliases)
@@ -180,8 +202,11 @@ class StreamedModel:
                 blocks.append((name, module, False))
         return blocks
 
+    def _stored_name(self, name: str) -> str | None:
+        return next((alias for alias in self.aliases.get(name, [name]) if alias in self.stored.locations), None)
+
     def _tensor(self, name: str) -> torch.Tensor:
-        stored = next((alias for alias in self.aliases.get(name, [name]) if alias in self.stored.locations), None)
+        stored = self._stored_name(name)
         if stored is None:
             raise KeyError(f"{name} is not in the output folder")
         return self.stored.read_float32(stored)
