@@ -14,6 +14,7 @@ known symbols (`]` and `]]` in dict.txt, text `]]]`) is split where sentencepiec
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
@@ -29,6 +30,7 @@ from .vocab import TokenVocabulary, assign_ids
 SPIECE_UNDERLINE = "▁"
 UNK_PENALTY = 10.0  # sentencepiece scores an unknown character at (lowest piece score - 10)
 UNREACHABLE_SCORE = -1e6  # specials and placeholders: never chosen by the lattice over real pieces
+HALFWIDTH_VOICING = "\uff9e\uff9f"  # halfwidth katakana voiced and semi-voiced sound marks (category Lm)
 PYTHON_WHITESPACE = tuple(chr(code) for code in range(0x3001) if chr(code).isspace())  # none above U+3000
 
 
@@ -57,6 +59,17 @@ def prepare_sentencepiece(files: TokenizerFiles, dictionary: Dictionary, model_r
     if settings.treat_whitespace_as_suffix:
         raise UnsupportedModelError("puts whitespace at the end of pieces (treat_whitespace_as_suffix), which "
                                     "the written tokenizer cannot reproduce", path=path)
+    if settings.byte_fallback:
+        # Its byte pieces (<0x3C>) and the specials' vocabulary entries meet where text spells "<s>".
+        raise UnsupportedModelError("spells unknown characters as byte pieces (byte_fallback), which the "
+                                    "written tokenizer does not reproduce exactly", path=path)
+    unmatched = [symbol for symbol in settings.user_defined_symbols
+                 if settings.model_type == "bpe" or SPIECE_UNDERLINE in symbol]
+    if unmatched:
+        # sentencepiece matches them whole before segmenting; tokenizers' BPE merges cannot build them, and
+        # a symbol holding the dummy prefix's "▁" takes it from the text.
+        raise UnsupportedModelError(f"has user-defined symbols ({', '.join(map(repr, unmatched[:5]))}) that "
+                                    f"the written tokenizer does not match as sentencepiece does", path=path)
 
     scores: dict[str, float] = {}
     for piece_id in range(processor.GetPieceSize()):
@@ -91,7 +104,10 @@ def prepare_sentencepiece(files: TokenizerFiles, dictionary: Dictionary, model_r
     def normalised_otherwise(text: str) -> bool:
         """True where the charsmap normaliser, mended as it is (charsmap.py), still cuts a grapheme cluster
         short: where the longest key at a character is longer than the one it maps alone ("e\u0302\u0301",
-        halfwidth "ﾃﾞ", "Ａ\u0301")."""
+        halfwidth "ﾃﾞ", "Ａ\u0301"). Only text with such a cluster (a mark) is excused: any other
+        difference of the normalisers is the tokenizer's error."""
+        if not any(unicodedata.category(char).startswith("M") or char in HALFWIDTH_VOICING for char in text):
+            return False
         ours = tokenizer.normalizer.normalize_str(text).lstrip(SPIECE_UNDERLINE)
         return ours != processor.normalize(text).lstrip(SPIECE_UNDERLINE)
 
@@ -164,6 +180,9 @@ def _normalizers(settings: SpmSettings, charsmap: CharsMap | None) -> list:
         steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
     if settings.escape_whitespaces:
         steps.append(normalizers.Replace(" ", SPIECE_UNDERLINE))
+        if settings.remove_extra_whitespaces:
+            # sentencepiece strips the escaped text's trailing "▁", so a "▁" the text itself ends with too.
+            steps.append(normalizers.Replace(Regex(f"{SPIECE_UNDERLINE}+\\z"), ""))
     if settings.add_dummy_prefix:
         # Metaspace adds no prefix to a text that already starts with "▁"; sentencepiece always does.
         steps.append(normalizers.Replace(Regex(rf"\A{SPIECE_UNDERLINE}"), SPIECE_UNDERLINE * 2))

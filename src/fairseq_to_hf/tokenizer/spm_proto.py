@@ -24,6 +24,7 @@ class SpmSettings:
     add_dummy_prefix: bool = True  # proto2 defaults of NormalizerSpec
     remove_extra_whitespaces: bool = True
     escape_whitespaces: bool = True
+    user_defined_symbols: tuple[str, ...] = ()  # pieces of type USER_DEFINED: matched whole before segmenting
 
 
 def _varint(data: bytes, position: int) -> tuple[int, int]:
@@ -41,7 +42,12 @@ def _varint(data: bytes, position: int) -> tuple[int, int]:
 
 def _fields(data: bytes) -> dict[int, object]:
     """Last value of each field number in one message (scalars as int, length-delimited as bytes)."""
-    fields: dict[int, object] = {}
+    return {number: value for number, value in _all_fields(data)}
+
+
+def _all_fields(data: bytes) -> list[tuple[int, object]]:
+    """Every (field number, value) of one message in order, repeated fields included."""
+    fields: list[tuple[int, object]] = []
     position = 0
     while position < len(data):
         key, position = _varint(data, position)
@@ -57,8 +63,18 @@ def _fields(data: bytes) -> dict[int, object]:
             value, position = data[position:position + 4], position + 4
         else:
             raise ValueError(f"unsupported wire type {wire_type}")
-        fields[number] = value
+        fields.append((number, value))
     return fields
+
+
+USER_DEFINED = 4  # SentencePiece.Type
+
+
+def _user_defined(model: bytes) -> tuple[str, ...]:
+    """ModelProto.pieces = 1, each SentencePiece {piece = 1, score = 2, type = 3}."""
+    pieces = (_fields(value) for number, value in _all_fields(model) if number == 1 and isinstance(value, bytes))
+    return tuple(bytes(piece.get(1, b"")).decode("utf-8", "replace")  # type: ignore[arg-type]
+                 for piece in pieces if piece.get(3) == USER_DEFINED)
 
 
 def read_spm_settings(serialized: bytes, path: object) -> SpmSettings:
@@ -66,6 +82,7 @@ def read_spm_settings(serialized: bytes, path: object) -> SpmSettings:
         model = _fields(serialized)
         trainer = _fields(model.get(2, b""))  # type: ignore[arg-type]
         normalizer = _fields(model.get(3, b""))  # type: ignore[arg-type]
+        user_defined = _user_defined(serialized)
     except ValueError as error:
         raise ConversionError(f"is not a readable sentencepiece model ({library_message(error)})", path=path) from None
     return SpmSettings(
@@ -77,4 +94,5 @@ def read_spm_settings(serialized: bytes, path: object) -> SpmSettings:
         add_dummy_prefix=bool(normalizer.get(3, 1)),
         remove_extra_whitespaces=bool(normalizer.get(4, 1)),
         escape_whitespaces=bool(normalizer.get(5, 1)),
+        user_defined_symbols=user_defined,
     )
