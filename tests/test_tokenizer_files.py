@@ -26,3 +26,26 @@ def test_gpt2_files_for_a_sentencepiece_dict_are_refused(tmp_path: Path) -> None
     result = run_cli("convert", src, out, "--encoder-json", GPT2_BPE / "encoder.json",
                      "--vocab-bpe", GPT2_BPE / "vocab.bpe")
     assert_refused(result, out, 2, "only 2 of 372 dict.txt symbols are GPT-2 ids in encoder.json")
+
+
+def test_subword_nmt_codes_of_version_0_1_are_refused(tmp_path: Path) -> None:
+    """apply_bpe reads codes without `#version: 0.2` as version 0.1, whose end-of-word symbol merges apart."""
+    src = tmp_path / "src"
+    shutil.copytree(FIXTURES / "roberta_subword_nmt", src)
+    codes = (src / "bpecodes").read_text(encoding="utf-8").splitlines(keepends=True)
+    for header, said in (([], "version 0.1 (no #version header)"), (["#version: 0.1\n"], "version 0.1 codes")):
+        (src / "bpecodes").write_text("".join(header + codes[1:]), encoding="utf-8")
+        out = tmp_path / "out"
+        assert_refused(run_cli("convert", src, out, "--no-verify"), out, 2, f"bpecodes: is subword-nmt {said}",
+                       "only version 0.2 converts")
+
+
+def test_fastbpe_codes_that_repeat_a_merge_are_refused(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(FIXTURES / "phobert_fastbpe", src)
+    with open(src / "bpe.codes", "a", encoding="utf-8") as codes:
+        codes.write("t h 5\n")
+    lines = len((src / "bpe.codes").read_text(encoding="utf-8").splitlines())
+    out = tmp_path / "out"
+    assert_refused(run_cli("convert", src, out, "--no-verify"), out, 2,
+                   f"repeats 1 merge ('t h' on lines 1 and {lines}), which fastBPE does not apply in a defined order")

@@ -53,11 +53,22 @@ def has_version_header(files: TokenizerFiles) -> bool:
 def read_fastbpe_codes(path: Path) -> list[tuple[str, str, str]]:
     """fastBPE's codes: `a b count` per line, split on ' ' only (a merge may hold U+00A0)."""
     merges = []
+    first_line: dict[tuple[str, str], int] = {}
+    repeated = []
     for number, line in enumerate(read_codes(path), start=1):
         fields = line.split(" ")
         if len(fields) < 2 or not fields[0] or not fields[1]:
             raise ConversionError(f"line {number} is not a merge 'a b count'", path=path)
+        if (fields[0], fields[1]) in first_line:
+            repeated.append(f"'{fields[0]} {fields[1]}' on lines {first_line[fields[0], fields[1]]} and {number}")
+        first_line.setdefault((fields[0], fields[1]), number)
         merges.append((fields[0], fields[1], fields[2] if len(fields) > 2 else "0"))
+    if repeated:
+        # fastBPE asserts each merge is new; built without asserts, as pip builds it, the repeat takes a
+        # rank that ties with the next merge's: no ids to reproduce.
+        raise ConversionError(f"repeats {len(repeated)} merge{'s' if len(repeated) > 1 else ''} "
+                              f"({'; '.join(repeated[:3])}), which fastBPE does not apply in a defined order",
+                              path=path, hint="fastBPE's learnbpe writes each merge once: is the file damaged?")
     return merges
 
 
@@ -71,7 +82,8 @@ def prepare_word_bpe(kind: TokenizerKind, files: TokenizerFiles, dictionary: Dic
     """The tokenizer of a fastBPE or subword-nmt model; `codes` are (a, b, count) in rank order."""
     from ..reference.encode import WordBpeEncoder
 
-    merges = list(dict.fromkeys((a, b) for a, b, _ in codes))  # a repeated merge keeps its first rank
+    merges = list(dict.fromkeys((a, b) for a, b, _ in codes))  # a repeated merge keeps its first rank, as in
+    # subword-nmt (fastBPE codes with a repeat are refused when read)
     merged_chars = {char for a, b in merges for char in a + b}
     # Whitespace the codes never merge all acts alike: one character stands for it.
     free_whitespace = [char for char in PYTHON_WHITESPACE if char != " " and char not in merged_chars]

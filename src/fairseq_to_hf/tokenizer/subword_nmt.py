@@ -7,23 +7,36 @@ with the separator.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from ..errors import ConversionError
+from ..errors import ConversionError, UnsupportedModelError
 from ..reader.dictionary import Dictionary
 from .base import PreparedTokenizer, TokenizerFiles, TokenizerKind
 from .fastbpe import CODES_FILE, CODES_HEADER, DEFAULT_SEPARATOR, has_version_header, prepare_word_bpe, read_codes
 
 
+COUNTS_HINT = "a file with counts ('a b count') is fastBPE's: the model says subword_nmt"
+
+
 def read_subword_nmt_codes(path: Path) -> list[tuple[str, str, str]]:
+    lines = read_codes(path)
+    version = lines[0].split()[-1] if lines and lines[0].startswith(CODES_HEADER) and lines[0].split() else None
+    if version is None and lines and len(lines[0].strip("\r\n ").split(" ")) != 2:
+        raise ConversionError("line 1 is not a subword-nmt merge 'a b'", path=path, hint=COUNTS_HINT)
+    if version is None or re.sub(r"(\.0+)*$", "", version) != "0.2":
+        # apply_bpe reads a file without the header as version 0.1, whose end-of-word symbol is a
+        # symbol of its own: other merges than the two-column ones this tokenizer applies.
+        raise UnsupportedModelError(
+            f"is subword-nmt version {version or '0.1 (no #version header)'} codes; only version 0.2 converts",
+            path=path, hint="codes learned by subword-nmt since 2017 begin with '#version: 0.2'")
     merges = []
-    for number, line in enumerate(read_codes(path), start=1):
-        if number == 1 and line.startswith(CODES_HEADER):
+    for number, line in enumerate(lines, start=1):
+        if number == 1:
             continue
         fields = tuple(line.strip("\r\n ").split(" "))
         if len(fields) != 2:  # subword-nmt refuses such a file too
-            raise ConversionError(f"line {number} is not a subword-nmt merge 'a b'", path=path,
-                                  hint="a file with counts ('a b count') is fastBPE's: the model says subword_nmt")
+            raise ConversionError(f"line {number} is not a subword-nmt merge 'a b'", path=path, hint=COUNTS_HINT)
         merges.append((fields[0], fields[1], "1"))
     return merges
 
