@@ -49,3 +49,15 @@ def test_fastbpe_codes_that_repeat_a_merge_are_refused(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert_refused(run_cli("convert", src, out, "--no-verify"), out, 2,
                    f"repeats 1 merge ('t h' on lines 1 and {lines}), which fastBPE does not apply in a defined order")
+
+
+def test_codes_that_build_a_piece_no_vocabulary_has_are_refused_before_writing(tmp_path: Path) -> None:
+    """Merges spelling "<unk></w>" make a BPE that `tokenizers` cannot run: refused even with --no-verify,
+    instead of a tokenizer.json that does not load."""
+    src = tmp_path / "src"
+    shutil.copytree(FIXTURES / "phobert_fastbpe", src)
+    codes = (src / "bpe.codes").read_text(encoding="utf-8")
+    (src / "bpe.codes").write_text("< u 9\n<u n 9\n<un k 9\n<unk ></w> 9\n" + codes, encoding="utf-8")
+    out = tmp_path / "out"
+    assert_refused(run_cli("convert", src, out, "--no-verify"), out, 2,
+                   "bpe.codes: gives a tokenizer that `tokenizers` cannot load or run")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ConversionError
+from ..errors import ConversionError, UnsupportedModelError, library_message
 from ..reader.dictionary import BOS, EOS, MASK, PAD, UNK, Dictionary
 from . import bert_wordpiece, fastbpe, gpt2, hf_byte_bpe, sentencepiece, subword_nmt
 from ..reader.folder import TokenizerFile, TokenizerFiles
@@ -111,7 +111,21 @@ def prepare_tokenizer(files: TokenizerFiles, dictionary: Dictionary, model_rows:
     if kind is None:
         return None
     used = TokenizerFiles({f.role: files.paths[f.role] for f in kind.files}, files.given)
-    return kind.prepare(used, dictionary, model_rows, bpe)
+    prepared = kind.prepare(used, dictionary, model_rows, bpe)
+    _refuse_unloadable(prepared, used.paths[kind.files[0].role])
+    return prepared
+
+
+def _refuse_unloadable(prepared: PreparedTokenizer, path: Path) -> None:
+    """The tokenizer as written must load and encode, even with --no-verify: files can hold merges that
+    build a piece no vocabulary has (codes that spell "<unk></w>"), which `tokenizers` refuses on load."""
+    from tokenizers import Tokenizer
+
+    try:
+        Tokenizer.from_str(prepared.tokenizer.to_str()).encode("a <unk> b\U0010fffd")
+    except Exception as error:  # whatever `tokenizers` raises for a model it cannot build or run
+        raise UnsupportedModelError(f"gives a tokenizer that `tokenizers` cannot load or run "
+                                    f"({library_message(error)})", path=path) from None
 
 
 def kind_named(name: str) -> TokenizerKind:
