@@ -62,6 +62,7 @@ class HyperParameters:
     # Why a value an output needs is unknown, by key (see `require`); empty when all are known.
     unknown: dict[str, str] = field(default_factory=dict)
     defaulted: frozenset[str] = frozenset()  # keys whose value is fairseq's default, not the checkpoint's
+    from_flags: frozenset[str] = frozenset()  # keys whose value a flag gave
 
     def default_note(self, key: str) -> str:
         """For a message about `key`'s value: ", fairseq's default for arch X, ..." where it is one, else ""."""
@@ -108,13 +109,13 @@ def resolve_hyper_parameters(checkpoint: Checkpoint, supplied: SuppliedHyperPara
             values["max_positions"] = values["tokens_per_sample"]
             defaulted.add("max_positions")
     contradictions = ProblemList()
-    from_flags = []
+    from_flags: dict[str, str] = {}  # key -> the flag as given
     for key, value in supplied.by_key().items():
         if value is None:
             continue
         if key not in values:
             values[key] = value
-            from_flags.append(f"{FLAGS[key]} {value}")
+            from_flags[key] = f"{FLAGS[key]} {value}"
         elif values[key] != value:
             held = (f"fairseq's default {values[key]!r} for {key}, which the checkpoint's {checkpoint.hparams_source} "
                     "lack" if key in defaulted else f"its {key} {values[key]!r}")
@@ -134,5 +135,5 @@ def resolve_hyper_parameters(checkpoint: Checkpoint, supplied: SuppliedHyperPara
 
     source = checkpoint.hparams_source
     if from_flags:
-        source = (f"{source} + " if source != "none" else "") + f"flags ({', '.join(from_flags)})"
-    return HyperParameters(values, source, unknown, frozenset(defaulted))
+        source = (f"{source} + " if source != "none" else "") + f"flags ({', '.join(from_flags.values())})"
+    return HyperParameters(values, source, unknown, frozenset(defaulted), frozenset(from_flags))

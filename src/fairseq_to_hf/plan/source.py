@@ -19,7 +19,7 @@ from ..arch.fairseq_keys import SourceTensor, normalise_state_dict, unsupported_
 from .families import Family, strip_language
 from .positions import LEARNED, MAX_COMPUTED_TABLE_BYTES, MIN_SINUSOIDAL_WIDTH, SINUSOIDAL, position_kind
 from ..errors import ConversionError, UnsupportedModelError
-from ..hparams import FLAGS, HEADS, HyperParameters, SuppliedHyperParameters, arch_name, resolve_hyper_parameters
+from ..hparams import HEADS, HyperParameters, SuppliedHyperParameters, arch_name, resolve_hyper_parameters
 from ..reader.checkpoint import Checkpoint
 from ..reader.dictionary import BOS, EOS, PAD_ID, PADDING_SYMBOL_PREFIX, UNK, Dictionary, fit_embedding
 
@@ -352,7 +352,7 @@ def _dims(source: NormalisedSource, hyper_parameters: HyperParameters, problems:
         value = hparams.get(key)
         # An unresolved omegaconf interpolation ("${task.tokens_per_sample}") is fairseq's to resolve.
         if value is not None and _configured(hparams, key) is None and not str(value).startswith("${"):
-            named = "tokens_per_sample" if key == "max_positions" and key in hyper_parameters.defaulted else key
+            named = positions_key if key == "max_positions" else key
             notes.append(f"the hyper-parameters give {named} {value!r:.40}, which is not a whole number (fairseq "
                          "could not build the model from them); the tensors' size is converted")
     if positions and positions[0] < MIN_POSITION_ROWS:
@@ -369,7 +369,7 @@ def _dims(source: NormalisedSource, hyper_parameters: HyperParameters, problems:
                         f"{ffn[0]} rows: {refused_by_fairseq}")
     heads = hparams.get(HEADS, 0)  # resolved: never guessed from the hidden size
     if heads and hidden % heads:
-        from_checkpoint = "" if FLAGS[HEADS] in hyper_parameters.source else ": fairseq cannot build this model"
+        from_checkpoint = "" if HEADS in hyper_parameters.from_flags else ": fairseq cannot build this model"
         problems.append(f"hidden size {hidden} does not divide into {heads} attention heads"
                         f"{hyper_parameters.default_note(HEADS)}{from_checkpoint}")
     languages = source.languages

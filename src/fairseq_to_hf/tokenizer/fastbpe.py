@@ -82,8 +82,8 @@ def prepare_word_bpe(kind: TokenizerKind, files: TokenizerFiles, dictionary: Dic
     """The tokenizer of a fastBPE or subword-nmt model; `codes` are (a, b, count) in rank order."""
     from ..reference.encode import WordBpeEncoder
 
-    merges = list(dict.fromkeys((a, b) for a, b, _ in codes))  # a repeated merge keeps its first rank, as in
-    # subword-nmt (fastBPE codes with a repeat are refused when read)
+    # A repeated merge keeps its first rank, as in subword-nmt (fastBPE codes with one are refused when read).
+    merges = list(dict.fromkeys((a, b) for a, b, _ in codes))
     merged_chars = {char for a, b in merges for char in a + b}
     # Whitespace the codes never merge all acts alike: one character stands for it.
     free_whitespace = [char for char in PYTHON_WHITESPACE if char != " " and char not in merged_chars]
